@@ -1,0 +1,38 @@
+# The README's two commands are `make run` and `make test`; each does all the set-up it needs.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_INSTALL := $(BIN)/pip install -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint test-slow clean
+
+# Order matters: the CPU torch build first, then DeepSpeed built against it without build isolation
+# (DS_BUILD_OPS=0: ops are JIT-compiled on first use), then this package with its extras.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch
+	DS_BUILD_OPS=0 $(PIP_INSTALL) --no-build-isolation deepspeed
+	$(PIP_INSTALL) -e '.[train,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job. Until the training path lands it replays the stop rule over a recorded pretraining curve.
+run: $(STAMP)
+	$(BIN)/cpr replay orchestrator/examples/tiny_llama_stdlib.csv --resource energy_kwh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

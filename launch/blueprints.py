@@ -1,0 +1,261 @@
+"""`cpr blueprint validate|show|diff|aggregate`: inspect gradient blueprint files (§5, App. A; DESIGN.md §6).
+
+Human output is rich tables; `--json` prints one JSON object. Bad files raise InputError, which the dispatcher
+prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.blueprints import (
+    Blueprint,
+    aggregate_blueprints,
+    blueprint_to_dict,
+    diff_blueprints,
+    load_blueprint,
+)
+from orchestrator.errors import InputError
+
+EPILOG = """\
+A blueprint is JSON in the paper's Appendix A.1 shape (model_id, training_checkpoint, layers[] with id,
+gradient_norm, alpha, gamma, k_star, domain_tags) or schema 1.0, which adds schema_version, versions, CIs,
+parameter prefixes, fit quality, resource model, privacy and provenance.
+Schema: orchestrator/blueprints/schema/blueprint.schema.json
+"""
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "blueprint",
+        help="validate, show, diff and aggregate gradient blueprint files",
+        description="Inspect gradient blueprints: submodule-level gradient statistics released at a checkpoint.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="blueprint_verb", metavar="ACTION")
+    sub.required = True
+
+    v = sub.add_parser(
+        "validate",
+        help="check files against the blueprint schema",
+        description="Validate blueprint files against the JSON Schema and the rules it cannot say (finite "
+        "numbers, unique ids, size cap). Prints one OK line per file; stops at the first bad one (exit 2).",
+    )
+    v.add_argument("files", nargs="+", metavar="FILE", help="blueprint JSON files")
+    v.set_defaults(func=run_validate)
+
+    s = sub.add_parser(
+        "show",
+        help="print a blueprint as a table",
+        description="Print a blueprint: header fields, then one row per submodule.",
+    )
+    s.add_argument("file", metavar="FILE", help="a blueprint JSON file")
+    s.add_argument("--json", action="store_true", help="print the validated blueprint as one JSON object")
+    s.set_defaults(func=run_show)
+
+    d = sub.add_parser(
+        "diff",
+        help="compare the gradient ranking of two blueprints",
+        description="Per common id: rank by gradient_norm in A and B (1 = largest), rank change (B − A) and norm "
+        "ratio (B / A); ids on one side only; Spearman ρ over the common ids (none with fewer than 3).",
+    )
+    d.add_argument("a", metavar="A", help="the first blueprint file")
+    d.add_argument("b", metavar="B", help="the second blueprint file")
+    d.add_argument("--json", action="store_true", help="print the diff as one JSON object")
+    d.set_defaults(func=run_diff)
+
+    a = sub.add_parser(
+        "aggregate",
+        help="combine blueprints into one table (App. A.2)",
+        description="Combine blueprint files into one table keyed (model_id, training_checkpoint, layer id). "
+        "As in the paper's App. A.2, a later file overwrites an earlier key; overwritten keys are counted.",
+    )
+    a.add_argument("files", nargs="+", metavar="FILE", help="blueprint JSON files, in order")
+    a.add_argument("--csv", metavar="OUT", help="write the table as CSV to OUT ('-' for standard output)")
+    a.set_defaults(func=run_aggregate)
+
+
+def _console() -> Console:
+    # Piped output (a file, a test) gets a wide page instead of rich's 80-column default.
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}g}"
+
+
+# --------------------------------------------------------------------------------------------- validate
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        bp = load_blueprint(path)
+        print(f"OK {path} ({len(bp.layers)} layers, schema {bp.shape})", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- show
+
+
+def _header(bp: Blueprint) -> str:
+    parts = [f"[bold]{escape(bp.model_id)}[/bold]", f"checkpoint {bp.training_checkpoint:g}", f"schema {bp.shape}"]
+    if bp.blueprint_version is not None:
+        parts.append(f"v{bp.blueprint_version}")
+    for label, value in (("created", bp.created_at), ("run", bp.run_id), ("step", bp.step)):
+        if value is not None:
+            parts.append(f"{label} {escape(str(value))}")
+    if bp.tokens_seen is not None:
+        parts.append(f"tokens {bp.tokens_seen:,}")
+    return ", ".join(parts)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    bp = load_blueprint(args.file)
+    if args.json:
+        print(json.dumps(blueprint_to_dict(bp), indent=2, allow_nan=False))
+        return 0
+    console = _console()
+    console.print(_header(bp))
+    if bp.resource_model is not None:
+        r = bp.resource_model
+        extra = ", ".join(
+            f"{k} {escape(str(v))}"
+            for k, v in (("optimizer", r.optimizer), ("precision", r.precision), ("ZeRO", r.zero_stage))
+            if v is not None
+        )
+        console.print(
+            f"resource model: cost_fixed {_g(r.cost_fixed)}, cost_per_param {_g(r.cost_per_param)}"
+            + (f" {escape(r.unit)}" if r.unit else "")
+            + (f" ({extra})" if extra else "")
+        )
+    if bp.privacy is not None:
+        p = bp.privacy
+        console.print(f"privacy: {p.mechanism} noise, clip {_g(p.clip)}, σ {_g(p.sigma)}: {escape(p.note)}")
+    table = Table(show_edge=False)
+    for name, justify in (
+        ("id", "left"),
+        ("gradient_norm", "right"),
+        ("CI", "right"),
+        ("n_params", "right"),
+        ("alpha", "right"),
+        ("gamma", "right"),
+        ("gamma_fit", "right"),
+        ("k*", "right"),
+        ("domains", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for e in bp.layers:
+        ci = f"[{_g(e.ci.low)}, {_g(e.ci.high)}] @{e.ci.level:g}" if e.ci else "–"
+        k = _g(e.k_star, 3) + ("" if e.k_star_interior in (None, True) else " (full)")
+        if e.fit is not None and e.fit.error:
+            k = "no fit"
+        tags = " ".join(f"{escape(d)}={v:.3g}" for d, v in (e.domain_tags or {}).items()) or "–"
+        table.add_row(
+            escape(e.id),
+            _g(e.gradient_norm),
+            escape(ci),
+            f"{e.n_params:,}" if e.n_params is not None else "–",
+            _g(e.alpha, 3),
+            _g(e.gamma, 3),
+            _g(e.gamma_fit, 3),
+            k,
+            tags,
+        )
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- diff
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    a, b = load_blueprint(args.a), load_blueprint(args.b)
+    diff = diff_blueprints(a, b)
+    if args.json:
+        print(json.dumps({"file_a": args.a, "file_b": args.b, **diff.to_dict()}, indent=2, allow_nan=False))
+        return 0
+    console = _console()
+    console.print(f"A: {escape(args.a)}  ({escape(a.model_id)}, checkpoint {a.training_checkpoint:g})")
+    console.print(f"B: {escape(args.b)}  ({escape(b.model_id)}, checkpoint {b.training_checkpoint:g})")
+    table = Table(show_edge=False)
+    for name in ("id", "rank A", "rank B", "Δrank", "norm A", "norm B", "B/A"):
+        table.add_column(name, justify="left" if name == "id" else "right")
+    for c in diff.common:
+        table.add_row(
+            escape(c.id),
+            str(c.rank_a),
+            str(c.rank_b),
+            f"{c.rank_change:+d}" if c.rank_change else "0",
+            _g(c.norm_a),
+            _g(c.norm_b),
+            _g(c.norm_ratio, 3),
+        )
+    console.print(table)
+    rho = (
+        "undefined (fewer than 3 common ids or constant norms)"
+        if diff.spearman_rho is None
+        else (f"{diff.spearman_rho:.4f}")
+    )
+    console.print(f"{diff.n_common} common ids; Spearman ρ of the ranks: {rho}")
+    if diff.only_a:
+        console.print(f"only in A: {escape(', '.join(diff.only_a))}")
+    if diff.only_b:
+        console.print(f"only in B: {escape(', '.join(diff.only_b))}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- aggregate
+
+
+def run_aggregate(args: argparse.Namespace) -> int:
+    loaded: Sequence[tuple[str, Blueprint]] = [(path, load_blueprint(path)) for path in args.files]
+    table = aggregate_blueprints(loaded)
+    summary = (
+        f"{len(table.rows)} rows from {len(loaded)} file(s); {table.n_overwritten} key(s) overwritten by later files"
+    )
+    if args.csv == "-":
+        table.to_csv(sys.stdout)
+        return 0
+    if args.csv is not None:
+        try:
+            table.to_csv(args.csv)
+        except OSError as err:
+            raise InputError("--csv", f"cannot write {args.csv}: {err.strerror or err}", "check the path") from None
+        print(f"wrote {args.csv}: {summary}")
+        for o in table.overwritten:
+            print(f"  overwritten: {o.key[0]} @ {o.key[1]:g} {o.key[2]} ({o.previous_source} -> {o.source})")
+        return 0
+    console = _console()
+    out = Table(show_edge=False)
+    for name in ("model_id", "checkpoint", "id", "gradient_norm", "alpha", "gamma", "k*", "source"):
+        out.add_column(
+            name, justify="right" if name in ("checkpoint", "gradient_norm", "alpha", "gamma", "k*") else "left"
+        )
+    for row in table.rows:
+        e = row.layer
+        out.add_row(
+            escape(row.model_id),
+            f"{row.training_checkpoint:g}",
+            escape(e.id),
+            _g(e.gradient_norm),
+            _g(e.alpha, 3),
+            _g(e.gamma, 3),
+            _g(e.k_star, 3),
+            escape(row.source),
+        )
+    console.print(out)
+    console.print(summary)
+    for o in table.overwritten:
+        console.print(
+            f"  overwritten: {escape(o.key[0])} @ {o.key[1]:g} {escape(o.key[2])} "
+            f"({escape(o.previous_source)} -> {escape(o.source)})"
+        )
+    return 0

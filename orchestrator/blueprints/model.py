@@ -1,0 +1,791 @@
+"""Blueprint files (§5, App. A.1; DESIGN.md §6): typed values, strict JSON reading/writing, schema validation.
+
+Two shapes load: the paper's Appendix A.1 shape (no `schema_version`; fields it does not know are kept verbatim
+in `extra` so the file round-trips), and schema 1.0 (`schema_version: "1.0"`), which adds versioning, fidelity,
+fit quality, parameter prefixes, resource model, privacy and provenance, and rejects unknown fields.
+Loading is plain `json` with hooks that refuse NaN/Infinity and duplicate keys: nothing in a file is executed.
+Every problem is an `InputError` naming the JSON path of the offending field.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from orchestrator.errors import InputError
+
+SCHEMA_VERSION = "1.0"
+KNOWN_SCHEMA_VERSIONS: tuple[str, ...] = (SCHEMA_VERSION,)
+PAPER_SHAPE = "paper-A.1"  # how a file without `schema_version` is described
+MAX_BLUEPRINT_BYTES = 16 * 1024 * 1024
+MAX_NESTING_DEPTH = 64  # a schema 1.0 file nests 4 deep; paper-shape extras get some room
+
+SCHEMA_FILE = "blueprint.schema.json"
+_SCHEMA_HINT = "see orchestrator/blueprints/schema/blueprint.schema.json"
+
+PAPER_TOP_FIELDS: tuple[str, ...] = ("model_id", "training_checkpoint", "layers")
+PAPER_LAYER_FIELDS: tuple[str, ...] = ("id", "gradient_norm", "alpha", "gamma", "k_star", "domain_tags")
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfidenceInterval:
+    """Bootstrap CI of a layer's statistic over validation batches (§5 "Fidelity")."""
+
+    low: float
+    high: float
+    level: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitInfo:
+    """How `alpha` was fitted and how well; `error` says why there is no fit (too little data)."""
+
+    method: str
+    r2: float | None = None
+    ks_distance: float | None = None
+    x_min: float | None = None
+    n_tail: int | None = None
+    rank_range: tuple[float, float] | None = None  # rank fractions used by rank-lstsq
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerEntry:
+    """One submodule of a blueprint (App. A.1 (i)-(vi), plus schema 1.0's fidelity and fit fields)."""
+
+    id: str
+    gradient_norm: float
+    alpha: float | None = None  # the fitted power-law exponent (`powerlaw_alpha`, §4.1)
+    gamma: float | None = None  # the paper's γ = 1 − α/(1+α) (App. A.1 (iv))
+    k_star: float | None = None  # recommended update fraction (Prop. B.1)
+    domain_tags: dict[str, float] | None = None
+    statistic: str | None = None  # "mean" | "median" over validation batches
+    ci: ConfidenceInterval | None = None
+    n_batches: int | None = None
+    n_params: int | None = None
+    prefixes: tuple[str, ...] | None = None
+    gamma_fit: float | None = None  # empirical γ from m(k) ≈ k^γ
+    fit: FitInfo | None = None
+    k_star_interior: bool | None = None
+    extra: dict[str, Any] | None = None  # paper-shape files only: fields the paper's shape does not name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceModelRecord:
+    """The resource model k* was derived from: cost(k) = cost_fixed + cost_per_param·k (Prop. B.1)."""
+
+    cost_fixed: float
+    cost_per_param: float
+    unit: str | None = None
+    breakdown: dict[str, float] | None = None
+    optimizer: str | None = None
+    precision: str | None = None
+    zero_stage: int | None = None
+    n_params: int | None = None
+    dp_world_size: int | None = None
+    notes: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyRecord:
+    """Noise added to the released statistics before publication (§5 "Privacy")."""
+
+    mechanism: str
+    clip: float
+    sigma: float
+    note: str
+    noise_multiplier: float | None = None
+    epsilon: float | None = None
+    delta: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Blueprint:
+    """A gradient blueprint. `schema_version` None means the paper's Appendix A.1 shape."""
+
+    model_id: str
+    training_checkpoint: float
+    layers: tuple[LayerEntry, ...]
+    schema_version: str | None = SCHEMA_VERSION
+    blueprint_version: int | None = None
+    created_at: str | None = None  # RFC 3339
+    run_id: str | None = None
+    step: int | None = None
+    tokens_seen: int | None = None
+    resource_model: ResourceModelRecord | None = None
+    privacy: PrivacyRecord | None = None
+    provenance: dict[str, str | float | int | bool] | None = None
+    extra: dict[str, Any] | None = None  # paper-shape files only
+
+    @property
+    def shape(self) -> str:
+        """The schema as `cpr blueprint validate` names it: the schema_version, or paper-A.1 without one."""
+        return self.schema_version if self.schema_version is not None else PAPER_SHAPE
+
+    def layer(self, layer_id: str) -> LayerEntry:
+        for entry in self.layers:
+            if entry.id == layer_id:
+                return entry
+        raise KeyError(layer_id)
+
+    def norms(self) -> dict[str, float]:
+        """gradient_norm per id, in file order."""
+        return {entry.id: entry.gradient_norm for entry in self.layers}
+
+
+def as_schema_1_0(bp: Blueprint, *, source: str = "blueprint") -> Blueprint:
+    """The same blueprint as a schema 1.0 value (needed before adding versions, privacy, ...).
+
+    A paper-shape blueprint with fields schema 1.0 does not know cannot be upgraded without losing them.
+    """
+    if bp.schema_version is not None:
+        return bp
+    field = next(iter(bp.extra)) if bp.extra else None
+    for i, entry in enumerate(bp.layers):
+        if field is None and entry.extra:
+            field = f"layers[{i}].{next(iter(entry.extra))}"
+    if field is not None:
+        raise InputError(
+            f"{source}: {field}",
+            "is not a schema 1.0 field, so this paper-shape blueprint cannot be upgraded without losing it",
+            "remove the field, or map it onto a schema 1.0 field",
+        )
+    return replace(bp, schema_version=SCHEMA_VERSION)
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@functools.cache
+def _schema_text() -> str:
+    return resources.files("orchestrator.blueprints").joinpath("schema").joinpath(SCHEMA_FILE).read_text("utf-8")
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema shipped as package data (a fresh copy each call)."""
+    return json.loads(_schema_text())
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+_FIXES: dict[str, str] = {
+    "model_id": "name the model, e.g. foundation-7b",
+    "training_checkpoint": "the fraction of the training budget processed, in [0, 1], e.g. 0.8",
+    "layers": "a non-empty list of layer entries, each with an id and a gradient_norm",
+    "id": "ids look like attn.0 or ffn.12: letters, digits and _ . : - only (no slashes), at most 128 characters",
+    "gradient_norm": "gradient norms are magnitudes: a finite number >= 0",
+    "k_star": "a recommended update fraction, in [0, 1]",
+    "alpha": "the fitted power-law exponent, a finite number",
+    "gamma": "γ = 1 − α/(1+α), a finite number",
+    "gamma_fit": "the empirical γ from m(k) ≈ k^γ, a finite number",
+    "domain_tags": "an object of domain name -> weight >= 0 relative to the general set",
+    "ci_low": "a CI bound of the gradient norm, >= 0; ci_low, ci_high and ci_level come together",
+    "ci_high": "a CI bound of the gradient norm, >= 0; ci_low, ci_high and ci_level come together",
+    "ci_level": "the CI's confidence level, strictly between 0 and 1 (e.g. 0.95)",
+    "statistic": 'either "mean" or "median"',
+    "n_batches": "the number of validation batches, an integer >= 1",
+    "n_params": "a parameter count, an integer >= 0",
+    "prefixes": "a list of distinct parameter-name prefixes such as model.layers.0.self_attn.",
+    "blueprint_version": "an integer >= 1 (the store assigns it)",
+    "created_at": "an RFC 3339 date-time such as 2025-01-31T12:00:00Z",
+    "step": "an integer >= 0",
+    "tokens_seen": "an integer >= 0",
+    "schema_version": f"known versions: {', '.join(KNOWN_SCHEMA_VERSIONS)}; omit it for a paper Appendix A file",
+}
+
+_JSON_TYPE_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    type(None): "null",
+}
+_SCHEMA_TYPE_NAMES = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "a boolean",
+    "null": "null",
+}
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _json_path(parts: Iterable[str | int]) -> str:
+    """JSON path in the form layers[2].gradient_norm."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _SIMPLE_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def _field(source: str, parts: Sequence[str | int]) -> str:
+    path = _json_path(parts)
+    return f"{source}: {path}" if path else source
+
+
+def _fix_for(parts: Sequence[str | int]) -> str:
+    for part in reversed(parts):
+        if isinstance(part, str):
+            if part in _FIXES:
+                return _FIXES[part]
+            if len(parts) >= 2 and parts[-2] == "domain_tags":
+                return _FIXES["domain_tags"]
+            break
+    return _SCHEMA_HINT
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _schema_error(err: jsonschema.ValidationError, source: str) -> InputError:
+    """One jsonschema error as an InputError naming the JSON path, the problem and the fix."""
+    parts: list[str | int] = list(err.absolute_path)
+    kind, expected, inst = err.validator, err.validator_value, err.instance
+    if kind == "required":
+        missing = [p for p in expected if isinstance(inst, dict) and p not in inst]
+        parts.append(missing[0] if missing else "?")
+        return InputError(_field(source, parts), "is required but missing", _fix_for(parts))
+    if kind == "additionalProperties":
+        known = sorted((err.schema.get("properties") or {}).keys())
+        unknown = [k for k in inst if k not in known] if isinstance(inst, dict) else []
+        parts.append(unknown[0] if unknown else "?")
+        return InputError(
+            _field(source, parts),
+            "is not a schema 1.0 field (typo?)",
+            f"known fields here: {', '.join(known)}",
+        )
+    if kind == "dependentRequired":
+        for key, needs in expected.items():
+            lacking = [n for n in needs if key in inst and n not in inst]
+            if lacking:
+                parts.append(key)
+                return InputError(_field(source, parts), f"needs {' and '.join(lacking)} beside it", _fix_for(parts))
+    fix = _fix_for(parts)
+    if kind == "type":
+        names = expected if isinstance(expected, list) else [expected]
+        wanted = " or ".join(_SCHEMA_TYPE_NAMES.get(n, n) for n in names)
+        problem = f"must be {wanted}, got {_describe_type(inst)} {_show(inst)}"
+    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        problem = f"must be {op} {expected:g}, got {_show(inst)}"
+    elif kind == "enum":
+        problem = f"must be one of {', '.join(_show(v) for v in expected)}, got {_show(inst)}"
+    elif kind == "pattern":
+        problem = f"must match {expected}, got {_show(inst)}"
+    elif kind == "minItems":
+        problem = f"must have at least {expected} item(s)"
+    elif kind == "maxItems":
+        problem = f"must have at most {expected} items"
+    elif kind == "minLength":
+        problem = "must not be empty" if expected == 1 else f"must have at least {expected} characters"
+    elif kind == "maxLength":
+        problem = f"must have at most {expected} characters"
+    elif kind == "uniqueItems":
+        problem = "must not repeat items"
+    elif kind == "maxProperties":
+        problem = f"must have at most {expected} entries"
+    elif kind == "propertyNames":
+        problem = f"has a bad key: {err.message}"
+    elif kind == "anyOf" and parts and len(parts) >= 2 and parts[-2] == "provenance":
+        problem = f"must be a string, a number or a boolean, got {_describe_type(inst)} {_show(inst)}"
+        fix = "provenance values are plain strings, numbers or booleans"
+    else:
+        problem = " ".join(err.message.split())
+        if len(problem) > 200:
+            problem = problem[:197] + "..."
+    return InputError(_field(source, parts), problem, fix)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+class _NonFinite:
+    """Marker left in the parsed document where the text had NaN, Infinity or an overflowing number."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _DuplicateKeys(dict):  # type: ignore[type-arg]
+    """A JSON object whose text repeated a key (json keeps the last one silently; we refuse)."""
+
+    duplicate: str = ""
+
+
+def _parse_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            dup = _DuplicateKeys(out)
+            dup.update(pairs)
+            dup.duplicate = key
+            return dup
+        out[key] = value
+    return out
+
+
+def _scan(doc: Any, source: str) -> None:
+    """Refuse what `json` lets through: NaN/Infinity/overflow, repeated keys, nesting deeper than the cap."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    while stack:
+        node, parts = stack.pop()
+        if len(parts) > MAX_NESTING_DEPTH:
+            raise InputError(
+                _field(source, parts[:8]) + "...",
+                f"is nested deeper than {MAX_NESTING_DEPTH} levels",
+                "a blueprint is a flat record; remove the deep nesting",
+            )
+        if isinstance(node, _NonFinite):
+            raise InputError(
+                _field(source, parts),
+                f"must be a finite number, got {node.text}",
+                "JSON has no NaN or Infinity; write a finite value or leave the field out",
+            )
+        if isinstance(node, float) and not math.isfinite(node):
+            raise InputError(
+                _field(source, parts),
+                f"must be a finite number, got {node!r}",
+                "JSON has no NaN or Infinity; write a finite value or leave the field out",
+            )
+        if isinstance(node, dict):
+            if isinstance(node, _DuplicateKeys):
+                raise InputError(
+                    _field(source, (*parts, node.duplicate)),
+                    "appears twice in the same object",
+                    "keep one of the two; JSON readers disagree on which one wins",
+                )
+            items = list(node.items())
+            stack.extend((value, (*parts, key)) for key, value in reversed(items))
+        elif isinstance(node, list):
+            stack.extend((value, (*parts, i)) for i, value in reversed(list(enumerate(node))))
+
+
+def validate_document(doc: Any, *, source: str) -> None:
+    """Check a decoded blueprint document against the schema and the rules a schema cannot say.
+
+    Raises InputError naming the JSON path of the first problem.
+    """
+    if not isinstance(doc, dict):
+        raise InputError(source, f"must be a JSON object, got {_describe_type(doc)}", _FIXES["layers"])
+    _scan(doc, source)
+    version = doc.get("schema_version")
+    if "schema_version" in doc and version not in KNOWN_SCHEMA_VERSIONS:
+        raise InputError(
+            f"{source}: schema_version", f"unknown schema version {_show(version)}", _FIXES["schema_version"]
+        )
+    errors = list(_validator().iter_errors(doc))
+    if errors:
+        # Report the first problem in path order, so the message does not depend on jsonschema's internals.
+        def order(e: jsonschema.ValidationError) -> tuple[Any, ...]:
+            return tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in e.absolute_path)
+
+        raise _schema_error(min(errors, key=order), source)
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(doc["layers"]):
+        lid = layer["id"]
+        if lid in seen:
+            raise InputError(
+                f"{source}: layers[{i}].id",
+                f"duplicate id {lid!r} (also layers[{seen[lid]}])",
+                "each submodule appears once per blueprint",
+            )
+        seen[lid] = i
+        if "ci_low" in layer and layer["ci_low"] > layer["ci_high"]:
+            raise InputError(
+                f"{source}: layers[{i}].ci_low",
+                f"must be <= ci_high, got {layer['ci_low']!r} > {layer['ci_high']!r}",
+                _FIXES["ci_low"],
+            )
+    if "created_at" in doc:
+        try:
+            _dt.datetime.fromisoformat(doc["created_at"].upper().replace("Z", "+00:00"))
+        except ValueError:
+            raise InputError(
+                f"{source}: created_at", f"is not a valid date-time: {_show(doc['created_at'])}", _FIXES["created_at"]
+            ) from None
+
+
+def _decode(data: bytes | str, source: str) -> Any:
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_BLUEPRINT_BYTES:
+        raise InputError(
+            source,
+            f"is {size} bytes, over the {MAX_BLUEPRINT_BYTES}-byte cap for blueprints",
+            "a blueprint holds per-submodule summaries; it should be far smaller",
+        )
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(source, f"is not UTF-8 text (byte {err.start})", "save the file as UTF-8 JSON") from None
+    else:
+        text = data
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return json.loads(
+            text,
+            parse_constant=_NonFinite,
+            parse_float=_parse_float,
+            object_pairs_hook=_object_pairs,
+        )
+    except RecursionError:
+        raise InputError(
+            source,
+            "is nested too deeply to read",
+            "a blueprint is a flat record; remove the deep nesting",
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError(
+            source,
+            f"is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}",
+            "a blueprint is a JSON file (App. A.1); note that JSON has no comments",
+        ) from None
+    except ValueError as err:  # e.g. an integer literal longer than Python's digit limit
+        raise InputError(source, f"is not valid JSON: {' '.join(str(err).split())[:120]}", None) from None
+
+
+def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
+    return float(d[key]) if key in d else None
+
+
+def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
+    return int(d[key]) if key in d else None
+
+
+def _layer_from_doc(d: Mapping[str, Any], *, paper: bool) -> LayerEntry:
+    tags = {str(k): float(v) for k, v in d["domain_tags"].items()} if "domain_tags" in d else None
+    common: dict[str, Any] = {
+        "id": d["id"],
+        "gradient_norm": float(d["gradient_norm"]),
+        "alpha": _opt_float(d, "alpha"),
+        "gamma": _opt_float(d, "gamma"),
+        "k_star": _opt_float(d, "k_star"),
+        "domain_tags": tags,
+    }
+    if paper:
+        extra = {k: v for k, v in d.items() if k not in PAPER_LAYER_FIELDS}
+        return LayerEntry(**common, extra=extra or None)
+    ci = None
+    if "ci_low" in d:
+        ci = ConfidenceInterval(low=float(d["ci_low"]), high=float(d["ci_high"]), level=float(d["ci_level"]))
+    fit = None
+    if "fit" in d:
+        f = d["fit"]
+        rr = f.get("rank_range")
+        fit = FitInfo(
+            method=f["method"],
+            r2=_opt_float(f, "r2"),
+            ks_distance=_opt_float(f, "ks_distance"),
+            x_min=_opt_float(f, "x_min"),
+            n_tail=_opt_int(f, "n_tail"),
+            rank_range=(float(rr[0]), float(rr[1])) if rr is not None else None,
+            error=f.get("error"),
+        )
+    return LayerEntry(
+        **common,
+        statistic=d.get("statistic"),
+        ci=ci,
+        n_batches=_opt_int(d, "n_batches"),
+        n_params=_opt_int(d, "n_params"),
+        prefixes=tuple(d["prefixes"]) if "prefixes" in d else None,
+        gamma_fit=_opt_float(d, "gamma_fit"),
+        fit=fit,
+        k_star_interior=d.get("k_star_interior"),
+    )
+
+
+RESOURCE_MODEL_FIELDS: tuple[str, ...] = (
+    "cost_fixed",
+    "cost_per_param",
+    "unit",
+    "breakdown",
+    "optimizer",
+    "precision",
+    "zero_stage",
+    "n_params",
+    "dp_world_size",
+    "notes",
+)
+
+
+def resource_record_from_dict(r: Mapping[str, Any]) -> ResourceModelRecord:
+    """A ResourceModelRecord from a resource model's to_dict() form (or a file's `resource_model` object)."""
+    unknown = [k for k in r if k not in RESOURCE_MODEL_FIELDS]
+    if unknown:
+        raise ValueError(f"resource model fields unknown to blueprint schema {SCHEMA_VERSION}: {unknown}")
+    return ResourceModelRecord(
+        cost_fixed=float(r["cost_fixed"]),
+        cost_per_param=float(r["cost_per_param"]),
+        unit=r.get("unit"),
+        breakdown={str(k): float(v) for k, v in r["breakdown"].items()} if "breakdown" in r else None,
+        optimizer=r.get("optimizer"),
+        precision=r.get("precision"),
+        zero_stage=_opt_int(r, "zero_stage"),
+        n_params=_opt_int(r, "n_params"),
+        dp_world_size=_opt_int(r, "dp_world_size"),
+        notes=r.get("notes"),
+    )
+
+
+def _blueprint_from_doc(doc: Mapping[str, Any]) -> Blueprint:
+    paper = "schema_version" not in doc
+    layers = tuple(_layer_from_doc(layer, paper=paper) for layer in doc["layers"])
+    if paper:
+        extra = {k: v for k, v in doc.items() if k not in PAPER_TOP_FIELDS}
+        return Blueprint(
+            schema_version=None,
+            model_id=doc["model_id"],
+            training_checkpoint=float(doc["training_checkpoint"]),
+            layers=layers,
+            extra=extra or None,
+        )
+    rm = resource_record_from_dict(doc["resource_model"]) if "resource_model" in doc else None
+    privacy = None
+    if "privacy" in doc:
+        p = doc["privacy"]
+        privacy = PrivacyRecord(
+            mechanism=p["mechanism"],
+            clip=float(p["clip"]),
+            sigma=float(p["sigma"]),
+            note=p["note"],
+            noise_multiplier=_opt_float(p, "noise_multiplier"),
+            epsilon=_opt_float(p, "epsilon"),
+            delta=_opt_float(p, "delta"),
+        )
+    return Blueprint(
+        schema_version=doc["schema_version"],
+        model_id=doc["model_id"],
+        training_checkpoint=float(doc["training_checkpoint"]),
+        layers=layers,
+        blueprint_version=_opt_int(doc, "blueprint_version"),
+        created_at=doc.get("created_at"),
+        run_id=doc.get("run_id"),
+        step=_opt_int(doc, "step"),
+        tokens_seen=_opt_int(doc, "tokens_seen"),
+        resource_model=rm,
+        privacy=privacy,
+        provenance=dict(doc["provenance"]) if "provenance" in doc else None,
+    )
+
+
+def parse_blueprint(text: str | bytes, *, source: str) -> Blueprint:
+    """Decode and validate blueprint JSON text; `source` names it in errors (usually the file path)."""
+    doc = _decode(text, source)
+    validate_document(doc, source=source)
+    return _blueprint_from_doc(doc)
+
+
+def load_blueprint(path_or_bytes: str | os.PathLike[str] | bytes) -> Blueprint:
+    """Read a blueprint file (or raw bytes). The size cap is checked before the file is read."""
+    if isinstance(path_or_bytes, bytes):
+        return parse_blueprint(path_or_bytes, source="<bytes>")
+    path = Path(path_or_bytes)
+    source = str(path)
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_BLUEPRINT_BYTES:
+                raise InputError(
+                    source,
+                    f"is {size} bytes, over the {MAX_BLUEPRINT_BYTES}-byte cap for blueprints",
+                    "a blueprint holds per-submodule summaries; it should be far smaller",
+                )
+            data = fh.read(MAX_BLUEPRINT_BYTES + 1)  # a file that grows while we read is still capped
+    except FileNotFoundError:
+        raise InputError(source, "no such file", "check the path") from None
+    except IsADirectoryError:
+        raise InputError(source, "is a directory, not a blueprint file", "name the blueprint.json inside") from None
+    except PermissionError:
+        raise InputError(source, "cannot be read (permission denied)", "check the file's permissions") from None
+    return parse_blueprint(data, source=source)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _merge_extra(d: dict[str, Any], extra: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """Append a paper-shape file's unknown fields; they may not shadow the fields the paper names."""
+    clash = [k for k in extra if k in known]
+    if clash:
+        raise ValueError(f"extra fields {clash} shadow the paper's own fields")
+    d.update(extra)
+
+
+def _put(d: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        d[key] = value
+
+
+_SCHEMA_1_0_LAYER_ATTRS = (
+    "statistic",
+    "ci",
+    "n_batches",
+    "n_params",
+    "prefixes",
+    "gamma_fit",
+    "fit",
+    "k_star_interior",
+)
+
+
+def _layer_to_dict(entry: LayerEntry, *, paper: bool) -> dict[str, Any]:
+    if paper:
+        set_attrs = [a for a in _SCHEMA_1_0_LAYER_ATTRS if getattr(entry, a) is not None]
+        if set_attrs:
+            raise InputError(
+                f"blueprint: layers[{entry.id}].{set_attrs[0]}",
+                "is a schema 1.0 field but the blueprint is in the paper's shape",
+                "upgrade it first with as_schema_1_0()",
+            )
+    d: dict[str, Any] = {"id": entry.id, "gradient_norm": entry.gradient_norm}
+    if not paper:
+        _put(d, "statistic", entry.statistic)
+        if entry.ci is not None:
+            d["ci_low"], d["ci_high"], d["ci_level"] = entry.ci.low, entry.ci.high, entry.ci.level
+        _put(d, "n_batches", entry.n_batches)
+        _put(d, "n_params", entry.n_params)
+        _put(d, "prefixes", list(entry.prefixes) if entry.prefixes is not None else None)
+    _put(d, "alpha", entry.alpha)
+    _put(d, "gamma", entry.gamma)
+    if not paper:
+        _put(d, "gamma_fit", entry.gamma_fit)
+    _put(d, "k_star", entry.k_star)
+    if not paper:
+        _put(d, "k_star_interior", entry.k_star_interior)
+        if entry.fit is not None:
+            f = entry.fit
+            fd: dict[str, Any] = {"method": f.method}
+            _put(fd, "r2", f.r2)
+            _put(fd, "ks_distance", f.ks_distance)
+            _put(fd, "x_min", f.x_min)
+            _put(fd, "n_tail", f.n_tail)
+            _put(fd, "rank_range", list(f.rank_range) if f.rank_range is not None else None)
+            _put(fd, "error", f.error)
+            d["fit"] = fd
+    _put(d, "domain_tags", dict(entry.domain_tags) if entry.domain_tags is not None else None)
+    if entry.extra:
+        if not paper:
+            raise InputError(
+                f"layers[{entry.id}].{next(iter(entry.extra))}",
+                "is not a schema 1.0 field",
+                "only paper-shape blueprints carry extra fields",
+            )
+        _merge_extra(d, entry.extra, PAPER_LAYER_FIELDS)
+    return d
+
+
+def blueprint_to_dict(bp: Blueprint, *, validate: bool = True) -> dict[str, Any]:
+    """Plain JSON data in a stable key order; validated against the schema unless validate=False."""
+    paper = bp.schema_version is None
+    d: dict[str, Any] = {}
+    _put(d, "schema_version", bp.schema_version)
+    d["model_id"] = bp.model_id
+    if not paper:
+        _put(d, "blueprint_version", bp.blueprint_version)
+    d["training_checkpoint"] = bp.training_checkpoint
+    if not paper:
+        _put(d, "created_at", bp.created_at)
+        _put(d, "run_id", bp.run_id)
+        _put(d, "step", bp.step)
+        _put(d, "tokens_seen", bp.tokens_seen)
+    d["layers"] = [_layer_to_dict(entry, paper=paper) for entry in bp.layers]
+    if paper:
+        ours = {
+            "blueprint_version": bp.blueprint_version,
+            "created_at": bp.created_at,
+            "run_id": bp.run_id,
+            "step": bp.step,
+            "tokens_seen": bp.tokens_seen,
+            "resource_model": bp.resource_model,
+            "privacy": bp.privacy,
+            "provenance": bp.provenance,
+        }
+        set_fields = [k for k, v in ours.items() if v is not None]
+        if set_fields:
+            raise InputError(
+                f"blueprint: {set_fields[0]}",
+                "is a schema 1.0 field but the blueprint is in the paper's shape",
+                "upgrade it first with as_schema_1_0()",
+            )
+        _merge_extra(d, bp.extra or {}, PAPER_TOP_FIELDS)
+    else:
+        if bp.extra:
+            raise InputError(
+                f"blueprint: {next(iter(bp.extra))}",
+                "is not a schema 1.0 field",
+                "only paper-shape blueprints carry extra fields",
+            )
+        if bp.resource_model is not None:
+            r = bp.resource_model
+            rd: dict[str, Any] = {"cost_fixed": r.cost_fixed, "cost_per_param": r.cost_per_param}
+            _put(rd, "unit", r.unit)
+            _put(rd, "breakdown", dict(r.breakdown) if r.breakdown is not None else None)
+            _put(rd, "optimizer", r.optimizer)
+            _put(rd, "precision", r.precision)
+            _put(rd, "zero_stage", r.zero_stage)
+            _put(rd, "n_params", r.n_params)
+            _put(rd, "dp_world_size", r.dp_world_size)
+            _put(rd, "notes", r.notes)
+            d["resource_model"] = rd
+        if bp.privacy is not None:
+            p = bp.privacy
+            pd: dict[str, Any] = {"mechanism": p.mechanism, "clip": p.clip}
+            _put(pd, "noise_multiplier", p.noise_multiplier)
+            pd["sigma"] = p.sigma
+            _put(pd, "epsilon", p.epsilon)
+            _put(pd, "delta", p.delta)
+            pd["note"] = p.note
+            d["privacy"] = pd
+        _put(d, "provenance", dict(bp.provenance) if bp.provenance is not None else None)
+    if validate:
+        validate_document(d, source="blueprint")
+    return d
+
+
+def dumps_blueprint(bp: Blueprint) -> str:
+    """Validated JSON text: stable key order, indent 2, trailing newline, no NaN/Infinity."""
+    return json.dumps(blueprint_to_dict(bp), indent=2, allow_nan=False) + "\n"

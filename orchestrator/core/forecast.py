@@ -1,0 +1,146 @@
+"""Forecast of where a run is heading (beyond the paper): fit Ψ(Γ) = Ψ∞ − A·Γ^(−b) to the history.
+
+With every STOP the controller reports the Γ at which the fitted marginal return dΨ/dΓ = A·b·Γ^(−b−1) is
+predicted to fall to η, and the Ψ that continuing to the budget would still have bought, Ψ(budget) − Ψ(Γ_now).
+A saturating power law is the usual shape of loss-vs-compute curves (Kaplan et al. 2020; Hoffmann et al. 2022).
+
+Fitting: the model is linear in (Ψ∞, A) for a fixed b, so b is found by a bounded 1-D search of the
+least-squares residual with (Ψ∞, A) solved exactly at each b (variable projection), on Γ rescaled to (0, 1].
+No forecast is made when the fit is poor (R² below `min_r2`, too few points, A ≤ 0, or b at its bound):
+the result says why instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import optimize
+
+B_BOUNDS = (1e-3, 5.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Forecast:
+    """A saturating power-law fit of Ψ(Γ) and what it predicts; `ok` is False (with `reason`) when there is none."""
+
+    ok: bool
+    reason: str | None = None
+    n_points: int = 0
+    psi_inf: float | None = None
+    """Ψ∞: the asymptote Ψ approaches as Γ grows."""
+    scale_a: float | None = None
+    """A, in Ψ units per (Γ units)^(−b)."""
+    exponent_b: float | None = None
+    r2: float | None = None
+    rmse: float | None = None
+    gamma_now: float | None = None
+    eta: float | None = None
+    gamma_cross: float | None = None
+    """Γ at which the fitted dΨ/dΓ equals η (None when η ≤ 0: it never does)."""
+    budget: float | None = None
+    psi_at_budget: float | None = None
+    psi_gain_to_budget: float | None = None
+    """Ψ(budget) − Ψ(Γ_now): what continuing to the budget would still have bought."""
+
+    def predict(self, gamma: float) -> float:
+        if not self.ok or self.psi_inf is None or self.scale_a is None or self.exponent_b is None:
+            raise ValueError("no forecast to predict from")
+        return self.psi_inf - self.scale_a * gamma ** (-self.exponent_b)
+
+    def marginal_return(self, gamma: float) -> float:
+        """dΨ/dΓ of the fitted curve at Γ."""
+        if not self.ok or self.scale_a is None or self.exponent_b is None:
+            raise ValueError("no forecast to predict from")
+        return self.scale_a * self.exponent_b * gamma ** (-self.exponent_b - 1.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Forecast:
+        return cls(**data)  # type: ignore[arg-type]
+
+
+def _projection(x: np.ndarray, y: np.ndarray, b: float) -> tuple[float, float, float]:
+    """For fixed b: exact least squares of y = c − a·x^(−b); returns (sse, c, a)."""
+    design = np.column_stack([np.ones_like(x), -(x ** (-b))])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    return float(resid @ resid), float(coef[0]), float(coef[1])
+
+
+def fit_forecast(
+    gammas: Sequence[float],
+    psis: Sequence[float],
+    *,
+    eta: float | None,
+    budget: float | None = None,
+    min_points: int = 6,
+    min_r2: float = 0.9,
+) -> Forecast:
+    """Fit Ψ(Γ) = Ψ∞ − A·Γ^(−b) to the (Γ, Ψ) history and predict the η crossing and the gain left to the budget."""
+    g_all = np.asarray(gammas, dtype=np.float64)
+    p_all = np.asarray(psis, dtype=np.float64)
+    keep = (g_all > 0) & np.isfinite(g_all) & np.isfinite(p_all)
+    g, p = g_all[keep], p_all[keep]
+    n = int(g.size)
+    gamma_now = float(g_all[-1]) if g_all.size else None
+    if n < min_points:
+        return Forecast(ok=False, reason=f"too few points with Γ > 0 to fit ({n} < {min_points})", n_points=n)
+    if np.ptp(p) == 0.0:
+        return Forecast(ok=False, reason="Ψ is constant: nothing to fit", n_points=n)
+
+    scale = float(g.max())
+    x = g / scale
+    # Coarse grid then a bounded refinement around the best grid point.
+    grid = np.geomspace(B_BOUNDS[0], B_BOUNDS[1], 60)
+    sses = [_projection(x, p, b)[0] for b in grid]
+    i = int(np.argmin(sses))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    res = optimize.minimize_scalar(
+        lambda b: _projection(x, p, b)[0], bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
+    )
+    b = float(res.x)
+    sse, psi_inf, a_scaled = _projection(x, p, b)
+    sst = float(((p - p.mean()) ** 2).sum())
+    r2 = 1.0 - sse / sst
+    rmse = math.sqrt(sse / n)
+    a = a_scaled * scale**b  # back to Γ's own units: a·(Γ/s)^(−b) = (a·s^b)·Γ^(−b)
+
+    def poor(reason: str) -> Forecast:
+        return Forecast(ok=False, reason=reason, n_points=n, r2=r2, rmse=rmse)
+
+    if a_scaled <= 0:
+        return poor("Ψ does not rise with Γ (fitted A ≤ 0)")
+    if b <= B_BOUNDS[0] * 1.01 or b >= B_BOUNDS[1] * 0.99:
+        return poor(f"exponent b={b:.3g} at the edge of its range {B_BOUNDS}: not a saturating curve")
+    if r2 < min_r2:
+        return poor(f"poor fit: R²={r2:.3f} < {min_r2}")
+
+    gamma_cross = None
+    if eta is not None and eta > 0:
+        # dΨ/dΓ = A·b·Γ^(−b−1) = η  ⇔  Γ = (A·b/η)^(1/(b+1))
+        gamma_cross = float((a * b / eta) ** (1.0 / (b + 1.0)))
+    psi_at_budget = gain = None
+    if budget is not None and gamma_now is not None:
+        psi_at_budget = float(psi_inf - a * budget ** (-b))
+        psi_now = float(psi_inf - a * gamma_now ** (-b)) if gamma_now > 0 else float(p[-1])
+        gain = max(0.0, psi_at_budget - psi_now)
+    return Forecast(
+        ok=True,
+        n_points=n,
+        psi_inf=psi_inf,
+        scale_a=float(a),
+        exponent_b=b,
+        r2=r2,
+        rmse=rmse,
+        gamma_now=gamma_now,
+        eta=eta,
+        gamma_cross=gamma_cross,
+        budget=budget,
+        psi_at_budget=psi_at_budget,
+        psi_gain_to_budget=gain,
+    )

@@ -1,0 +1,320 @@
+"""The marginal-return stop rule (§3): stop when the windowed ΔΨ/ΔΓ stays below η for P successive checks.
+
+At each evaluation check t the rule takes (Ψ_t, Γ_t), keeps the last w finite points, and estimates the
+ratio r_t = ΔΨ/ΔΓ over them (`slopes`). No marginal-return decision is taken during warm-up (fewer than
+`min_checks` checks, or Γ below `min_fraction` of the budget). η is absolute, or relative, η = ρ·r_ref, where
+r_ref is the first positive window ratio after warm-up (an early reference window, measured not typed in).
+Γ reaching the budget stops at once; `max_nonfinite` successive non-finite Ψ stop the run as diverged.
+The rule's state is plain data that serialises to JSON and restores exactly, so a controller can restart
+without losing or repeating a decision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from orchestrator.core.decisions import Action, Decision, StopReason
+from orchestrator.core.forecast import fit_forecast
+from orchestrator.core.resources import ResourceKind
+from orchestrator.core.slopes import SlopeEstimator, window_slope
+from orchestrator.errors import InputError
+
+HISTORY_MAX = 1024
+"""The (Γ, Ψ) history kept for the forecast is thinned to at most this many points (bounded memory)."""
+
+STATE_FORMAT = 1
+
+DEFAULT_ETA_REL = 0.02
+"""ρ used when no threshold is given: stop once the return has fallen to 2 % of the early reference ratio.
+Conservative on purpose (a false stop costs capability): on the shipped CPU curve ρ = 0.05 stopped at 40 % of
+the run giving up 0.45 nats/token, ρ = 0.02 at 75 % giving up 0.12 (orchestrator/examples/README.md)."""
+
+
+def _require(name: str, value: Any, ok: Callable[[Any], bool], requirement: str, fix: str) -> None:
+    if not ok(value):
+        raise InputError(f"stop.{name}", f"{requirement}, got {value!r}", fix)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopRuleConfig:
+    """Settings of the stop rule; validated on construction (one InputError naming the field)."""
+
+    resource: ResourceKind = ResourceKind.ENERGY_KWH
+    """Which kind of Γ the rule divides by."""
+    window: int = 5
+    """w: evaluation checks (points) in the moving window; at least 2."""
+    patience: int = 3
+    """P: successive checks with ratio < η before stopping."""
+    eta: float | None = None
+    """Absolute threshold η in Ψ units per Γ unit (≥ 0). At most one of `eta` and `eta_rel` is set."""
+    eta_rel: float | None = None
+    """ρ in (0, 1]: η = ρ·r_ref, relative to the first positive window ratio after warm-up.
+    When neither is set, ρ = DEFAULT_ETA_REL."""
+    min_checks: int = 0
+    """Warm-up: no marginal-return decision before this many checks."""
+    min_fraction: float = 0.0
+    """Warm-up: no marginal-return decision before Γ reaches this fraction of the budget (needs `budget`)."""
+    budget: float | None = None
+    """Budget cap on Γ: reaching it stops the run. None: no cap."""
+    estimator: SlopeEstimator = SlopeEstimator.LSTSQ
+    """How the window slope is estimated: endpoint, lstsq or theil-sen."""
+    max_nonfinite: int = 3
+    """Successive non-finite Ψ (NaN/Inf loss) that stop the run as `diverged`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resource", ResourceKind.parse(str(self.resource), field="stop.resource"))
+        try:
+            object.__setattr__(self, "estimator", SlopeEstimator(self.estimator))
+        except ValueError:
+            valid = ", ".join(e.value for e in SlopeEstimator)
+            raise InputError(
+                "stop.estimator", f"unknown estimator {self.estimator!r}", f"use one of: {valid}"
+            ) from None
+        _require(
+            "window",
+            self.window,
+            lambda v: _is_int(v) and v >= 2,
+            "must be an integer ≥ 2",
+            "a slope needs at least two checks; use 2 or more",
+        )
+        _require(
+            "patience",
+            self.patience,
+            lambda v: _is_int(v) and v >= 1,
+            "must be an integer ≥ 1",
+            "use 1 to stop at the first check below η",
+        )
+        _require(
+            "min_checks",
+            self.min_checks,
+            lambda v: _is_int(v) and v >= 0,
+            "must be an integer ≥ 0",
+            "use 0 for no warm-up by count",
+        )
+        _require(
+            "max_nonfinite",
+            self.max_nonfinite,
+            lambda v: _is_int(v) and v >= 1,
+            "must be an integer ≥ 1",
+            "use 1 to stop at the first non-finite evaluation",
+        )
+        if self.eta is not None and self.eta_rel is not None:
+            raise InputError(
+                "stop.eta",
+                "set only one of eta (absolute) and eta_rel (relative ρ)",
+                "e.g. --eta 1e-3, or --eta-rel 0.05",
+            )
+        if self.eta is None and self.eta_rel is None:
+            object.__setattr__(self, "eta_rel", DEFAULT_ETA_REL)
+        if self.eta is not None:
+            _require(
+                "eta",
+                self.eta,
+                lambda v: _is_number(v) and v >= 0,
+                "must be a finite number ≥ 0",
+                "η is the smallest ΔΨ/ΔΓ worth paying for",
+            )
+        if self.eta_rel is not None:
+            _require(
+                "eta_rel",
+                self.eta_rel,
+                lambda v: _is_number(v) and 0 < v <= 1,
+                "must be in (0, 1]",
+                "ρ is a fraction of the early reference ratio, e.g. 0.05",
+            )
+        if self.budget is not None:
+            _require(
+                "budget",
+                self.budget,
+                lambda v: _is_number(v) and v > 0,
+                "must be a finite number > 0",
+                "the budget is a cap on Γ in the resource's units; omit it for no cap",
+            )
+        _require(
+            "min_fraction",
+            self.min_fraction,
+            lambda v: _is_number(v) and 0 <= v < 1,
+            "must be in [0, 1)",
+            "a fraction of the budget, e.g. 0.1",
+        )
+        if self.min_fraction > 0 and self.budget is None:
+            raise InputError("stop.min_fraction", "needs a budget", "set stop.budget, or min_fraction=0")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["resource"] = self.resource.value
+        data["estimator"] = self.estimator.value
+        return data
+
+
+@dataclass(kw_only=True)
+class StopRuleState:
+    """Everything the rule remembers between checks; plain data for JSON."""
+
+    checks: int = 0
+    window_gamma: list[float] = field(default_factory=list)
+    window_psi: list[float] = field(default_factory=list)
+    checks_below: int = 0
+    nonfinite_run: int = 0
+    r_ref: float | None = None
+    eta: float | None = None
+    last_gamma: float | None = None
+    history_gamma: list[float] = field(default_factory=list)
+    history_psi: list[float] = field(default_factory=list)
+    stopped: Decision | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stopped"] = self.stopped.to_dict() if self.stopped else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRuleState:
+        data = dict(data)
+        stopped = data.pop("stopped")
+        return cls(**data, stopped=Decision.from_dict(stopped) if stopped else None)
+
+
+class StopRule:
+    """Feeds (Ψ, Γ) checks one at a time and returns a Decision for each."""
+
+    def __init__(self, config: StopRuleConfig, state: StopRuleState | None = None) -> None:
+        self.config = config
+        self.state = state if state is not None else StopRuleState()
+        if self.config.eta is not None and self.state.eta is None:
+            self.state.eta = float(self.config.eta)
+
+    @property
+    def eta(self) -> float | None:
+        """η in force: the absolute threshold, or ρ·r_ref once the reference ratio is known."""
+        return self.state.eta
+
+    @property
+    def stopped(self) -> Decision | None:
+        return self.state.stopped
+
+    def observe(self, *, psi: float, gamma: float, step: int | None = None) -> Decision:
+        """Take one evaluation check: Ψ (higher is better) and cumulative Γ of the rule's resource kind."""
+        s, c = self.state, self.config
+        if s.stopped is not None:
+            raise RuntimeError(f"the rule already stopped at check {s.stopped.check} ({s.stopped.reason})")
+        gamma = float(gamma)
+        psi = float(psi)
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"Γ must be finite and ≥ 0, got {gamma!r}")
+        if s.last_gamma is not None and gamma < s.last_gamma:
+            raise ValueError(f"Γ decreased from {s.last_gamma!r} to {gamma!r}: cumulative resources never do")
+        s.checks += 1
+        s.last_gamma = gamma
+        warmup = s.checks < c.min_checks or (c.budget is not None and gamma < c.min_fraction * c.budget)
+
+        def decide(action: Action, reason: StopReason | None, ratio: float | None) -> Decision:
+            forecast = None
+            if action is Action.STOP and reason in (StopReason.MARGINAL_RETURN, StopReason.BUDGET):
+                forecast = fit_forecast(s.history_gamma, s.history_psi, eta=s.eta, budget=c.budget)
+            decision = Decision(
+                check=s.checks,
+                step=step,
+                action=action,
+                reason=reason,
+                psi=psi,
+                gamma=gamma,
+                ratio=ratio,
+                eta=s.eta,
+                checks_below=s.checks_below,
+                warmup=warmup,
+                forecast=forecast,
+            )
+            if action is Action.STOP:
+                s.stopped = decision
+            return decision
+
+        if not math.isfinite(psi):
+            s.nonfinite_run += 1
+            if s.nonfinite_run >= c.max_nonfinite:
+                return decide(Action.STOP, StopReason.DIVERGED, None)
+            return decide(Action.CONTINUE, None, None)
+        s.nonfinite_run = 0
+        self._remember(gamma, psi)
+
+        if c.budget is not None and gamma >= c.budget:
+            return decide(Action.STOP, StopReason.BUDGET, self._ratio())
+        ratio = self._ratio()
+        if warmup or ratio is None:
+            return decide(Action.CONTINUE, None, ratio)
+        if s.eta is None:  # relative η: the first positive ratio after warm-up is the reference (§3, η = ρ·r_ref)
+            if ratio <= 0:
+                return decide(Action.CONTINUE, None, ratio)
+            s.r_ref = ratio
+            s.eta = float(c.eta_rel) * ratio  # type: ignore[operator]
+        s.checks_below = s.checks_below + 1 if ratio < s.eta else 0
+        if s.checks_below >= c.patience:
+            return decide(Action.STOP, StopReason.MARGINAL_RETURN, ratio)
+        return decide(Action.CONTINUE, None, ratio)
+
+    def user_stop(self, *, step: int | None = None) -> Decision:
+        """A STOP asked for by a person or a script, recorded with the last check's figures."""
+        s = self.state
+        if s.stopped is not None:
+            return s.stopped
+        psi = s.window_psi[-1] if s.window_psi else math.nan
+        decision = Decision(
+            check=s.checks,
+            step=step,
+            action=Action.STOP,
+            reason=StopReason.USER,
+            psi=psi,
+            gamma=s.last_gamma or 0.0,
+            ratio=self._ratio(),
+            eta=s.eta,
+            checks_below=s.checks_below,
+            warmup=False,
+        )
+        s.stopped = decision
+        return decision
+
+    def _ratio(self) -> float | None:
+        s = self.state
+        if len(s.window_gamma) < self.config.window:
+            return None
+        return window_slope(s.window_gamma, s.window_psi, self.config.estimator)
+
+    def _remember(self, gamma: float, psi: float) -> None:
+        s, w = self.state, self.config.window
+        s.window_gamma = [*s.window_gamma, gamma][-w:]
+        s.window_psi = [*s.window_psi, psi][-w:]
+        s.history_gamma.append(gamma)
+        s.history_psi.append(psi)
+        if len(s.history_gamma) > HISTORY_MAX:
+            # Keep every other point of the history (newest kept): memory stays bounded, shape stays.
+            s.history_gamma = s.history_gamma[::-1][::2][::-1]
+            s.history_psi = s.history_psi[::-1][::2][::-1]
+
+    def to_json(self) -> str:
+        """Config and state as JSON; `from_json` restores a rule that decides exactly as this one would."""
+        return json.dumps(
+            {"format": STATE_FORMAT, "config": self.config.to_dict(), "state": self.state.to_dict()}, allow_nan=False
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StopRule:
+        data = json.loads(text)
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown stop-rule state format {data.get('format')!r}")
+        return cls(StopRuleConfig(**data["config"]), StopRuleState.from_dict(data["state"]))
+
+    def with_config(self, **changes: Any) -> StopRule:
+        """A fresh rule with some settings changed (for sweeps over η, window, ...)."""
+        return StopRule(replace(self.config, **changes))
