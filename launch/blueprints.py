@@ -22,6 +22,7 @@ from orchestrator.blueprints import (
     diff_blueprints,
     load_blueprint,
 )
+from orchestrator.blueprints.consistency import consistency_notes
 from orchestrator.errors import InputError
 
 EPILOG = """\
@@ -99,6 +100,8 @@ def run_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         bp = load_blueprint(path)
         print(f"OK {path} ({len(bp.layers)} layers, schema {bp.shape})", flush=True)
+        for note in consistency_notes(bp):
+            print(f"  note: {note}", flush=True)
     return 0
 
 

@@ -12,7 +12,7 @@ import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import numpy as np
@@ -62,15 +62,7 @@ class LayerChange:
     norm_ratio: float | None  # norm_b / norm_a; None when norm_a is 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "rank_a": self.rank_a,
-            "rank_b": self.rank_b,
-            "rank_change": self.rank_change,
-            "norm_a": self.norm_a,
-            "norm_b": self.norm_b,
-            "norm_ratio": self.norm_ratio,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,16 +298,7 @@ class DriftReport:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "action": self.action,
-            "rho": self.rho,
-            "rho_coarse": self.rho_coarse,
-            "n_common": self.n_common,
-            "n_common_coarse": self.n_common_coarse,
-            "threshold": self.threshold,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 def _coarse_norms(norms: Mapping[str, float], ids: Sequence[str]) -> dict[str, float]:

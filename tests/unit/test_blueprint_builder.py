@@ -220,3 +220,21 @@ def test_samples_outside_the_groups_are_refused(inputs):
             groups=inputs["groups"],
             created_at=CREATED,
         )
+
+
+def test_a_built_blueprint_is_consistent_and_the_papers_example_is_not(inputs):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from orchestrator.blueprints.consistency import consistency_notes
+    from orchestrator.blueprints.model import load_blueprint
+
+    bp = build(inputs, resource_model=resource_model(n_params=10_000, optimizer="adamw", precision="bf16"))
+    assert consistency_notes(bp) == []
+    first = bp.layers[0]
+    tampered = replace(bp, layers=(replace(first, k_star=min(1.0, first.k_star + 0.2)), *bp.layers[1:]))
+    assert len(consistency_notes(tampered)) == 1 and "k_star" in consistency_notes(tampered)[0]
+
+    paper = load_blueprint(Path(__file__).resolve().parents[1] / "assets" / "paper_appendix_a.json")
+    notes = consistency_notes(paper)
+    assert len(notes) == 3 and "0.405" in notes[0]  # the App. A erratum: α = 1.47 gives γ = 0.405, not 0.60
