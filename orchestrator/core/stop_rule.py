@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.core.decisions import Action, Decision, StopReason
@@ -314,7 +314,3 @@ class StopRule:
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"unknown stop-rule state format {data.get('format')!r}")
         return cls(StopRuleConfig(**data["config"]), StopRuleState.from_dict(data["state"]))
-
-    def with_config(self, **changes: Any) -> StopRule:
-        """A fresh rule with some settings changed (for sweeps over η, window, ...)."""
-        return StopRule(replace(self.config, **changes))

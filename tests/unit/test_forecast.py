@@ -21,6 +21,7 @@ def test_recovers_a_known_curve_and_predicts_the_eta_crossing_and_the_gain_to_bu
     true_gain = (psi_inf - a * 1e17 ** (-b)) - psi[29]
     assert f.psi_gain_to_budget == pytest.approx(true_gain, rel=1e-3)
     assert f.marginal_return(f.gamma_cross) == pytest.approx(eta, rel=1e-6)
+    assert f.predict(1e17) == pytest.approx(psi_inf - a * 1e17 ** (-b), rel=1e-6)
 
 
 def test_noise_only_gives_no_forecast_and_says_why():
