@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from launch.output import console, fmt
 from orchestrator.blueprints import (
+    AggregateTable,
     Blueprint,
     aggregate_blueprints,
     blueprint_to_dict,
@@ -84,15 +86,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_aggregate)
 
 
-def _console() -> Console:
-    # Piped output (a file, a test) gets a wide page instead of rich's 80-column default.
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _g(x: float | None, digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}g}"
-
-
 # --------------------------------------------------------------------------------------------- validate
 
 
@@ -125,8 +118,8 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(blueprint_to_dict(bp), indent=2, allow_nan=False))
         return 0
-    console = _console()
-    console.print(_header(bp))
+    con = console()
+    con.print(_header(bp))
     if bp.resource_model is not None:
         r = bp.resource_model
         extra = ", ".join(
@@ -134,14 +127,14 @@ def run_show(args: argparse.Namespace) -> int:
             for k, v in (("optimizer", r.optimizer), ("precision", r.precision), ("ZeRO", r.zero_stage))
             if v is not None
         )
-        console.print(
-            f"resource model: cost_fixed {_g(r.cost_fixed)}, cost_per_param {_g(r.cost_per_param)}"
+        con.print(
+            f"resource model: cost_fixed {fmt(r.cost_fixed)}, cost_per_param {fmt(r.cost_per_param)}"
             + (f" {escape(r.unit)}" if r.unit else "")
             + (f" ({extra})" if extra else "")
         )
     if bp.privacy is not None:
         p = bp.privacy
-        console.print(f"privacy: {p.mechanism} noise, clip {_g(p.clip)}, σ {_g(p.sigma)}: {escape(p.note)}")
+        con.print(f"privacy: {p.mechanism} noise, clip {fmt(p.clip)}, σ {fmt(p.sigma)}: {escape(p.note)}")
     table = Table(show_edge=False)
     for name, justify in (
         ("id", "left"),
@@ -156,23 +149,23 @@ def run_show(args: argparse.Namespace) -> int:
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for e in bp.layers:
-        ci = f"[{_g(e.ci.low)}, {_g(e.ci.high)}] @{e.ci.level:g}" if e.ci else "–"
-        k = _g(e.k_star, 3) + ("" if e.k_star_interior in (None, True) else " (full)")
+        ci = f"[{fmt(e.ci.low)}, {fmt(e.ci.high)}] @{e.ci.level:g}" if e.ci else "–"
+        k = fmt(e.k_star, 3) + ("" if e.k_star_interior in (None, True) else " (full)")
         if e.fit is not None and e.fit.error:
             k = "no fit"
         tags = " ".join(f"{escape(d)}={v:.3g}" for d, v in (e.domain_tags or {}).items()) or "–"
         table.add_row(
             escape(e.id),
-            _g(e.gradient_norm),
+            fmt(e.gradient_norm),
             escape(ci),
             f"{e.n_params:,}" if e.n_params is not None else "–",
-            _g(e.alpha, 3),
-            _g(e.gamma, 3),
-            _g(e.gamma_fit, 3),
+            fmt(e.alpha, 3),
+            fmt(e.gamma, 3),
+            fmt(e.gamma_fit, 3),
             k,
             tags,
         )
-    console.print(table)
+    con.print(table)
     return 0
 
 
@@ -185,9 +178,9 @@ def run_diff(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file_a": args.a, "file_b": args.b, **diff.to_dict()}, indent=2, allow_nan=False))
         return 0
-    console = _console()
-    console.print(f"A: {escape(args.a)}  ({escape(a.model_id)}, checkpoint {a.training_checkpoint:g})")
-    console.print(f"B: {escape(args.b)}  ({escape(b.model_id)}, checkpoint {b.training_checkpoint:g})")
+    con = console()
+    con.print(f"A: {escape(args.a)}  ({escape(a.model_id)}, checkpoint {a.training_checkpoint:g})")
+    con.print(f"B: {escape(args.b)}  ({escape(b.model_id)}, checkpoint {b.training_checkpoint:g})")
     table = Table(show_edge=False)
     for name in ("id", "rank A", "rank B", "Δrank", "norm A", "norm B", "B/A"):
         table.add_column(name, justify="left" if name == "id" else "right")
@@ -197,21 +190,21 @@ def run_diff(args: argparse.Namespace) -> int:
             str(c.rank_a),
             str(c.rank_b),
             f"{c.rank_change:+d}" if c.rank_change else "0",
-            _g(c.norm_a),
-            _g(c.norm_b),
-            _g(c.norm_ratio, 3),
+            fmt(c.norm_a),
+            fmt(c.norm_b),
+            fmt(c.norm_ratio, 3),
         )
-    console.print(table)
+    con.print(table)
     rho = (
         "undefined (fewer than 3 common ids or constant norms)"
         if diff.spearman_rho is None
         else (f"{diff.spearman_rho:.4f}")
     )
-    console.print(f"{diff.n_common} common ids; Spearman ρ of the ranks: {rho}")
+    con.print(f"{diff.n_common} common ids; Spearman ρ of the ranks: {rho}")
     if diff.only_a:
-        console.print(f"only in A: {escape(', '.join(diff.only_a))}")
+        con.print(f"only in A: {escape(', '.join(diff.only_a))}")
     if diff.only_b:
-        console.print(f"only in B: {escape(', '.join(diff.only_b))}")
+        con.print(f"only in B: {escape(', '.join(diff.only_b))}")
     return 0
 
 
@@ -232,11 +225,9 @@ def run_aggregate(args: argparse.Namespace) -> int:
             table.to_csv(args.csv)
         except OSError as err:
             raise InputError("--csv", f"cannot write {args.csv}: {err.strerror or err}", "check the path") from None
-        print(f"wrote {args.csv}: {summary}")
-        for o in table.overwritten:
-            print(f"  overwritten: {o.key[0]} @ {o.key[1]:g} {o.key[2]} ({o.previous_source} -> {o.source})")
+        _print_summary(console(), f"wrote {args.csv}: {summary}", table)
         return 0
-    console = _console()
+    con = console()
     out = Table(show_edge=False)
     for name in ("model_id", "checkpoint", "id", "gradient_norm", "alpha", "gamma", "k*", "source"):
         out.add_column(
@@ -248,17 +239,21 @@ def run_aggregate(args: argparse.Namespace) -> int:
             escape(row.model_id),
             f"{row.training_checkpoint:g}",
             escape(e.id),
-            _g(e.gradient_norm),
-            _g(e.alpha, 3),
-            _g(e.gamma, 3),
-            _g(e.k_star, 3),
+            fmt(e.gradient_norm),
+            fmt(e.alpha, 3),
+            fmt(e.gamma, 3),
+            fmt(e.k_star, 3),
             escape(row.source),
         )
-    console.print(out)
-    console.print(summary)
+    con.print(out)
+    _print_summary(con, summary, table)
+    return 0
+
+
+def _print_summary(con: Console, summary: str, table: AggregateTable) -> None:
+    con.print(escape(summary))
     for o in table.overwritten:
-        console.print(
+        con.print(
             f"  overwritten: {escape(o.key[0])} @ {o.key[1]:g} {escape(o.key[2])} "
             f"({escape(o.previous_source)} -> {escape(o.source)})"
         )
-    return 0

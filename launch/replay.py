@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from rich.console import Console
 
-from orchestrator.core.jsonsafe import json_safe
+from launch.output import console, fmt
+from orchestrator.core.numbers import json_safe
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.slopes import SlopeEstimator
 from orchestrator.core.stop_rule import DEFAULT_ETA_REL, StopRuleConfig
@@ -91,14 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))
     else:
-        print_summary(result, Console(highlight=False, soft_wrap=True))
+        print_summary(result, console())
     return 0
-
-
-def _g(x: float | None, digits: int = 4) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:.{digits}g}"
 
 
 def print_summary(r: ReplayResult, console: Console) -> None:
@@ -107,29 +101,29 @@ def print_summary(r: ReplayResult, console: Console) -> None:
     psi_name = "Ψ = −validation loss" if r.psi_from_loss else "Ψ"
     console.print(f"[bold]cpr replay[/bold] {r.source}: {r.n_checks} checks, {psi_name}, Γ = {unit}")
     if c.eta is not None:
-        eta_text = f"η = {_g(r.eta)} Ψ/{unit}"
+        eta_text = f"η = {fmt(r.eta)} Ψ/{unit}"
     else:
-        eta_text = f"η = {c.eta_rel} × r_ref = {_g(r.eta)} Ψ/{unit}"
+        eta_text = f"η = {c.eta_rel} × r_ref = {fmt(r.eta)} Ψ/{unit}"
     console.print(
         f"rule: window {c.window} ({c.estimator.value}), patience {c.patience}, {eta_text}"
-        + (f", budget {_g(c.budget)} {unit}" if c.budget else "")
+        + (f", budget {fmt(c.budget)} {unit}" if c.budget else "")
     )
     if not r.stopped:
         console.print(f"[green]CONTINUE[/green] to the end: the ratio never stayed below η for {c.patience} checks.")
         console.print(
-            f"  final Ψ {_g(r.psi_final, 6)} at Γ {_g(r.gamma_final)} {unit}; last window ratio {_g(r.last.ratio)}"
+            f"  final Ψ {fmt(r.psi_final, 6)} at Γ {fmt(r.gamma_final)} {unit}; last window ratio {fmt(r.last.ratio)}"
         )
         return
     last = r.last
     console.print(
         f"[bold red]STOP[/bold red] at step {r.stop_step} (check {last.check} of {r.n_checks}): "
-        f"{r.reason}; window ratio {_g(r.ratio_at_stop)} vs η {_g(r.eta)}"
+        f"{r.reason}; window ratio {fmt(r.ratio_at_stop)} vs η {fmt(r.eta)}"
     )
     console.print(
-        f"  Ψ at stop {_g(r.psi_at_stop, 6)}, at the end {_g(r.psi_final, 6)}: stopping gives up {_g(r.psi_lost, 3)}"
+        f"  Ψ at stop {fmt(r.psi_at_stop, 6)}, at the end {fmt(r.psi_final, 6)}: stopping gives up {fmt(r.psi_lost, 3)}"
     )
     console.print(
-        f"  Γ at stop {_g(r.gamma_at_stop)} {unit}, at the end {_g(r.gamma_final)} {unit}: "
+        f"  Γ at stop {fmt(r.gamma_at_stop)} {unit}, at the end {fmt(r.gamma_final)} {unit}: "
         f"stopping saves {100 * r.gamma_saved_fraction:.1f} %"
     )
     others = ", ".join(f"{k} {100 * v:.1f} %" for k, v in r.saved_fraction_by_kind.items())
@@ -141,7 +135,7 @@ def print_summary(r: ReplayResult, console: Console) -> None:
         console.print(f"  forecast: none ({f.reason})")
         return
     console.print(
-        f"  forecast: Ψ(Γ) = {_g(f.psi_inf)} − {_g(f.scale_a)}·Γ^−{_g(f.exponent_b, 3)} "
-        f"(R² {f.r2:.4f}, {f.n_points} points); ratio reaches η at Γ ≈ {_g(f.gamma_cross)} {unit}; "
-        f"continuing to Γ = {_g(f.budget)} would buy ΔΨ ≈ {_g(f.psi_gain_to_budget, 3)}"
+        f"  forecast: Ψ(Γ) = {fmt(f.psi_inf)} − {fmt(f.scale_a)}·Γ^−{fmt(f.exponent_b, 3)} "
+        f"(R² {f.r2:.4f}, {f.n_points} points); ratio reaches η at Γ ≈ {fmt(f.gamma_cross)} {unit}; "
+        f"continuing to Γ = {fmt(f.budget)} would buy ΔΨ ≈ {fmt(f.psi_gain_to_budget, 3)}"
     )

@@ -34,6 +34,7 @@ from orchestrator.core.gradmass import (
     gamma_from_alpha,
     k_star,
 )
+from orchestrator.core.numbers import is_finite_number
 from orchestrator.core.resource_model import ResourceModel
 from orchestrator.errors import InputError
 
@@ -171,7 +172,7 @@ def _domain_tags(
         if layer_id not in norms:
             continue
         value = norms[layer_id]
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        if not (is_finite_number(value) and value >= 0):
             raise InputError(
                 f"domain_norms[{domain!r}][{layer_id!r}]", f"must be a finite number >= 0, got {value!r}", None
             )

@@ -20,6 +20,7 @@ from scipy import stats
 
 from orchestrator.blueprints.grouping import coarse_id
 from orchestrator.blueprints.model import Blueprint, LayerEntry
+from orchestrator.core.numbers import finite_or_none, is_finite_number
 from orchestrator.errors import InputError
 
 MIN_RANK_IDS = 3
@@ -35,7 +36,7 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     if len(x) < MIN_RANK_IDS or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     rho = float(stats.spearmanr(x, y).statistic)
-    return rho if math.isfinite(rho) else None
+    return finite_or_none(rho)
 
 
 # --------------------------------------------------------------------------------------------- diff
@@ -46,7 +47,7 @@ def _ratio(num: float, den: float) -> float | None:
     if den <= 0:
         return None
     r = num / den
-    return r if math.isfinite(r) else None
+    return finite_or_none(r)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,15 +317,10 @@ def drift_check(local_norms: Mapping[str, float], blueprint: Blueprint, *, thres
     Spearman ρ over the common ids; below `threshold`, combine both sides into layer groups (coarse_id,
     root-sum-of-squares) and check again; below it there too, the blueprint needs a refresh.
     """
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not math.isfinite(threshold)
-        or not -1 <= threshold <= 1
-    ):
+    if not is_finite_number(threshold) or not -1 <= threshold <= 1:
         raise InputError("threshold", f"must lie in [-1, 1], got {threshold!r}", "a rank correlation, e.g. 0.7")
     for lid, value in local_norms.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if not is_finite_number(value) or value < 0:
             raise InputError(
                 f"local_norms[{lid!r}]", f"must be a finite number >= 0, got {value!r}", "gradient norms are magnitudes"
             )

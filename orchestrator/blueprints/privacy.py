@@ -7,7 +7,6 @@ guarantee only if the statistics were computed with per-example clipping, and th
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -19,6 +18,7 @@ from orchestrator.blueprints.model import (
     as_schema_1_0,
     blueprint_to_dict,
 )
+from orchestrator.core.numbers import is_finite_number
 from orchestrator.errors import InputError
 
 PRIVACY_NOTE = (
@@ -28,8 +28,7 @@ PRIVACY_NOTE = (
 
 
 def _finite(name: str, value: float, *, positive: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if not ok or (value <= 0 if positive else value < 0):
+    if not is_finite_number(value) or (value <= 0 if positive else value < 0):
         bound = "> 0" if positive else ">= 0"
         raise InputError(name, f"must be a finite number {bound}, got {value!r}", None)
     return float(value)

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.core.forecast import Forecast
-from orchestrator.core.jsonsafe import finite_or_none
+from orchestrator.core.numbers import finite_or_none
 
 
 class Action(StrEnum):

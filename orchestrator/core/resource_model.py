@@ -8,10 +8,10 @@ still hold weights (fixed cost); only trainable ones carry gradients, optimizer 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from orchestrator.core.numbers import is_finite_number
 from orchestrator.errors import InputError
 
 Optimizer = Literal["adamw", "adam", "sgd", "sgd_momentum", "adafactor"]
@@ -94,12 +94,7 @@ def resource_model(
     if isinstance(zero_stage, bool) or not isinstance(zero_stage, int) or not 0 <= zero_stage <= 3:
         raise InputError("zero_stage", f"must be 0, 1, 2 or 3, got {zero_stage!r}")
     d = _positive_int("dp_world_size", dp_world_size)
-    if (
-        isinstance(activation_bytes, bool)
-        or not isinstance(activation_bytes, int | float)
-        or not math.isfinite(activation_bytes)
-        or activation_bytes < 0
-    ):
+    if not is_finite_number(activation_bytes) or activation_bytes < 0:
         raise InputError("activation_bytes", f"must be a finite number >= 0, got {activation_bytes!r}")
 
     p = float(PRECISION_BYTES[prec])

@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.forecast import fit_forecast
+from orchestrator.core.numbers import is_finite_number
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.slopes import SlopeEstimator, window_slope
 from orchestrator.errors import InputError
@@ -41,10 +42,6 @@ def _require(name: str, value: Any, ok: Callable[[Any], bool], requirement: str,
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +119,7 @@ class StopRuleConfig:
             _require(
                 "eta",
                 self.eta,
-                lambda v: _is_number(v) and v >= 0,
+                lambda v: is_finite_number(v) and v >= 0,
                 "must be a finite number ≥ 0",
                 "η is the smallest ΔΨ/ΔΓ worth paying for",
             )
@@ -130,7 +127,7 @@ class StopRuleConfig:
             _require(
                 "eta_rel",
                 self.eta_rel,
-                lambda v: _is_number(v) and 0 < v <= 1,
+                lambda v: is_finite_number(v) and 0 < v <= 1,
                 "must be in (0, 1]",
                 "ρ is a fraction of the early reference ratio, e.g. 0.05",
             )
@@ -138,14 +135,14 @@ class StopRuleConfig:
             _require(
                 "budget",
                 self.budget,
-                lambda v: _is_number(v) and v > 0,
+                lambda v: is_finite_number(v) and v > 0,
                 "must be a finite number > 0",
                 "the budget is a cap on Γ in the resource's units; omit it for no cap",
             )
         _require(
             "min_fraction",
             self.min_fraction,
-            lambda v: _is_number(v) and 0 <= v < 1,
+            lambda v: is_finite_number(v) and 0 <= v < 1,
             "must be in [0, 1)",
             "a fraction of the budget, e.g. 0.1",
         )

@@ -117,6 +117,6 @@ def test_json_of_a_result_is_strict(tmp_path):
     path.write_text("step,loss,tokens\n1,nan,10\n2,nan,20\n3,nan,30\n")
     r = replay(read_curve(path), StopRuleConfig(resource=ResourceKind.TOKENS, eta=0.0, window=2))
     assert math.isnan(r.psi_final)
-    from orchestrator.core.jsonsafe import json_safe
+    from orchestrator.core.numbers import json_safe
 
     assert json.loads(json.dumps(json_safe(r.to_dict()), allow_nan=False))["psi_final"] is None
