@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job. Until the training path lands it replays the stop rule over a recorded pretraining curve.
+# The main job: the default pretraining run (conf/config.yaml) on local Ray, 2 CPU DeepSpeed ranks, SQLite MLflow
+# in ./cpr_runs; it ends with a STOP by the marginal-return rule.
 run: $(STAMP)
-	$(BIN)/cpr replay orchestrator/examples/tiny_llama_stdlib.csv --resource energy_kwh
+	$(BIN)/cpr submit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

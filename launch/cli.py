@@ -27,16 +27,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from launch import blueprints, replay
+    from launch import blueprints, jobs, replay, submit
 
     parser = OneLineParser(
         prog="cpr",
-        description="Capability-per-resource pretraining orchestrator: stop rule replay and gradient blueprints.",
+        description="Capability-per-resource pretraining orchestrator: submit jobs, watch and stop them, replay the "
+        "stop rule, and handle gradient blueprints.",
     )
     parser.add_argument("--version", action="version", version=f"cpr {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    for module in (replay, blueprints):
+    for module in (submit, jobs, replay, blueprints):
         module.register(verbs)
     return parser
 

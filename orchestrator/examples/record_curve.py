@@ -16,7 +16,6 @@ import argparse
 import csv
 import math
 import sys
-import sysconfig
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,9 +41,6 @@ GRAD_CLIP = 1.0
 VAL_EVERY_NTH_FILE = 20
 VAL_SEQUENCES = 128
 """Fixed held-out set: 128 sequences × 128 targets = 16,384 validation tokens, 8 batches of 16."""
-SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__", "encodings", "pydoc_data"})
-"""Tests, third-party packages, generated code-page tables (encodings/) and the docs blob (pydoc_data/)."""
-EOS = "<|endoftext|>"
 COLUMNS = ("step", "loss", "tokens", "flops", "wall_hours", "energy_kwh", "co2_kg")
 
 
@@ -58,17 +54,17 @@ class Corpus:
 
 
 def stdlib_corpus() -> Corpus:
-    """Sorted .py files under this interpreter's stdlib, minus SKIP_DIRS; every 20th file is held out."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(
-        (p for p in root.rglob("*.py") if not SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])),
-        key=lambda p: p.relative_to(root).as_posix(),
+    """The `stdlib` data source of `cpr submit` (orchestrator/data/sources.py): every 20th file is held out."""
+    from orchestrator.config.schema import DataConfig
+    from orchestrator.data.sources import open_corpus
+
+    corpus = open_corpus(DataConfig(source="stdlib", val_every=VAL_EVERY_NTH_FILE))
+    split = [corpus.split(i) for i in range(len(corpus.files))]
+    return Corpus(
+        root=corpus.root,
+        train_files=tuple(f for f, s in zip(corpus.files, split, strict=True) if s == "train"),
+        val_files=tuple(f for f, s in zip(corpus.files, split, strict=True) if s == "val"),
     )
-    if not files:
-        raise RuntimeError(f"no .py files found under {root}")
-    val = tuple(f for i, f in enumerate(files) if i % VAL_EVERY_NTH_FILE == VAL_EVERY_NTH_FILE - 1)
-    train = tuple(f for i, f in enumerate(files) if i % VAL_EVERY_NTH_FILE != VAL_EVERY_NTH_FILE - 1)
-    return Corpus(root=root, train_files=train, val_files=val)
 
 
 def read_texts(files: tuple[Path, ...]) -> list[str]:
@@ -77,17 +73,17 @@ def read_texts(files: tuple[Path, ...]) -> list[str]:
 
 
 def train_tokenizer(texts: list[str]) -> Any:
-    """Byte-level BPE with vocab VOCAB_SIZE, trained on the train split only."""
-    from tokenizers import ByteLevelBPETokenizer
+    """Byte-level BPE with vocab VOCAB_SIZE, trained on the train split only (the data pipeline's trainer)."""
+    from orchestrator.data.prepare import train_tokenizer as train
 
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(texts, vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=[EOS], show_progress=False)
-    return tok
+    return train(texts, VOCAB_SIZE)
 
 
 def encode_stream(tok: Any, texts: list[str]) -> Any:
     """All files' tokens concatenated in file order, each file followed by the EOS token, as a 1-D int64 tensor."""
     import torch
+
+    from orchestrator.data.prepare import EOS
 
     eos_id = tok.token_to_id(EOS)
     ids: list[int] = []
@@ -161,22 +157,18 @@ def evaluate(model: Any, batches: list[tuple[Any, Any]]) -> float:
 
 
 def build_model(seed: int) -> Any:
-    """A randomly initialised Llama: hidden 128, 4 layers, 4 heads, MLP 344, vocab 4096, untied head."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A randomly initialised Llama: hidden 128, 4 layers, 4 heads, MLP 344, vocab 4096, untied head (= llama-2m)."""
+    from orchestrator.config.schema import ModelConfig
+    from orchestrator.models import build_model as build
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB_SIZE,
+    config = ModelConfig(
         hidden_size=HIDDEN,
+        num_layers=N_LAYERS,
+        num_heads=N_HEADS,
         intermediate_size=INTERMEDIATE,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_HEADS,
         max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False,
     )
-    return LlamaForCausalLM(config)
+    return build(config, VOCAB_SIZE, SEQ_LEN, seed)
 
 
 def flops_model(model: Any) -> FlopsModel:

@@ -32,15 +32,20 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert re.search(r"^make test$", ci, re.M)
 
 
-def test_the_main_job_runs_as_the_makefile_says():
+def test_the_main_job_is_the_default_submit_and_its_config_composes():
+    """`make run` is `cpr submit` with the shipped defaults (CI runs it for real after the suite)."""
     (recipe,) = make_recipe("run")
     argv = shlex.split(recipe.replace("$(BIN)/", ""))
-    assert argv[:2] == ["cpr", "replay"] and (ROOT / argv[2]).is_file()
+    assert argv == ["cpr", "submit"]
     cpr = Path(sys.executable).with_name("cpr")  # the console script installed beside this interpreter
-    out = subprocess.run([str(cpr), *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(cpr), "submit", "--cfg"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "STOP at step" in out.stdout or "CONTINUE" in out.stdout
-    data = json.loads(
-        subprocess.run([str(cpr), *argv[1:], "--json"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    )
-    assert data["source"] == argv[2]
+    assert "llama-2m" in out.stdout and "eta_rel" in out.stdout
+
+
+def test_the_shipped_curve_replays():
+    cpr = Path(sys.executable).with_name("cpr")
+    path = "orchestrator/examples/tiny_llama_stdlib.csv"
+    out = subprocess.run([str(cpr), "replay", path, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["source"] == path

@@ -13,6 +13,8 @@ PURE = [
     ROOT / "orchestrator" / "blueprints",
     ROOT / "orchestrator" / "replay.py",
     ROOT / "orchestrator" / "errors.py",
+    ROOT / "orchestrator" / "compare_stoppers.py",
+    ROOT / "orchestrator" / "controller" / "store.py",
 ]
 FORBIDDEN = {
     "torch",

@@ -1,0 +1,106 @@
+"""`cpr status` and `cpr stop`: jobs as their MLflow runs record them, and a user STOP request.
+
+Both read the tracking store, so they work for attached and detached jobs, on this machine or a cluster: the
+controller writes each job's state, last decision and reason as run tags, and polls its run for a stop request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from launch.output import MISSING, console, fmt
+from orchestrator.errors import InputError
+
+
+def _tracking_uri(value: str | None) -> str:
+    from orchestrator.tracking.uri import DEFAULT_RUNS_DIR, check_tracking_uri, default_tracking_uri
+
+    uri = default_tracking_uri(Path.cwd() / DEFAULT_RUNS_DIR) if value is None else value
+    if value is None and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise InputError(
+            "--tracking-uri", f"no run store at {uri}", "run `cpr submit` here first, or pass --tracking-uri URI"
+        )
+    check_tracking_uri(uri)
+    return uri
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    help_uri = "MLflow tracking URI (default: the SQLite store under ./cpr_runs)"
+    p = verbs.add_parser(
+        "status",
+        help="list jobs with their state and last decision",
+        description="List cpr jobs recorded in the MLflow store, newest first.",
+    )
+    p.add_argument("--tracking-uri", default=None, help=help_uri)
+    p.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per job")
+    p.set_defaults(func=status)
+
+    s = verbs.add_parser(
+        "stop",
+        help="ask a running job to stop (reason `user`; it checkpoints first)",
+        description="Record a user STOP request on the job's run; the controller sees it within "
+        "seconds, the workers save a DeepSpeed checkpoint and end.",
+    )
+    s.add_argument("job", help="job id (as printed by `cpr submit`) or MLflow run id")
+    s.add_argument("--tracking-uri", default=None, help=help_uri)
+    s.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
+    s.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for the job to end")
+    s.set_defaults(func=stop)
+
+
+def status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from orchestrator.tracking.runs import list_jobs
+
+    rows = list_jobs(_tracking_uri(args.tracking_uri), args.experiment)
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row), default=str))
+        return 0
+    out = console()
+    if not rows:
+        out.print("no jobs")
+        return 0
+    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ")
+    for r in rows:
+        gamma = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.gamma.items())) or MISSING
+        state = r.state + (" (stop requested)" if r.stop_requested and r.state == "running" else "")
+        table.add_row(
+            r.job_id,
+            r.run_id[:12],
+            state,
+            r.decision or MISSING,
+            r.reason or MISSING,
+            MISSING if r.step is None else str(r.step),
+            fmt(r.psi),
+            gamma,
+        )
+    out.print(table)
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    from orchestrator.tracking.runs import find_run, list_jobs, request_stop
+
+    uri = _tracking_uri(args.tracking_uri)
+    run_id = find_run(uri, args.job, args.experiment)
+    row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
+    if row is not None and row.state not in ("queued", "running"):
+        raise InputError("job", f"{row.job_id} already ended ({row.state}, reason {row.reason})", "nothing to stop")
+    request_stop(uri, run_id)
+    out = console()
+    out.print(f"stop requested for {row.job_id if row else args.job} (run {run_id}); it checkpoints and ends shortly")
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
+        if row is not None and row.state not in ("queued", "running"):
+            out.print(f"{row.job_id}: {row.state}, reason {row.reason}")
+            return 0
+        time.sleep(1.0)
+    return 0

@@ -1,0 +1,418 @@
+"""`cpr submit [overrides…]`: a Hydra app over `conf/` that runs one pretraining job on Ray + DeepSpeed.
+
+Order of work, so that bad input never takes a resource: compose and type-check the config (Hydra/OmegaConf),
+check every value, reach the tracking store, prepare the data (tokenizer + memmaps, cached), check the model
+fits the stated memory, join or start Ray and check the cluster has the slots; only then start the controller
+and the workers. Attached, it follows the job with a progress bar and prints the closing summary; with
+`detach=true` it prints the job id and returns, and the job runs on in the Ray cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from launch.output import MISSING, console, fmt
+from orchestrator.config.compose import CONFIG_NAME, GROUPS, compose_job, config_dir, job_to_dict, job_to_yaml, options
+from orchestrator.config.schema import JobConfig
+from orchestrator.config.validate import validate_job
+from orchestrator.errors import InputError
+
+POLL_S = 0.5
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    try:
+        groups = "; ".join(f"{g}: {', '.join(options(g))}" for g in GROUPS if (config_dir() / g).is_dir())
+    except InputError as err:  # an installed wheel without conf/: say so at `cpr submit`, not at every verb
+        groups = err.one_line()
+    p = verbs.add_parser(
+        "submit",
+        help="run a pretraining job from conf/ with Hydra overrides",
+        description="Run a pretraining job on Ray + DeepSpeed with live marginal-return stopping. Arguments are "
+        "Hydra overrides of conf/config.yaml, e.g. `cpr submit +experiment=debug stop.eta_rel=0.05`. "
+        f"Config groups: {groups}.",
+    )
+    p.add_argument("--cfg", action="store_true", help="print the composed, validated config and exit")
+    p.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="Hydra overrides: key=value, group=option, +experiment=debug"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if {"-m", "--multirun"} & set(overrides):
+        raise InputError("--multirun", "sweeps are not queued yet", "submit one job per command for now")
+    job = compose_job(overrides)  # one-line InputError on any composition problem
+    validate_job(job)
+    if args.cfg:
+        sys.stdout.write(job_to_yaml(job))
+        return 0
+    return run_hydra_app(overrides)
+
+
+def run_hydra_app(overrides: list[str]) -> int:
+    """Run the job as a real Hydra app (output dir with the resolved config, Hydra's logging), errors kept one-line."""
+    import hydra
+
+    from orchestrator.config.compose import register_schema, to_job_config
+
+    register_schema()
+    outcome: dict[str, Any] = {}
+
+    @hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAME, version_base="1.3")
+    def task(cfg: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        try:
+            outcome["code"] = launch(to_job_config(cfg), output_dir=Path(HydraConfig.get().runtime.output_dir))
+        except InputError as err:
+            outcome["error"] = err
+        except KeyboardInterrupt:
+            outcome["code"] = 130
+
+    argv = sys.argv
+    sys.argv = ["cpr-submit", *overrides]
+    try:
+        task()
+    finally:
+        sys.argv = argv
+    if "error" in outcome:
+        raise outcome["error"]
+    return int(outcome.get("code", 1))
+
+
+# -- checks that need the outside world ---------------------------------------------------------------------
+def _tcp_reachable(address: str, timeout_s: float = 3.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def init_ray(job: JobConfig, *, start_head: bool) -> str:
+    """Join the configured Ray cluster or start one; returns a description. InputError when unreachable."""
+    import ray
+
+    c = job.cluster
+    env_vars = {"PYTHONWARNINGS": "ignore::FutureWarning"}
+    kwargs: dict[str, Any] = {
+        "namespace": c.namespace,
+        "log_to_driver": False,  # the workers' output is in Ray's session logs; the terminal shows the progress bar
+        "logging_level": logging.ERROR,  # Ray's start-up chatter would break the one-line error promise
+        "runtime_env": {"env_vars": env_vars},
+    }
+    address = c.address
+    if address is None and start_head:
+        address = start_local_head(job)
+    if address is None:
+        # address="local": a fresh instance even when a `ray start` head runs on this machine.
+        ray.init(address="local", num_cpus=c.num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+        return "local Ray (in this process)"
+    if address not in ("auto", "local") and not address.startswith("ray://") and not _tcp_reachable(address):
+        raise InputError(
+            "cluster.address",
+            f"no Ray cluster answers at {address}",
+            "start one with `ray start --head`, or leave cluster.address=null for local Ray",
+        )
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise InputError(
+            "cluster.address",
+            f"cannot join Ray at {address}: {exc}",
+            "start one with `ray start --head`, or leave cluster.address=null",
+        ) from None
+    return f"Ray cluster at {address}"
+
+
+def start_local_head(job: JobConfig) -> str:
+    """For detach=true without a cluster: a local Ray head that outlives this command (stop it with `ray stop`)."""
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    probe = subprocess.run([ray_bin, "status"], capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0:
+        return "auto"
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        f"--num-cpus={job.cluster.num_cpus or os.cpu_count()}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise InputError(
+            "cluster.address",
+            f"could not start a local Ray head: {done.stderr.strip()[-300:]}",
+            "start one with `ray start --head`",
+        )
+    return "auto"
+
+
+def check_capacity(job: JobConfig) -> None:
+    """More workers than the cluster has CPUs/GPUs: refuse before anything is placed."""
+    import ray
+
+    c = job.cluster
+    have = ray.cluster_resources()
+    need_cpu = c.num_workers * c.cpus_per_worker
+    if have.get("CPU", 0) < need_cpu:
+        raise InputError(
+            "cluster.num_workers",
+            f"{c.num_workers} workers × {c.cpus_per_worker} CPU need {need_cpu} CPUs, "
+            f"the cluster has {have.get('CPU', 0):g}",
+            "lower cluster.num_workers or cluster.cpus_per_worker, or add nodes",
+        )
+    need_gpu = c.num_workers * c.gpus_per_worker
+    if need_gpu and have.get("GPU", 0) < need_gpu:
+        raise InputError(
+            "cluster.gpus_per_worker",
+            f"{c.num_workers} workers need {need_gpu} GPUs, the cluster has {have.get('GPU', 0):g}",
+            "lower cluster.num_workers, or gpus_per_worker=0 to train on CPU",
+        )
+
+
+def check_memory(job: JobConfig, n_params: int) -> float:
+    """Per-rank bytes of weights, grads, optimizer states and activations vs the memory a rank may use."""
+    from orchestrator.core.resource_model import activation_bytes, resource_model
+
+    m, t, c = job.model, job.train, job.cluster
+    act = activation_bytes(
+        seq_len=t.seq_len,
+        micro_batch=t.micro_batch,
+        hidden=m.hidden_size,
+        n_layers=m.num_layers,
+        n_heads=m.num_heads,
+        bytes_per_value=2 if job.deepspeed.precision == "bf16" else 4,
+    )
+    rm = resource_model(
+        n_params=n_params,
+        optimizer=job.deepspeed.optimizer,
+        precision=job.deepspeed.precision,
+        zero_stage=job.deepspeed.zero_stage,
+        dp_world_size=c.num_workers,
+        activation_bytes=act,
+    )
+    need_gb = (rm.cost_fixed + rm.cost_per_param) * n_params / 1e9
+    if c.memory_gb_per_worker is not None:
+        limit, where = c.memory_gb_per_worker, "cluster.memory_gb_per_worker"
+    else:
+        import psutil
+
+        limit, where = psutil.virtual_memory().total / 1e9 / c.num_workers, "this machine's memory per rank"
+    if need_gb > limit:
+        raise InputError(
+            "model",
+            f"{job.model.name} ({n_params / 1e6:.1f}M params) needs ≈{need_gb:.1f} GB per rank with ZeRO-"
+            f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}; {where} is {limit:.1f} GB",
+            "use a smaller model, deepspeed=zero3, more workers, or a larger cluster.memory_gb_per_worker",
+        )
+    return need_gb
+
+
+# -- the job ------------------------------------------------------------------------------------------------
+def new_job_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """Everything the controller needs to run a checked job (plain data: it crosses to a Ray actor)."""
+
+    job_id: str
+    job: dict[str, Any]
+    prepared: dict[str, Any]
+    flops_model: dict[str, Any]
+    tracking_uri: str
+    artifact_location: str | None
+    state_dir: str
+    checkpoint_dir: str
+    carbon_intensity_kg_per_kwh: float | None
+    params: dict[str, str]
+
+    def send(self, controller: Any) -> dict[str, Any]:
+        import ray
+
+        return ray.get(controller.submit.remote(**asdict(self)))
+
+
+def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> tuple[Submission, int]:
+    """Every check that needs the outside world but no Ray: tracking store, carbon data, data, model memory."""
+    from orchestrator.data.prepare import prepare_data
+    from orchestrator.models import count_parameters, flops_model
+    from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
+    from orchestrator.tracking.writer import flatten_config
+
+    validate_job(job)
+    runs_dir = (Path.cwd() / job.runs_dir).resolve()
+    tracking_uri = job.tracking.uri or default_tracking_uri(runs_dir)
+    check_tracking_uri(tracking_uri)
+    carbon = None
+    if job.telemetry.enabled:
+        from orchestrator.telemetry.carbon import carbon_intensity_kg_per_kwh
+
+        carbon = carbon_intensity_kg_per_kwh(job.telemetry.country_iso_code)
+    prepared = prepare_data(job.data, log=log)
+    vocab = job.model.vocab_size or prepared.vocab_size
+    if vocab < prepared.vocab_size:
+        raise InputError(
+            "model.vocab_size",
+            f"{vocab} is smaller than the tokenizer's {prepared.vocab_size}",
+            "leave model.vocab_size=null",
+        )
+    counts = count_parameters(job.model, vocab)
+    check_memory(job, counts.total)
+    job_id = new_job_id(job.name)
+    job_dict = job_to_dict(job)
+    job_dict["model"]["vocab_size"] = vocab
+    params = flatten_config(job_dict)
+    params.update({"cpr.n_params": str(counts.total), "cpr.hydra_output_dir": str(output_dir or "")})
+    checkpoint_dir = Path(job.train.checkpoint_dir).resolve() if job.train.checkpoint_dir else runs_dir / "checkpoints"
+    sub = Submission(
+        job_id=job_id,
+        job=job_dict,
+        prepared={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(prepared).items()},
+        flops_model=asdict(flops_model(job.model, vocab, job.train.seq_len)),
+        tracking_uri=tracking_uri,
+        artifact_location=str(runs_dir / "artifacts") if job.tracking.uri is None else None,
+        state_dir=str(runs_dir / "jobs" / job_id),
+        checkpoint_dir=str(checkpoint_dir / job_id),
+        carbon_intensity_kg_per_kwh=carbon,
+        params=params,
+    )
+    return sub, counts.total
+
+
+def launch(job: JobConfig, *, output_dir: Path | None = None) -> int:
+    """Everything after composition: checks, data, Ray, controller, then follow or detach."""
+    out = console()
+    sub, n_params = plan(job, output_dir=output_dir, log=lambda line: out.print(f"[dim]data:[/dim] {line}"))
+    where = init_ray(job, start_head=job.detach)
+    import ray
+
+    try:
+        check_capacity(job)
+        from orchestrator.controller.actor import controller_handle
+
+        controller = controller_handle(job.cluster.namespace, detached=job.detach or job.cluster.address is not None)
+        answer = sub.send(controller)
+        out.print(f"job id: {sub.job_id}")
+        out.print(f"MLflow run id: {answer['run_id']}")
+        out.print(
+            f"[dim]{n_params / 1e6:.2f}M-parameter {job.model.arch} on {where}, {job.cluster.num_workers} "
+            f"ranks, ZeRO-{job.deepspeed.zero_stage} {job.deepspeed.precision}; tracking {sub.tracking_uri}[/dim]"
+        )
+        if job.detach:
+            out.print(
+                f"detached: `cpr status --tracking-uri {sub.tracking_uri}` follows it, `cpr stop {sub.job_id}` stops it"
+            )
+            return 0
+        result = follow(controller, sub.job_id, job)
+        print_summary(result, job)
+        return 0 if result["state"] in ("finished", "stopped") else 1
+    finally:
+        if not job.detach:
+            ray.shutdown()
+
+
+def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:
+    """A progress bar until the job ends; Ctrl-C asks for a user stop (checkpoint first), twice aborts."""
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total_steps = job.train.max_tokens // (
+        job.train.seq_len * job.train.micro_batch * job.train.grad_accum * job.cluster.num_workers
+    )
+    interrupted = {"n": 0}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted["n"] += 1
+        if interrupted["n"] > 1:
+            raise KeyboardInterrupt
+        ray.get(controller.request_stop.remote(job_id))
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    try:
+        with Progress(*columns, console=console(), transient=False) as bar:
+            task = bar.add_task("steps", total=total_steps, info="starting workers…")
+            while True:
+                result = ray.get(controller.wait.remote(job_id, POLL_S))
+                v = ray.get(controller.view.remote(job_id))
+                bar.update(task, completed=v["step"], info=progress_info(v))
+                if result is not None:
+                    return result
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def progress_info(v: dict[str, Any]) -> str:
+    kind = v["resource"]
+    gamma = v["gamma"].get(kind)
+    ratio, eta = v.get("ratio"), v.get("eta")
+    parts = [
+        f"loss {fmt(v['loss'])}",
+        f"Ψ {fmt(v['psi'])}",
+        f"Γ {fmt(gamma)} {kind}",
+        f"ΔΨ/ΔΓ {fmt(ratio)} vs η {fmt(eta)}",
+    ]
+    if v.get("decision") == "stop":
+        parts.append(f"[bold]STOP[/bold] ({v.get('reason')})")
+    return "  ".join(parts)
+
+
+def print_summary(result: dict[str, Any], job: JobConfig) -> None:
+    from rich.table import Table
+
+    out = console()
+    s = result.get("summary") or {}
+    if result["state"] == "failed":
+        out.print(f"[red]job failed[/red]: {result.get('error')}")
+    reason = s.get("reason") or MISSING
+    out.print(
+        f"\n[bold]{result['state'].upper()}[/bold] — reason: {reason} at step {s.get('step')} "
+        f"(check {s.get('checks')}), MLflow run {result.get('run_id')}"
+    )
+    out.print(f"Ψ = {fmt(s.get('psi'))} (validation loss {fmt(s.get('val_loss'))} nats/token)")
+    table = Table("Γ kind", "used", f"projected at the token budget ({job.train.max_tokens:,} tokens)")
+    for kind, value in (s.get("gamma") or {}).items():
+        table.add_row(kind, fmt(value), fmt((s.get("gamma_projected_at_budget") or {}).get(kind)))
+    out.print(table)
+    saved = s.get("gamma_saved_fraction")
+    out.print(
+        f"last window ratio ΔΨ/ΔΓ = {fmt(s.get('last_ratio'))} per {s.get('resource')}, η = {fmt(s.get('eta'))}"
+        f" (r_ref {fmt(s.get('r_ref'))}); Γ saved against the budget: {MISSING if saved is None else f'{saved:.1%}'}"
+    )
+    fc = s.get("forecast") or {}
+    if fc.get("ok"):
+        out.print(
+            f"forecast: continuing to the budget would have bought ΔΨ ≈ {fmt(fc.get('psi_gain_to_budget'))} "
+            f"(Ψ {fmt(fc.get('psi_at_budget'))}; fit Ψ∞ − A·Γ^−b, rmse {fmt(fc.get('rmse'))})"
+        )
+    elif fc:
+        out.print(f"forecast: none ({fc.get('reason')})")
+    if s.get("absent_sources"):
+        out.print(f"[dim]absent telemetry sources: {', '.join(s['absent_sources'])}[/dim]")
+    if s.get("checkpoint"):
+        out.print(f"[dim]checkpoint: {s['checkpoint']}[/dim]")

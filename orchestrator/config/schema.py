@@ -1,0 +1,173 @@
+"""Structured configs of a pretraining job (Hydra/OmegaConf dataclasses): the schema `conf/` is checked against.
+
+OmegaConf enforces the types and rejects unknown keys when `conf/` is composed; `orchestrator.config.validate`
+then checks the values (ranges, paths, cluster size) before any resource is taken. Every field here is a key
+users set from the command line, e.g. `cpr submit stop.eta_rel=0.05 cluster.num_workers=2`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only transformer built from config with `transformers` (never downloaded)."""
+
+    name: str = "llama-2m"
+    arch: str = "llama"
+    """llama | gpt2"""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    """Llama grouped-query attention; None: as many as num_heads."""
+    intermediate_size: int | None = None
+    """MLP width; None: the architecture's default for hidden_size."""
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = False
+    vocab_size: int | None = None
+    """None: the tokenizer's vocabulary size."""
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from; tokenized once and cached next to the data."""
+
+    name: str = "stdlib"
+    source: str = "stdlib"
+    """stdlib (this interpreter's standard-library sources) | text_dir | hf_files | memmap"""
+    path: str | None = None
+    """text_dir: a folder; hf_files: a file or folder; memmap: a folder with train.bin, val.bin, meta.json."""
+    glob: str | None = None
+    """Files to take under `path` (text_dir default: **/*.txt)."""
+    text_field: str = "text"
+    hf_format: str | None = None
+    """json | csv | parquet | text; None: from the file suffix."""
+    val_every: int = 20
+    """Every n-th document is held out for validation (Ψ)."""
+    max_files: int | None = None
+    tokenizer_vocab: int = 4096
+    cache_dir: str | None = None
+
+
+@dataclass
+class DeepSpeedConfig:
+    """The DeepSpeed engine's ZeRO stage, precision and optimizer."""
+
+    zero_stage: int = 2
+    precision: str = "fp32"
+    """fp32 | bf16"""
+    optimizer: str = "adamw"
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop; `max_tokens` is the job's token budget and the length of the LR schedule."""
+
+    seq_len: int = 128
+    micro_batch: int = 8
+    """Sequences per rank per micro-step."""
+    grad_accum: int = 1
+    lr: float = 3e-3
+    schedule: str = "constant"
+    """constant (after warm-up) | cosine (to min_lr_fraction·lr at max_tokens)."""
+    warmup_steps: int = 50
+    min_lr_fraction: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    max_tokens: int = 4_194_304
+    eval_interval: int = 25
+    """Optimizer steps between evaluation checks (each check feeds Ψ to the stop rule)."""
+    eval_sequences: int = 64
+    """Held-out sequences per evaluation, the same on every check."""
+    report_interval: int = 5
+    """Optimizer steps between training reports (loss, tokens) to the controller."""
+    checkpoint_dir: str | None = None
+    """None: <runs_dir>/checkpoints/<job id>."""
+    threads_per_worker: int | None = None
+    """torch intra-op threads per rank; None: cluster.cpus_per_worker."""
+
+
+@dataclass
+class StopConfig:
+    """The marginal-return stop rule (§3): stop when ΔΨ/ΔΓ over `window` checks < η for `patience` checks."""
+
+    enforce: bool = True
+    """False: shadow mode, decisions are logged but the job runs to its budget."""
+    resource: str = "energy_kwh"
+    eta: float | None = None
+    eta_rel: float | None = None
+    """ρ: η = ρ·r_ref (first positive window ratio after warm-up). Neither set: ρ = 0.02."""
+    window: int = 5
+    patience: int = 3
+    min_checks: int = 0
+    min_fraction: float = 0.0
+    budget: float | None = None
+    """Cap on Γ of `resource`, in its units; None: only the token budget (train.max_tokens) caps the job."""
+    estimator: str = "lstsq"
+    max_nonfinite: int = 3
+
+
+@dataclass
+class TelemetryConfig:
+    """Per-rank energy/power/memory sampling: NVML for GPUs, codecarbon for CPU/RAM and carbon."""
+
+    enabled: bool = True
+    interval_s: float = 1.0
+    nvml: bool = True
+    codecarbon: bool = True
+    country_iso_code: str = "USA"
+    codecarbon_measure_s: float = 1.0
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: any tracking URI; None is a SQLite store under `runs_dir`."""
+
+    uri: str | None = None
+    experiment: str = "cpr"
+    enabled: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    """Where the workers run: a local Ray instance (address None) or an existing cluster."""
+
+    address: str | None = None
+    """None: start Ray on this machine; "auto" or "host:port": join a running cluster."""
+    num_workers: int = 2
+    """Data-parallel ranks (one Ray actor each)."""
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 0
+    """0 on CPU (gloo); 1 for one rank per GPU (NCCL)."""
+    memory_gb_per_worker: float | None = None
+    """Memory a rank may use; None: the node's memory divided by the ranks placed on it."""
+    backend: str | None = None
+    """gloo | nccl; None: nccl with GPUs, gloo without."""
+    num_cpus: int | None = None
+    """Local Ray only: logical CPUs to declare (None: this machine's count)."""
+    namespace: str = "cpr"
+
+
+@dataclass
+class JobConfig:
+    """One pretraining job: the root of `conf/config.yaml`."""
+
+    name: str = "cpr"
+    seed: int = 0
+    detach: bool = False
+    """Return at once with the job id; the job runs on in the Ray cluster."""
+    runs_dir: str = "cpr_runs"
+    """Local home of the default MLflow store, checkpoints and the controller's state."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -1,0 +1,188 @@
+"""Value checks of a composed job, before any resource is taken: one InputError naming the field and the fix.
+
+Types and unknown keys were already checked by OmegaConf against the schema; this checks ranges and how fields
+fit together. Checks that need the outside world (data on disk, the Ray cluster, the tracking store) live with
+the code that talks to it and run in `launch.submit` before anything starts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from orchestrator.config.schema import JobConfig, StopConfig
+from orchestrator.core.resources import ResourceKind
+from orchestrator.core.stop_rule import StopRuleConfig
+from orchestrator.errors import InputError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+OPTIMIZERS = ("adamw", "adam")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("constant", "cosine")
+BACKENDS = ("gloo", "nccl")
+GPU_KINDS = (ResourceKind.GPU_HOURS, ResourceKind.VRAM_GB_HOURS)
+ENERGY_KINDS = (ResourceKind.ENERGY_KWH, ResourceKind.CO2_KG)
+
+
+def _check(field: str, value: Any, ok: bool, requirement: str, fix: str) -> None:
+    if not ok:
+        raise InputError(field, f"{requirement}, got {value!r}", fix)
+
+
+def _int_at_least(field: str, value: Any, minimum: int, fix: str) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    _check(field, value, ok, f"must be an integer ≥ {minimum}", fix)
+
+
+def _number_in(field: str, value: Any, lo: float, hi: float, fix: str, *, lo_open: bool = False) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value) and (value > lo if lo_open else value >= lo)
+    ok = ok and value <= hi
+    bracket = "(" if lo_open else "["
+    _check(field, value, ok, f"must be a number in {bracket}{lo:g}, {hi:g}]", fix)
+
+
+def stop_rule_config(stop: StopConfig) -> StopRuleConfig:
+    """The pure core's rule settings from the `stop` config group (raises InputError on bad values)."""
+    return StopRuleConfig(
+        resource=ResourceKind.parse(stop.resource, field="stop.resource"),
+        window=stop.window,
+        patience=stop.patience,
+        eta=stop.eta,
+        eta_rel=stop.eta_rel,
+        min_checks=stop.min_checks,
+        min_fraction=stop.min_fraction,
+        budget=stop.budget,
+        estimator=stop.estimator,  # type: ignore[arg-type]
+        max_nonfinite=stop.max_nonfinite,
+    )
+
+
+def tokens_per_step(job: JobConfig) -> int:
+    t = job.train
+    return t.seq_len * t.micro_batch * t.grad_accum * job.cluster.num_workers
+
+
+def validate_job(job: JobConfig) -> StopRuleConfig:
+    """Check every value of a job; returns the stop rule's config (already validated)."""
+    _check(
+        "name",
+        job.name,
+        bool(NAME_RE.match(job.name)),
+        "must be 1-64 letters, digits, '_', '.', '-'",
+        "e.g. name=llama-sweep",
+    )
+    _int_at_least("seed", job.seed, 0, "use a non-negative integer")
+    _check("runs_dir", job.runs_dir, bool(job.runs_dir.strip()), "must not be empty", "e.g. runs_dir=cpr_runs")
+
+    m = job.model
+    _check(
+        "model.arch", m.arch, m.arch in ("llama", "gpt2"), "must be llama or gpt2", "model=llama-2m or model=gpt2-small"
+    )
+    for name in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
+        _int_at_least(f"model.{name}", getattr(m, name), 1, "use a positive integer")
+    _number_in("model.dropout", m.dropout, 0.0, 0.9, "0 for pretraining on small data")
+
+    d = job.deepspeed
+    _check(
+        "deepspeed.zero_stage", d.zero_stage, d.zero_stage in (0, 1, 2, 3), "must be 0, 1, 2 or 3", "deepspeed=zero2"
+    )
+    _check(
+        "deepspeed.precision",
+        d.precision,
+        d.precision in PRECISIONS,
+        "must be fp32 or bf16",
+        "deepspeed.precision=fp32",
+    )
+    _check(
+        "deepspeed.optimizer",
+        d.optimizer,
+        d.optimizer in OPTIMIZERS,
+        "must be adamw or adam",
+        "deepspeed.optimizer=adamw",
+    )
+
+    t = job.train
+    _int_at_least("train.seq_len", t.seq_len, 2, "a sequence needs an input and a target token")
+    _check(
+        "train.seq_len",
+        t.seq_len,
+        t.seq_len <= m.max_position_embeddings,
+        f"must be ≤ model.max_position_embeddings ({m.max_position_embeddings})",
+        "shorten train.seq_len or raise model.max_position_embeddings",
+    )
+    _int_at_least("train.micro_batch", t.micro_batch, 1, "sequences per rank per micro-step, e.g. 8")
+    _int_at_least("train.grad_accum", t.grad_accum, 1, "use 1 for no accumulation")
+    _number_in("train.lr", t.lr, 0.0, 10.0, "e.g. train.lr=3e-3", lo_open=True)
+    _check(
+        "train.schedule", t.schedule, t.schedule in SCHEDULES, "must be constant or cosine", "train.schedule=constant"
+    )
+    _int_at_least("train.warmup_steps", t.warmup_steps, 0, "use 0 for no warm-up")
+    _number_in("train.min_lr_fraction", t.min_lr_fraction, 0.0, 1.0, "e.g. 0.1")
+    _number_in("train.weight_decay", t.weight_decay, 0.0, 10.0, "e.g. 0.1")
+    _number_in("train.beta1", t.beta1, 0.0, 0.999999, "e.g. 0.9")
+    _number_in("train.beta2", t.beta2, 0.0, 0.999999, "e.g. 0.95")
+    _number_in("train.grad_clip", t.grad_clip, 0.0, 1e6, "0 turns clipping off")
+    _int_at_least("train.eval_interval", t.eval_interval, 1, "optimizer steps between evaluations, e.g. 25")
+    _int_at_least("train.eval_sequences", t.eval_sequences, 1, "held-out sequences per evaluation, e.g. 64")
+    _int_at_least("train.report_interval", t.report_interval, 1, "optimizer steps between reports, e.g. 5")
+    _int_at_least("cluster.num_workers", job.cluster.num_workers, 1, "data-parallel ranks, e.g. 2")
+    per_step = tokens_per_step(job)
+    _check(
+        "train.max_tokens",
+        t.max_tokens,
+        isinstance(t.max_tokens, int) and t.max_tokens >= per_step * t.eval_interval,
+        f"must cover at least one evaluation interval ({per_step * t.eval_interval} tokens)",
+        "raise train.max_tokens or lower train.eval_interval",
+    )
+    if t.threads_per_worker is not None:
+        _int_at_least("train.threads_per_worker", t.threads_per_worker, 1, "or null for cluster.cpus_per_worker")
+
+    c = job.cluster
+    _int_at_least("cluster.cpus_per_worker", c.cpus_per_worker, 1, "CPU slots per rank, e.g. 1")
+    _int_at_least("cluster.gpus_per_worker", c.gpus_per_worker, 0, "0 on CPU, 1 for one rank per GPU")
+    if c.backend is not None:
+        _check("cluster.backend", c.backend, c.backend in BACKENDS, "must be gloo, nccl or null", "null picks for you")
+        if c.backend == "nccl" and c.gpus_per_worker == 0:
+            raise InputError("cluster.backend", "nccl needs GPUs", "set cluster.gpus_per_worker=1 or backend=gloo")
+    if c.memory_gb_per_worker is not None:
+        _number_in("cluster.memory_gb_per_worker", c.memory_gb_per_worker, 0.0, 1e6, "or null", lo_open=True)
+    if c.num_cpus is not None:
+        _int_at_least("cluster.num_cpus", c.num_cpus, 1, "or null for this machine's count")
+    if c.address is not None:
+        _check("cluster.address", c.address, bool(c.address.strip()), "must not be empty", "null for local Ray")
+
+    tel = job.telemetry
+    _number_in("telemetry.interval_s", tel.interval_s, 0.0, 3600.0, "e.g. 1.0", lo_open=True)
+    _number_in("telemetry.codecarbon_measure_s", tel.codecarbon_measure_s, 0.0, 3600.0, "e.g. 1.0", lo_open=True)
+    _check(
+        "telemetry.country_iso_code",
+        tel.country_iso_code,
+        bool(re.fullmatch(r"[A-Za-z]{3}", tel.country_iso_code)),
+        "must be a 3-letter ISO 3166-1 alpha-3 code",
+        "e.g. USA, FRA, DEU",
+    )
+    _check(
+        "tracking.experiment",
+        job.tracking.experiment,
+        bool(job.tracking.experiment.strip()),
+        "must not be empty",
+        "e.g. cpr",
+    )
+
+    rule = stop_rule_config(job.stop)
+    kind = rule.resource
+    energy_measured = tel.enabled and (tel.codecarbon or (tel.nvml and c.gpus_per_worker > 0))
+    if kind in ENERGY_KINDS and not energy_measured:
+        raise InputError(
+            "stop.resource",
+            f"{kind.value} needs energy telemetry, which this config turns off",
+            "enable telemetry (telemetry=default) or stop on tokens, flops or wall_hours",
+        )
+    if kind in GPU_KINDS and (c.gpus_per_worker == 0 or not (tel.enabled and tel.nvml)):
+        raise InputError(
+            "stop.resource",
+            f"{kind.value} is measured by NVML on GPUs; this job has none",
+            "use energy_kwh, flops, tokens or wall_hours on CPU",
+        )
+    return rule

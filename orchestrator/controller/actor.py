@@ -1,0 +1,317 @@
+"""The controller: one named Ray actor per cluster that runs jobs, takes reports, decides and writes MLflow.
+
+It launches each job's worker gang, feeds worker reports and telemetry into the job's `JobTracker` (ledger and
+stop rule, pure code), answers every evaluation check with CONTINUE or a halt, logs metrics/tags/artifacts to
+the job's MLflow run, and persists the tracker after every check (`JobStore`). A threaded actor: reports from
+many ranks are handled concurrently, each job's state behind its own lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.compose import job_from_dict, job_to_yaml
+from orchestrator.config.schema import JobConfig
+from orchestrator.config.validate import stop_rule_config
+from orchestrator.controller.store import JobStore
+from orchestrator.core.flops import FlopsModel
+from orchestrator.core.job_tracker import JobTracker
+from orchestrator.core.ledger import TelemetrySample
+from orchestrator.core.reports import EvalReport, TrainReport
+
+CONTROLLER_NAME = "cpr-controller"
+STOP_POLL_S = 2.0
+
+
+@dataclass
+class JobHandle:
+    """The controller's live record of one job."""
+
+    job_id: str
+    job: JobConfig
+    tracker: JobTracker
+    store: JobStore
+    writer: Any
+    state: str = "queued"
+    error: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: threading.Event = field(default_factory=threading.Event)
+    group: Any = None
+    sources: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+
+class Controller:
+    """Ray actor body; create it with `controller_handle()`."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobHandle] = {}
+
+    # -- job submission -------------------------------------------------------------------------------------
+    def submit(
+        self,
+        *,
+        job_id: str,
+        job: dict[str, Any],
+        prepared: dict[str, Any],
+        flops_model: dict[str, Any],
+        tracking_uri: str,
+        artifact_location: str | None,
+        state_dir: str,
+        checkpoint_dir: str,
+        carbon_intensity_kg_per_kwh: float | None,
+        params: dict[str, str],
+    ) -> dict[str, Any]:
+        """Open the job's MLflow run, persist its record, launch its workers; returns the run id at once."""
+        from orchestrator.tracking.writer import RunWriter
+
+        cfg = job_from_dict(job)
+        if job_id in self.jobs:
+            raise ValueError(f"job {job_id} exists")
+        tracker = JobTracker(
+            job_id=job_id,
+            rule_config=stop_rule_config(cfg.stop),
+            enforce=cfg.stop.enforce,
+            max_tokens=cfg.train.max_tokens,
+            flops_model=FlopsModel(**flops_model),
+            carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh,
+            start_t=time.time(),
+        )
+        writer = RunWriter.create(
+            tracking_uri,
+            cfg.tracking.experiment,
+            job_id,
+            {"cpr.job_id": job_id, "cpr.state": "queued", "cpr.model": cfg.model.name, "cpr.data": cfg.data.name},
+            artifact_location=artifact_location,
+        )
+        store = JobStore(Path(state_dir))
+        handle = JobHandle(job_id=job_id, job=cfg, tracker=tracker, store=store, writer=writer)
+        self.jobs[job_id] = handle
+        writer.log_params(params)
+        writer.log_text(job_to_yaml(cfg), "config.yaml")
+        store.save(
+            "job.json",
+            {
+                "job_id": job_id,
+                "job": job,
+                "prepared": prepared,
+                "run_id": writer.run_id,
+                "tracking_uri": tracking_uri,
+                "checkpoint_dir": checkpoint_dir,
+                "flops_model": flops_model,
+                "carbon_intensity_kg_per_kwh": carbon_intensity_kg_per_kwh,
+            },
+        )
+        self._persist(handle)
+        thread = threading.Thread(
+            target=self._run_job, args=(handle, job, prepared, checkpoint_dir), name=f"job-{job_id}", daemon=True
+        )
+        thread.start()
+        return {"job_id": job_id, "run_id": writer.run_id}
+
+    def _run_job(self, h: JobHandle, job: dict[str, Any], prepared: dict[str, Any], checkpoint_dir: str) -> None:
+        import ray
+
+        from orchestrator.tracking.runs import is_stop_requested
+        from orchestrator.worker.group import WorkerGroup
+
+        me = ray.get_runtime_context().current_actor
+        h.group = WorkerGroup(
+            job_id=h.job_id, job=h.job, job_dict=job, prepared=prepared, checkpoint_dir=checkpoint_dir, controller=me
+        )
+        try:
+            refs = h.group.start()
+            self._set_state(h, "running")
+            pending = list(refs)
+            next_poll = time.monotonic() + STOP_POLL_S
+            while pending:
+                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                for ref in done:
+                    h.results.append(ray.get(ref))  # a failed rank raises here
+                if pending and time.monotonic() >= next_poll and not h.tracker.halted:
+                    next_poll = time.monotonic() + STOP_POLL_S
+                    if is_stop_requested(h.writer.client, h.writer.run_id):
+                        self.request_stop(h.job_id)
+            self._finish(h)
+        except Exception as exc:  # a rank died or raised: the job fails with the reason on its run
+            h.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
+            self._fail(h)
+        finally:
+            if h.group is not None:
+                h.group.shutdown()
+            h.done.set()
+
+    # -- reports from workers (called concurrently) --------------------------------------------------------
+    def sources(self, job_id: str, rank: int, statuses: list[dict[str, Any]]) -> None:
+        h = self.jobs[job_id]
+        with h.lock:
+            h.sources[rank] = statuses
+            absent = sorted(
+                {s["name"] + ": " + s["detail"] for st in h.sources.values() for s in st if not s["present"]}
+            )
+            fallbacks = sorted(
+                {
+                    s["name"] + ": " + s["detail"]
+                    for st in h.sources.values()
+                    for s in st
+                    if s["present"] and s["method"] != "counter"
+                }
+            )
+            h.writer.set_tags(
+                {"cpr.absent_sources": "; ".join(absent) or "none", "cpr.fallbacks": "; ".join(fallbacks) or "none"}
+            )
+
+    def telemetry(self, job_id: str, samples: list[dict[str, Any]]) -> None:
+        h = self.jobs[job_id]
+        parsed = [TelemetrySample.from_dict(s) for s in samples]
+        with h.lock:
+            h.tracker.on_telemetry(parsed)
+            h.store.append("telemetry.jsonl", samples)
+
+    def train(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        h = self.jobs[job_id]
+        r = TrainReport.from_dict(report)
+        with h.lock:
+            metrics = h.tracker.on_train(r)
+            metrics.update(h.tracker.resource_metrics(r.t_s))
+            h.writer.log_metrics(metrics, step=r.step)
+            return {"halt": h.tracker.halted}
+
+    def eval(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        h = self.jobs[job_id]
+        r = EvalReport.from_dict(report)
+        with h.lock:
+            outcome = h.tracker.on_eval(r)
+            h.writer.log_metrics(outcome.metrics, step=r.step)
+            if outcome.decision is not None:
+                d = outcome.decision
+                h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                h.writer.set_tags(
+                    {
+                        "cpr.decision": d.action.value,
+                        "cpr.reason": d.reason.value if d.reason else "",
+                        "cpr.check": str(d.check),
+                    }
+                )
+            self._persist(h)
+            return {
+                "halt": outcome.halt or h.tracker.halted,
+                "decision": outcome.decision.to_dict() if outcome.decision else None,
+            }
+
+    # -- user requests ------------------------------------------------------------------------------------
+    def request_stop(self, job_id: str) -> dict[str, Any]:
+        """A user STOP: recorded now; the ranks see it at their next report, checkpoint and end."""
+        h = self.jobs.get(job_id)
+        if h is None:
+            return {"ok": False, "error": f"no job {job_id}"}
+        with h.lock:
+            if h.done.is_set():
+                return {"ok": False, "error": f"job {job_id} already ended ({h.state})"}
+            step = h.tracker.last_train.step if h.tracker.last_train else 0
+            fresh = not h.tracker.halted
+            d = h.tracker.user_stop(step=step, t_s=time.time())
+            if fresh:
+                h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": d.reason.value if d.reason else ""})
+            self._persist(h)
+            return {"ok": True, "decision": d.to_dict()}
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        h = self.jobs[job_id]
+        with h.lock:
+            return {
+                **h.tracker.view(),
+                "state": h.state,
+                "error": h.error,
+                "run_id": h.writer.run_id,
+                "done": h.done.is_set(),
+            }
+
+    def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
+        """The job's summary once it ended, else None after timeout_s."""
+        h = self.jobs[job_id]
+        if not h.done.wait(timeout_s):
+            return None
+        return {"state": h.state, "error": h.error, "summary": h.summary, "run_id": h.writer.run_id}
+
+    # -- endings -------------------------------------------------------------------------------------------
+    def _set_state(self, h: JobHandle, state: str) -> None:
+        h.state = state
+        h.writer.set_tags({"cpr.state": state})
+
+    def _persist(self, h: JobHandle) -> None:
+        h.store.save("tracker.json", h.tracker.to_dict())
+
+    def _finish(self, h: JobHandle) -> None:
+        with h.lock:
+            t = h.tracker
+            last_step = max((r["step"] for r in h.results), default=0)
+            if not t.halted:
+                t.budget_reached(step=last_step, t_s=time.time())
+                h.store.append("decisions.jsonl", [t.decisions[-1]])
+            summary = t.summary()
+            summary.update(
+                run_id=h.writer.run_id,
+                checkpoint=h.results[0]["checkpoint"] if h.results else None,
+                absent_sources=sorted({s["name"] for st in h.sources.values() for s in st if not s["present"]}),
+                telemetry_errors=[e for r in h.results for e in r.get("telemetry_errors", [])],
+                workers=sorted(h.results, key=lambda r: r["rank"]),
+            )
+            h.summary = summary
+            h.writer.log_metrics(t.resource_metrics(time.time()), step=last_step)
+            reason = summary["reason"] or "budget"
+            h.writer.set_tags({"cpr.decision": "stop", "cpr.reason": reason})
+            self._artifacts(h)
+            self._persist(h)
+            h.store.save("summary.json", summary)
+            self._set_state(h, "finished" if reason == "budget" else "stopped")
+            h.writer.close("FINISHED")
+
+    def _fail(self, h: JobHandle) -> None:
+        with h.lock:
+            h.summary = {**h.tracker.summary(), "error": h.error, "run_id": h.writer.run_id}
+            h.writer.set_tags({"cpr.error": (h.error or "")[:5000]})
+            try:
+                self._artifacts(h)
+                self._persist(h)
+                h.store.save("summary.json", h.summary)
+            finally:
+                self._set_state(h, "failed")
+                h.writer.close("FAILED")
+
+    def _artifacts(self, h: JobHandle) -> None:
+        import json
+
+        from orchestrator.core.numbers import json_safe
+
+        h.writer.log_text(h.tracker.curve_csv(), "curve.csv")
+        h.writer.log_text("".join(json.dumps(json_safe(d)) + "\n" for d in h.tracker.decisions), "decisions.jsonl")
+        if h.summary is not None:
+            h.writer.log_text(json.dumps(json_safe(h.summary), indent=2), "summary.json")
+        telemetry = h.store.path("telemetry.jsonl")
+        if telemetry.exists():
+            h.writer.log_file(str(telemetry))
+
+
+def controller_handle(namespace: str, *, detached: bool) -> Any:
+    """Get the cluster's controller, creating it if absent (num_cpus=0: it must not take a training slot)."""
+    import ray
+
+    actor_cls = ray.remote(Controller)
+    options: dict[str, Any] = {
+        "name": CONTROLLER_NAME,
+        "namespace": namespace,
+        "get_if_exists": True,
+        "num_cpus": 0,
+        "max_concurrency": 64,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return actor_cls.options(**options).remote()

@@ -1,0 +1,66 @@
+"""The controller's persistent state on local disk: one folder per job, written atomically.
+
+`job.json` (the job's config, run id, data, state), `tracker.json` (ledger, rule state, decisions, curve — the
+whole `JobTracker`), and append-only logs `decisions.jsonl` and `telemetry.jsonl`. A restarted controller
+rebuilds every job from these files; nothing lives only in its memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.numbers import json_safe
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same folder, fsync, rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(json_safe(data), fh, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class JobStore:
+    """Files of one job under `<runs_dir>/jobs/<job_id>/`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def save(self, name: str, data: Any) -> None:
+        write_json_atomic(self.path(name), data)
+
+    def load(self, name: str) -> Any:
+        with self.path(name).open(encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def append(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Append JSON lines and flush them to disk."""
+        if not records:
+            return
+        with self.path(name).open("a", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.path(name)
+        if not path.exists():
+            return []
+        with path.open(encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]

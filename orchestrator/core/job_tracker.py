@@ -1,0 +1,311 @@
+"""One job's decision state in the controller: ledger Γ, stop rule, decisions and the Ψ–Γ curve.
+
+Pure and serialisable: the controller actor feeds it worker reports and telemetry, writes what it returns to
+MLflow, and persists `to_dict()` after every check so a restarted controller continues without loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core.decisions import Action, Decision, StopReason
+from orchestrator.core.flops import FlopsModel
+from orchestrator.core.forecast import fit_forecast
+from orchestrator.core.ledger import J_PER_KWH, Metric, ResourceLedger, TelemetrySample
+from orchestrator.core.reports import EvalReport, TrainReport
+from orchestrator.core.resources import ResourceKind
+from orchestrator.core.stop_rule import StopRule, StopRuleConfig
+
+TOKENS_SOURCE = "job/tokens"
+CURVE_KINDS = tuple(ResourceKind)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckOutcome:
+    """What one evaluation check produced: the rule's decision and the metrics to log at its step."""
+
+    decision: Decision | None
+    """None after a shadow-mode STOP: the job runs on, the rule has had its say."""
+    metrics: dict[str, float]
+    halt: bool
+    """True when the workers must checkpoint and end now."""
+
+
+class JobTracker:
+    """Ledger + stop rule + decision log of one job."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        rule_config: StopRuleConfig,
+        enforce: bool = True,
+        max_tokens: int,
+        flops_model: FlopsModel | None = None,
+        carbon_intensity_kg_per_kwh: float | None = None,
+        start_t: float,
+    ) -> None:
+        self.job_id = job_id
+        self.enforce = enforce
+        self.max_tokens = int(max_tokens)
+        self.rule = StopRule(rule_config)
+        self.ledger = ResourceLedger(flops_model=flops_model, carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh)
+        # The token counter's baseline: 0 tokens at the job's start, so wall hours count from the start too.
+        self.ledger.add(
+            TelemetrySample(sample_id="tokens/0", source=TOKENS_SOURCE, metric=Metric.TOKENS, t_s=start_t, value=0.0)
+        )
+        self.start_t = start_t
+        self.decisions: list[dict[str, Any]] = []
+        self.curve: list[dict[str, float]] = []
+        self.stop: Decision | None = None
+        self.last_train: TrainReport | None = None
+        self.last_eval: EvalReport | None = None
+        self._power_mark: tuple[float, dict[str, float]] | None = None
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def on_telemetry(self, samples: list[TelemetrySample]) -> dict[str, int]:
+        counts = self.ledger.add_many(samples)
+        return {k.value: v for k, v in counts.items()}
+
+    def _tokens(self, step: int, tokens: int, t_s: float) -> None:
+        self.ledger.add(
+            TelemetrySample(
+                sample_id=f"tokens/{step}", source=TOKENS_SOURCE, metric=Metric.TOKENS, t_s=t_s, value=tokens
+            )
+        )
+
+    def on_train(self, report: TrainReport) -> dict[str, float]:
+        """Metrics to log at the report's step."""
+        self._tokens(report.step, report.tokens, report.t_s)
+        self.last_train = report
+        return {
+            "train/loss": report.loss,
+            "train/lr": report.lr,
+            "throughput/tokens_per_s": report.tokens_per_s,
+            "progress/tokens": float(report.tokens),
+            "progress/fraction": report.tokens / self.max_tokens,
+        }
+
+    def resource_metrics(self, now_t: float) -> dict[str, float]:
+        """energy/* (cumulative kWh, per source and total) and power/* (mean W since the previous call)."""
+        by_source = self.ledger.energy_j_by_source()
+        out: dict[str, float] = {}
+        if not by_source:
+            return out
+        total = math.fsum(by_source.values())
+        out["energy/total_kwh"] = total / J_PER_KWH
+        for source, joules in by_source.items():
+            out[f"energy/{source}_kwh"] = joules / J_PER_KWH
+        if self._power_mark is not None:
+            t0, before = self._power_mark
+            dt = now_t - t0
+            if dt > 0:
+                out["power/total_w"] = max(0.0, (total - math.fsum(before.values())) / dt)
+                for source, joules in by_source.items():
+                    out[f"power/{source}_w"] = max(0.0, (joules - before.get(source, joules)) / dt)
+        self._power_mark = (now_t, dict(by_source))
+        return out
+
+    def on_eval(self, report: EvalReport) -> CheckOutcome:
+        """One evaluation check: Γ of every kind now, the rule's decision, the curve row."""
+        self._tokens(report.step, report.tokens, report.t_s)
+        self.last_eval = report
+        totals = self.ledger.totals()
+        kind = self.rule.config.resource
+        row = {"step": float(report.step), "loss": report.val_loss, **{k.value: v for k, v in totals.items()}}
+        self.curve.append(row)
+        metrics: dict[str, float] = {"val/loss": report.val_loss, "cpr/psi": report.psi}
+        metrics.update({f"cpr/gamma/{k.value}": v for k, v in totals.items()})
+        if self.rule.stopped is not None:  # shadow mode after the rule's STOP: keep the curve, no more decisions
+            return CheckOutcome(decision=None, metrics=metrics, halt=False)
+        if kind not in totals:
+            raise KeyError(f"no telemetry source measures {kind.value} (measured: {', '.join(sorted(totals))})")
+        decision = self.rule.observe(psi=report.psi, gamma=totals[kind], step=report.step)
+        if decision.ratio is not None:
+            metrics["cpr/ratio"] = decision.ratio
+        if decision.eta is not None:
+            metrics["cpr/eta"] = decision.eta
+        metrics["cpr/checks_below"] = float(decision.checks_below)
+        self._record(decision, report.t_s)
+        halt = decision.stopped and (self.enforce or decision.reason is not StopReason.MARGINAL_RETURN)
+        if decision.stopped and halt:
+            self.stop = decision
+        return CheckOutcome(decision=decision, metrics=metrics, halt=halt)
+
+    def user_stop(self, *, step: int | None, t_s: float) -> Decision:
+        """A person's or script's STOP (reason `user`); the workers checkpoint and end."""
+        if self.stop is not None:
+            return self.stop
+        decision = self.rule.user_stop(step=step) if self.rule.stopped is None else self._stop_after_shadow(step)
+        self._record(decision, t_s)
+        self.stop = decision
+        return decision
+
+    def budget_reached(self, *, step: int, t_s: float) -> Decision:
+        """The workers used the whole token budget (train.max_tokens) without a STOP: reason `budget`."""
+        if self.stop is not None:
+            return self.stop
+        s = self.rule.state
+        last = self.curve[-1] if self.curve else None
+        decision = Decision(
+            check=s.checks,
+            step=step,
+            action=Action.STOP,
+            reason=StopReason.BUDGET,
+            psi=-last["loss"] if last else math.nan,
+            gamma=s.last_gamma or 0.0,
+            ratio=self._last_ratio(),
+            eta=s.eta,
+            checks_below=s.checks_below,
+            warmup=False,
+        )
+        self._record(decision, t_s)
+        self.stop = decision
+        return decision
+
+    # -- outputs --------------------------------------------------------------------------------------------
+    @property
+    def halted(self) -> bool:
+        return self.stop is not None
+
+    def rule_decision(self) -> dict[str, Any] | None:
+        """The rule's own STOP (also in shadow mode), as logged."""
+        return next((d for d in self.decisions if d["action"] == Action.STOP.value), None)
+
+    def view(self) -> dict[str, Any]:
+        """A small snapshot for progress bars and `cpr status`."""
+        last = self.decisions[-1] if self.decisions else None
+        totals = self.ledger.totals()
+        return {
+            "job_id": self.job_id,
+            "step": self.last_train.step if self.last_train else 0,
+            "tokens": self.last_train.tokens if self.last_train else 0,
+            "max_tokens": self.max_tokens,
+            "loss": self.last_train.loss if self.last_train else None,
+            "val_loss": self.last_eval.val_loss if self.last_eval else None,
+            "psi": self.last_eval.psi if self.last_eval else None,
+            "resource": self.rule.config.resource.value,
+            "gamma": {k.value: v for k, v in totals.items()},
+            "ratio": last["ratio"] if last else None,
+            "eta": last["eta"] if last else None,
+            "checks": self.rule.state.checks,
+            "decision": last["action"] if last else None,
+            "reason": last["reason"] if last else None,
+            "halted": self.halted,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The run's closing figures (§3's report): Ψ, Γ of every kind with CO₂, last ratio, Γ saved, forecast."""
+        totals = {k.value: v for k, v in self.ledger.totals().items()}
+        tokens = totals.get(ResourceKind.TOKENS.value, 0.0)
+        fraction_used = tokens / self.max_tokens if self.max_tokens else None
+        # Γ the job would have used at its full token budget, projected linearly from its own rate so far.
+        projected = {k: v / fraction_used for k, v in totals.items() if fraction_used} if fraction_used else {}
+        kind = self.rule.config.resource.value
+        s = self.rule.state
+        forecast = None
+        if s.history_gamma and kind in projected:
+            fc = fit_forecast(
+                s.history_gamma, s.history_psi, eta=s.eta, budget=max(projected[kind], s.history_gamma[-1])
+            )
+            forecast = fc.to_dict()
+        stop = self.stop.to_dict() if self.stop else None
+        return {
+            "job_id": self.job_id,
+            "stopped": self.stop is not None,
+            "reason": self.stop.reason.value if self.stop and self.stop.reason else None,
+            "decision": stop,
+            "rule_decision": self.rule_decision(),
+            "enforce": self.enforce,
+            "psi": self.last_eval.psi if self.last_eval else None,
+            "val_loss": self.last_eval.val_loss if self.last_eval else None,
+            "step": self.last_eval.step if self.last_eval else None,
+            "checks": s.checks,
+            "resource": kind,
+            "gamma": totals,
+            "last_ratio": self._last_ratio(),
+            "eta": s.eta,
+            "r_ref": s.r_ref,
+            "tokens_budget": self.max_tokens,
+            "budget_fraction_used": fraction_used,
+            "gamma_projected_at_budget": projected,
+            "gamma_saved_fraction": None if fraction_used is None else max(0.0, 1.0 - fraction_used),
+            "forecast": forecast,
+            "ledger_counts": {
+                "added": self.ledger.n_added,
+                "duplicates": self.ledger.n_duplicates,
+                "rejected": self.ledger.n_rejected,
+            },
+        }
+
+    def curve_csv(self) -> str:
+        """The Ψ–Γ curve in `cpr replay`'s CSV format (step, loss, one cumulative column per kind measured)."""
+        kinds = [k.value for k in CURVE_KINDS if any(k.value in row for row in self.curve)]
+        lines = [",".join(["step", "loss", *kinds])]
+        for row in self.curve:
+            if not all(k in row for k in kinds):  # a kind that started late: the CSV needs full columns
+                continue
+            cells = [str(int(row["step"])), repr(row["loss"]), *(repr(row[k]) for k in kinds)]
+            lines.append(",".join(cells))
+        return "\n".join(lines) + "\n"
+
+    def _last_ratio(self) -> float | None:
+        for d in reversed(self.decisions):
+            if d.get("ratio") is not None:
+                return d["ratio"]
+        return None
+
+    def _record(self, decision: Decision, t_s: float) -> None:
+        self.decisions.append({"job_id": self.job_id, "t_s": t_s, **decision.to_dict()})
+
+    def _stop_after_shadow(self, step: int | None) -> Decision:
+        s = self.rule.state
+        psi = -self.curve[-1]["loss"] if self.curve else math.nan
+        return Decision(
+            check=s.checks,
+            step=step,
+            action=Action.STOP,
+            reason=StopReason.USER,
+            psi=psi,
+            gamma=s.last_gamma or 0.0,
+            ratio=self._last_ratio(),
+            eta=s.eta,
+            checks_below=s.checks_below,
+            warmup=False,
+        )
+
+    # -- persistence ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "enforce": self.enforce,
+            "max_tokens": self.max_tokens,
+            "start_t": self.start_t,
+            "rule": self.rule.to_json(),
+            "ledger": self.ledger.to_dict(),
+            "decisions": self.decisions,
+            "curve": self.curve,
+            "stop": self.stop.to_dict() if self.stop else None,
+            "last_train": self.last_train.to_dict() if self.last_train else None,
+            "last_eval": self.last_eval.to_dict() if self.last_eval else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobTracker:
+        rule = StopRule.from_json(data["rule"])
+        tracker = cls.__new__(cls)
+        tracker.job_id = data["job_id"]
+        tracker.enforce = data["enforce"]
+        tracker.max_tokens = data["max_tokens"]
+        tracker.start_t = data["start_t"]
+        tracker.rule = rule
+        tracker.ledger = ResourceLedger.from_dict(data["ledger"])
+        tracker.decisions = list(data["decisions"])
+        tracker.curve = list(data["curve"])
+        tracker.stop = Decision.from_dict(data["stop"]) if data["stop"] else None
+        tracker.last_train = TrainReport.from_dict(data["last_train"]) if data["last_train"] else None
+        tracker.last_eval = EvalReport.from_dict(data["last_eval"]) if data["last_eval"] else None
+        tracker._power_mark = None
+        return tracker

@@ -1,0 +1,54 @@
+"""What training workers send the controller: small records of plain numbers (they cross Ray as dicts)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainReport:
+    """Rank 0's view of the last `train.report_interval` optimizer steps."""
+
+    step: int
+    """Optimizer step just completed (1-based)."""
+    tokens: int
+    """Training tokens consumed by the whole job (all ranks) up to this step."""
+    loss: float
+    """Mean training loss over the interval (nats/token), averaged over ranks."""
+    lr: float
+    tokens_per_s: float
+    """Job throughput over the interval."""
+    t_s: float
+    """Wall clock (time.time()) when the step ended."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainReport:
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalReport:
+    """One evaluation check on the held-out split: Ψ = −val_loss by default."""
+
+    step: int
+    tokens: int
+    val_loss: float
+    """Mean held-out loss (nats/token) over the same sequences at every check; NaN/Inf when training diverged."""
+    t_s: float
+    final: bool = False
+    """True for the evaluation at the end of the token budget."""
+
+    @property
+    def psi(self) -> float:
+        return -self.val_loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalReport:
+        return cls(**data)

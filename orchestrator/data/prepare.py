@@ -1,0 +1,233 @@
+"""Tokenize a corpus once into flat token memmaps (nanoGPT's train.bin / val.bin) with a locally trained tokenizer.
+
+The cache sits next to the data (`<data>/.cpr_cache/<fingerprint>/`, or `~/.cache/cpr/data/` when the data's folder
+is not writable, as for the stdlib) and is keyed by a fingerprint of the files (path, size, mtime), the split and
+the tokenizer's size: a changed corpus is tokenized again, an unchanged one is reused at once. Concurrent
+preparations of the same corpus take a file lock; the results appear by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.data.sources import Corpus, open_corpus
+from orchestrator.errors import InputError
+
+FORMAT_VERSION = 1
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedData:
+    """Token memmaps and the tokenizer of a corpus, ready for the workers (plain paths: they cross Ray)."""
+
+    source: str
+    cache_dir: Path
+    tokenizer_path: Path | None
+    train_bin: Path
+    val_bin: Path
+    dtype: str
+    vocab_size: int
+    eos_id: int
+    n_train_tokens: int
+    n_val_tokens: int
+    fingerprint: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreparedData:
+        paths = {"cache_dir", "tokenizer_path", "train_bin", "val_bin"}
+        return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
+
+    def tokens(self, split: str) -> np.memmap:
+        return np.memmap(self.train_bin if split == "train" else self.val_bin, dtype=self.dtype, mode="r")
+
+
+def fingerprint(corpus: Corpus, cfg: Any) -> str:
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [
+                FORMAT_VERSION,
+                corpus.source,
+                corpus.val_every,
+                corpus.max_files,
+                cfg.tokenizer_vocab,
+                corpus.text_field,
+                corpus.hf_format,
+            ]
+        ).encode()
+    )
+    for f in corpus.files:
+        st = f.stat()
+        h.update(f"{f.relative_to(corpus.root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def cache_base(corpus: Corpus, cfg: Any) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    home = Path(os.environ.get("CPR_CACHE_DIR", Path.home() / ".cache" / "cpr")) / "data"
+    if corpus.source == "stdlib":
+        return home
+    beside = corpus.root / ".cpr_cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    return home
+
+
+def _load(cache: Path, source: str, fp: str) -> PreparedData:
+    meta = json.loads((cache / "meta.json").read_text())
+    tok = cache / "tokenizer.json"
+    return PreparedData(
+        source=source,
+        cache_dir=cache,
+        tokenizer_path=tok if tok.exists() else None,
+        train_bin=cache / "train.bin",
+        val_bin=cache / "val.bin",
+        dtype=meta["dtype"],
+        vocab_size=int(meta["vocab_size"]),
+        eos_id=int(meta["eos_id"]),
+        n_train_tokens=int(meta.get("n_train_tokens", 0)),
+        n_val_tokens=int(meta.get("n_val_tokens", 0)),
+        fingerprint=fp,
+    )
+
+
+def _memmap_source(corpus: Corpus) -> PreparedData:
+    root = corpus.root
+    for name in ("train.bin", "val.bin", "meta.json"):
+        if not (root / name).is_file():
+            raise InputError(
+                "data.path", f"{root} has no {name}", "a memmap folder holds train.bin, val.bin and meta.json"
+            )
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+        dtype, vocab, eos = str(meta["dtype"]), int(meta["vocab_size"]), int(meta.get("eos_id", 0))
+        np.dtype(dtype)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            "data.path",
+            f"{root / 'meta.json'} is not valid ({exc})",
+            'write {"dtype": "uint16", "vocab_size": N, "eos_id": K}',
+        ) from None
+    if dtype not in ("uint16", "uint32") or vocab < 2:
+        raise InputError(
+            "data.path", f"meta.json: dtype {dtype!r}, vocab_size {vocab}", "dtype uint16 or uint32, vocab_size ≥ 2"
+        )
+    n = {s: (root / f"{s}.bin").stat().st_size // np.dtype(dtype).itemsize for s in ("train", "val")}
+    meta_fp = hashlib.sha256(json.dumps([meta, n]).encode()).hexdigest()[:16]
+    return PreparedData(
+        source="memmap",
+        cache_dir=root,
+        tokenizer_path=None,
+        train_bin=root / "train.bin",
+        val_bin=root / "val.bin",
+        dtype=dtype,
+        vocab_size=vocab,
+        eos_id=eos,
+        n_train_tokens=n["train"],
+        n_val_tokens=n["val"],
+        fingerprint=meta_fp,
+    )
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """Byte-level BPE trained on the train split only (no download: HF tokenizers' trainer, locally)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    return tok
+
+
+def encode(tok: Any, texts: list[str], eos_id: int, dtype: str) -> np.ndarray:
+    """All documents' tokens, each followed by EOS, as one flat array."""
+    parts = []
+    for enc in tok.encode_batch(texts):
+        parts.append(np.asarray(enc.ids, dtype=dtype))
+        parts.append(np.asarray([eos_id], dtype=dtype))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> PreparedData:
+    """The corpus of a DataConfig as token memmaps, from the cache when nothing changed."""
+    say = log or (lambda _line: None)
+    corpus = open_corpus(cfg)
+    if corpus.source == "memmap":
+        return _memmap_source(corpus)
+    if not isinstance(cfg.tokenizer_vocab, int) or not 256 < cfg.tokenizer_vocab <= 1 << 20:
+        raise InputError(
+            "data.tokenizer_vocab", f"must be an integer in (256, 1048576], got {cfg.tokenizer_vocab!r}", "e.g. 4096"
+        )
+    fp = fingerprint(corpus, cfg)
+    base = cache_base(corpus, cfg)
+    cache = base / fp
+    if (cache / "meta.json").exists():
+        say(f"{corpus.source}: {len(corpus.files)} files, cached tokens at {cache}")
+        return _load(cache, corpus.source, fp)
+    base.mkdir(parents=True, exist_ok=True)
+    with (base / f".{fp}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be preparing the same corpus: wait for it
+        if (cache / "meta.json").exists():
+            return _load(cache, corpus.source, fp)
+        t0 = time.perf_counter()
+        splits: dict[str, list[str]] = {"train": [], "val": []}
+        for split, text in corpus.documents():
+            splits[split].append(text)
+        if not splits["train"] or not splits["val"]:
+            raise InputError(
+                "data.path",
+                f"{corpus.root}: {len(splits['train'])} training and {len(splits['val'])} validation documents",
+                "add documents or lower data.val_every",
+            )
+        say(
+            f"{corpus.source}: training a {cfg.tokenizer_vocab}-token BPE tokenizer on {len(splits['train'])} documents"
+        )
+        tok = train_tokenizer(splits["train"], cfg.tokenizer_vocab)
+        vocab = tok.get_vocab_size()
+        dtype = "uint16" if vocab <= 65535 else "uint32"
+        eos_id = tok.token_to_id(EOS)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{fp}."))
+        try:
+            n = {}
+            for split, texts in splits.items():
+                ids = encode(tok, texts, eos_id, dtype)
+                ids.tofile(tmp / f"{split}.bin")
+                n[split] = int(ids.size)
+            tok.save(str(tmp / "tokenizer.json"))
+            meta = {
+                "dtype": dtype,
+                "vocab_size": vocab,
+                "eos_id": eos_id,
+                "n_train_tokens": n["train"],
+                "n_val_tokens": n["val"],
+                "source": corpus.source,
+                "root": str(corpus.root),
+                "files": len(corpus.files),
+                "format_version": FORMAT_VERSION,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, cache)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        say(
+            f"{corpus.source}: {n['train']:,} train / {n['val']:,} val tokens "
+            f"in {time.perf_counter() - t0:.1f} s → {cache}"
+        )
+        return _load(cache, corpus.source, fp)

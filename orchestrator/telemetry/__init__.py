@@ -1,0 +1,1 @@
+"""Per-rank energy, power and memory telemetry: NVML for GPUs, codecarbon for CPU/RAM; samples for the ledger."""

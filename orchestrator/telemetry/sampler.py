@@ -1,0 +1,206 @@
+"""A per-rank sampler thread: reads every present source each interval and hands the batch to a sink.
+
+It never blocks a training step: it runs in its own thread and its sink (in production a Ray `.remote()` call)
+returns at once. A source that is absent (no GPU, no NVML) is listed as absent with the reason and emits no
+samples — never zeros. A failed reading is counted and kept in `errors`; the thread goes on.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.core.ledger import Metric, TelemetrySample
+from orchestrator.telemetry.nvml import CounterUnsupported, GpuBackend, open_gpu_backend
+
+MAX_ERRORS_KEPT = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceStatus:
+    name: str
+    kind: str
+    """gpu | cpu | ram"""
+    present: bool
+    method: str
+    """counter | power | estimate | absent"""
+    detail: str
+
+
+def node_name() -> str:
+    """A short stable name for this node (its host name)."""
+    return socket.gethostname().split(".")[0] or "node"
+
+
+class TelemetrySampler:
+    def __init__(
+        self,
+        *,
+        source_prefix: str,
+        sink: Callable[[list[TelemetrySample]], None],
+        interval_s: float,
+        nvml: bool,
+        codecarbon: bool,
+        country_iso_code: str,
+        codecarbon_measure_s: float,
+        gpu_backend: GpuBackend | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prefix = source_prefix
+        self.sink = sink
+        self.interval_s = interval_s
+        self.clock = clock
+        self.errors: list[str] = []
+        self.n_errors = 0
+        self.readings_sent = 0
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._statuses: list[SourceStatus] = []
+        self.gpu = gpu_backend
+        self._gpu_counter: dict[int, bool] = {}
+        if nvml and self.gpu is None:
+            self.gpu, why = open_gpu_backend()
+        else:
+            why = "nvml: turned off (telemetry.nvml=false or a CPU job)"
+        if self.gpu is None:
+            self._statuses.append(
+                SourceStatus(name=f"{self.prefix}/gpu", kind="gpu", present=False, method="absent", detail=why)
+            )
+        else:
+            for i in range(self.gpu.device_count()):
+                try:
+                    self.gpu.total_energy_mj(i)
+                    self._gpu_counter[i] = True
+                    method, detail = "counter", f"{self.gpu.name(i)}: NVML total-energy counter"
+                except CounterUnsupported:
+                    self._gpu_counter[i] = False
+                    method, detail = "power", f"{self.gpu.name(i)}: no energy counter, integrating NVML power"
+                self._statuses.append(
+                    SourceStatus(name=f"{self.prefix}/gpu{i}", kind="gpu", present=True, method=method, detail=detail)
+                )
+        self.cpu = None
+        if codecarbon:
+            try:
+                from orchestrator.telemetry.cpu import CpuMeter
+
+                self.cpu = CpuMeter(country_iso_code=country_iso_code, measure_s=codecarbon_measure_s)
+                method = self.cpu.method()
+                for kind in ("cpu", "ram"):
+                    self._statuses.append(
+                        SourceStatus(
+                            name=f"{self.prefix}/{kind}",
+                            kind=kind,
+                            present=True,
+                            method="estimate" if "estimated" in method else "counter",
+                            detail=method,
+                        )
+                    )
+            except Exception as exc:
+                why = f"codecarbon: {' '.join(str(exc).split())}"
+                for kind in ("cpu", "ram"):
+                    self._statuses.append(
+                        SourceStatus(
+                            name=f"{self.prefix}/{kind}", kind=kind, present=False, method="absent", detail=why
+                        )
+                    )
+        else:
+            for kind in ("cpu", "ram"):
+                self._statuses.append(
+                    SourceStatus(
+                        name=f"{self.prefix}/{kind}",
+                        kind=kind,
+                        present=False,
+                        method="absent",
+                        detail="codecarbon: turned off",
+                    )
+                )
+
+    # -- status ----------------------------------------------------------------------------------------------
+    def sources(self) -> list[SourceStatus]:
+        return list(self._statuses)
+
+    def absent(self) -> list[str]:
+        return [f"{s.name} ({s.detail})" for s in self._statuses if not s.present]
+
+    def fallbacks(self) -> list[str]:
+        return [f"{s.name}: {s.detail}" for s in self._statuses if s.present and s.method != "counter"]
+
+    # -- readings --------------------------------------------------------------------------------------------
+    def _sample(self, source: str, metric: Metric, t: float, value: float) -> TelemetrySample:
+        return TelemetrySample(
+            sample_id=f"{source}/{metric.value}/{self._seq}", source=source, metric=metric, t_s=t, value=value
+        )
+
+    def _error(self, what: str, exc: Exception) -> None:
+        self.n_errors += 1
+        self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+        del self.errors[:-MAX_ERRORS_KEPT]
+
+    def read(self) -> list[TelemetrySample]:
+        """One reading of every present source."""
+        with self._lock:
+            self._seq += 1
+            t = self.clock()
+            out: list[TelemetrySample] = []
+            if self.gpu is not None:
+                for i, has_counter in self._gpu_counter.items():
+                    src = f"{self.prefix}/gpu{i}"
+                    try:
+                        if has_counter:
+                            out.append(self._sample(src, Metric.ENERGY_J, t, self.gpu.total_energy_mj(i) / 1000.0))
+                        else:
+                            out.append(self._sample(src, Metric.POWER_W, t, self.gpu.power_mw(i) / 1000.0))
+                        out.append(self._sample(src, Metric.MEMORY_GB, t, self.gpu.memory_used_bytes(i) / 1e9))
+                        out.append(self._sample(src, Metric.GPU_COUNT, t, 1.0))
+                    except Exception as exc:
+                        self._error(src, exc)
+            if self.cpu is not None:
+                try:
+                    cpu_j, ram_j = self.cpu.energy_j()
+                    out.append(self._sample(f"{self.prefix}/cpu", Metric.ENERGY_J, t, cpu_j))
+                    out.append(self._sample(f"{self.prefix}/ram", Metric.ENERGY_J, t, ram_j))
+                except Exception as exc:
+                    self._error(f"{self.prefix}/cpu", exc)
+            return out
+
+    def _send(self, batch: list[TelemetrySample]) -> None:
+        if not batch:
+            return
+        try:
+            self.sink(batch)
+            self.readings_sent += len(batch)
+        except Exception as exc:
+            self._error("sink", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._send(self.read())
+
+    def start(self) -> None:
+        self._send(self.read())  # the baseline of every counter, at the job's start
+        self._thread = threading.Thread(target=self._loop, name=f"telemetry-{self.prefix}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, then take and send one final reading (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.cpu is not None:
+            # codecarbon updates its totals on its own schedule; measure now so the final reading is current.
+            try:
+                self.cpu.tracker._measure_power_and_energy()
+            except Exception as exc:
+                self._error("codecarbon final measure", exc)
+        self._send(self.read())
+        if self.cpu is not None:
+            self.cpu.stop()

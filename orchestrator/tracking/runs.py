@@ -1,0 +1,92 @@
+"""The read side of the store for the CLI: jobs as their runs record them, and user stop requests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import InputError
+
+STOP_TAG = "cpr.stop_requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRow:
+    job_id: str
+    run_id: str
+    run_name: str
+    state: str
+    decision: str | None
+    reason: str | None
+    step: int | None
+    psi: float | None
+    gamma: dict[str, float] = field(default_factory=dict)
+    start_time: int | None = None
+    end_time: int | None = None
+    stop_requested: bool = False
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _runs(client: Any, experiment: str) -> list[Any]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`cpr.job_id` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+
+
+def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
+    client = _client(tracking_uri)
+    rows = []
+    for run in _runs(client, experiment):
+        tags, metrics = run.data.tags, run.data.metrics
+        step = None
+        if "cpr/psi" in metrics:
+            hist = client.get_metric_history(run.info.run_id, "cpr/psi")
+            step = max((m.step for m in hist), default=None)
+        rows.append(
+            JobRow(
+                job_id=tags["cpr.job_id"],
+                run_id=run.info.run_id,
+                run_name=run.info.run_name or "",
+                state=tags.get("cpr.state", "unknown"),
+                decision=tags.get("cpr.decision") or None,
+                reason=tags.get("cpr.reason") or None,
+                step=step,
+                psi=metrics.get("cpr/psi"),
+                gamma={k.removeprefix("cpr/gamma/"): v for k, v in metrics.items() if k.startswith("cpr/gamma/")},
+                start_time=run.info.start_time,
+                end_time=run.info.end_time,
+                stop_requested=STOP_TAG in tags,
+            )
+        )
+    return rows
+
+
+def find_run(tracking_uri: str, job_or_run_id: str, experiment: str = "cpr") -> str:
+    """Run id of a job id (tag cpr.job_id) or of a run id; InputError when neither is in the store."""
+    client = _client(tracking_uri)
+    for run in _runs(client, experiment):
+        if job_or_run_id in (run.info.run_id, run.data.tags.get("cpr.job_id")):
+            return run.info.run_id
+    raise InputError("job", f"no job or run {job_or_run_id!r} in {tracking_uri}", "see `cpr status` for the jobs there")
+
+
+def request_stop(tracking_uri: str, run_id: str, *, by: str = "user") -> None:
+    client = _client(tracking_uri)
+    client.set_tag(run_id, STOP_TAG, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_tag(run_id, f"{STOP_TAG}_by", by)
+
+
+def is_stop_requested(client: Any, run_id: str) -> bool:
+    return STOP_TAG in client.get_run(run_id).data.tags

@@ -1,0 +1,96 @@
+"""A job's gang of training ranks: one placement group, one Ray actor per rank, a gloo/NCCL rendezvous.
+
+Why our own actor group rather than Ray Train's TorchTrainer: the controller must talk to the ranks at every
+evaluation check (and later grow or shrink the gang through a checkpoint-restart), while Ray Train v2 runs its
+own controller that owns the worker lifecycle and failure handling. An actor group keeps one owner: ours.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from orchestrator.config.schema import JobConfig
+
+
+class WorkerGroup:
+    """Create, rendezvous, run and tear down the ranks of one job."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job: JobConfig,
+        job_dict: dict[str, Any],
+        prepared: dict[str, Any],
+        checkpoint_dir: str,
+        controller: Any,
+    ) -> None:
+        self.job_id = job_id
+        self.job = job
+        self.job_dict = job_dict
+        self.prepared = prepared
+        self.checkpoint_dir = checkpoint_dir
+        self.controller = controller
+        self.pg: Any = None
+        self.actors: list[Any] = []
+
+    def start(self, timeout_s: float = 120.0) -> list[Any]:
+        """Reserve the slots (gang start), create the ranks and launch their loops; returns the run refs."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from orchestrator.worker.trainer import TrainWorker
+
+        c = self.job.cluster
+        bundle: dict[str, float] = {"CPU": float(c.cpus_per_worker)}
+        if c.gpus_per_worker:
+            bundle["GPU"] = float(c.gpus_per_worker)
+        self.pg = placement_group(
+            [dict(bundle) for _ in range(c.num_workers)], strategy="PACK", name=f"cpr-{self.job_id}"
+        )
+        ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
+        if not ready:
+            raise RuntimeError(f"the cluster did not free {c.num_workers} × {bundle} within {timeout_s:.0f} s")
+        # Local ranks: order of ranks per node, so each rank picks its own GPU / shm segment.
+        table = ray.util.placement_group_table(self.pg)
+        nodes = [table["bundles_to_node_id"][i] for i in range(c.num_workers)]
+        seen: dict[str, int] = defaultdict(int)
+        local_ranks = []
+        for node in nodes:
+            local_ranks.append(seen[node])
+            seen[node] += 1
+        remote = ray.remote(TrainWorker)
+        for rank in range(c.num_workers):
+            actor = remote.options(
+                num_cpus=c.cpus_per_worker,
+                num_gpus=c.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=rank
+                ),
+                name=f"cpr-{self.job_id}-rank{rank}",
+            ).remote(
+                rank=rank,
+                world_size=c.num_workers,
+                local_rank=local_ranks[rank],
+                job_id=self.job_id,
+                job=self.job_dict,
+                prepared=self.prepared,
+                checkpoint_dir=self.checkpoint_dir,
+                controller=self.controller,
+            )
+            self.actors.append(actor)
+        addr, port = ray.get(self.actors[0].address.remote())
+        return [a.run.remote(addr, port) for a in self.actors]
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None

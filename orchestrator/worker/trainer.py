@@ -1,0 +1,229 @@
+"""One training rank: a Ray actor running a DeepSpeed engine, reporting to the controller, obeying its STOP.
+
+Every `report_interval` steps the ranks all-reduce [loss sum, stop flag]: rank 0 sets the flag when the
+controller answered its previous report with a halt (a user stop), so all ranks leave the loop at the same
+step. At every evaluation check rank 0 waits for the controller's decision (milliseconds; the check is a
+synchronisation point anyway) and the flag travels the same way. On a halt every rank saves its part of a
+DeepSpeed checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.compose import job_from_dict
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+class TrainWorker:
+    """Ray actor body (wrapped with ray.remote by `WorkerGroup`)."""
+
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        job_id: str,
+        job: dict[str, Any],
+        prepared: dict[str, Any],
+        checkpoint_dir: str,
+        controller: Any,
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.local_rank = local_rank
+        self.job_id = job_id
+        self.job = job_from_dict(job)
+        self.prepared = prepared
+        self.checkpoint_dir = checkpoint_dir
+        self.controller = controller
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port: rank 0 hosts the process group's rendezvous."""
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    # -- controller calls ---------------------------------------------------------------------------------
+    def _send(self, ref: Any) -> None:
+        """Keep fire-and-forget refs so they can be awaited at the end (nothing is lost on exit).
+
+        Called from the training loop and the telemetry thread alike, hence the lock."""
+        import ray
+
+        done: list[Any] = []
+        with self._lock:
+            self._pending.append(ref)
+            if len(self._pending) > 64:
+                done, self._pending = ray.wait(self._pending, num_returns=len(self._pending), timeout=0)
+        if done:
+            ray.get(done)  # surfaces a controller error instead of piling refs up
+
+    def _telemetry_sink(self, samples: list[Any]) -> None:
+        self._send(self.controller.telemetry.remote(self.job_id, [s.to_dict() for s in samples]))
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        job = self.job
+        gpus = job.cluster.gpus_per_worker > 0
+        backend = job.cluster.backend or ("nccl" if gpus else "gloo")
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            # Ray shows each GPU rank only its own device(s) (CUDA_VISIBLE_DEVICES), so its local index is 0.
+            LOCAL_RANK="0" if gpus else str(self.local_rank),
+        )
+        if not gpus:
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        torch.set_num_threads(job.train.threads_per_worker or job.cluster.cpus_per_worker)
+        import deepspeed
+
+        from orchestrator.core.reports import EvalReport, TrainReport
+        from orchestrator.data.batches import TrainBatches, val_batches
+        from orchestrator.data.prepare import PreparedData
+        from orchestrator.models import build_model
+        from orchestrator.worker.engine import build_engine, current_lr, evaluate, token_loss
+
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        t = job.train
+        prepared = PreparedData.from_dict(self.prepared)
+        model = build_model(job.model, prepared.vocab_size, t.seq_len, job.seed)
+        per_step = t.seq_len * t.micro_batch * t.grad_accum * self.world_size
+        total_steps = t.max_tokens // per_step
+        engine = build_engine(job, model, total_steps)
+        batches = TrainBatches(prepared, t.seq_len, t.micro_batch, self.rank, self.world_size, job.seed)
+        per_rank = max(1, t.eval_sequences // self.world_size)
+        val = val_batches(prepared, t.seq_len, t.micro_batch, per_rank * self.world_size)
+        my_val = val[self.rank :: self.world_size][: max(1, len(val) // self.world_size)]
+        my_val = [(x.to(engine.device), y.to(engine.device)) for x, y in my_val]
+
+        bare = self.controller is None  # benchmarks/overhead: the same loop with no reports, telemetry or rule
+        sampler = None
+        if job.telemetry.enabled and not bare:
+            from orchestrator.telemetry.sampler import TelemetrySampler, node_name
+
+            tel = job.telemetry
+            sampler = TelemetrySampler(
+                source_prefix=f"{node_name()}/rank{self.rank}",
+                sink=self._telemetry_sink,
+                interval_s=tel.interval_s,
+                nvml=tel.nvml and gpus,
+                codecarbon=tel.codecarbon,
+                country_iso_code=tel.country_iso_code,
+                codecarbon_measure_s=tel.codecarbon_measure_s,
+            )
+            sampler.start()
+            ray.get(self.controller.sources.remote(self.job_id, self.rank, [asdict(s) for s in sampler.sources()]))
+
+        def all_reduce(values: list[float]) -> list[float]:
+            tensor = torch.tensor(values, dtype=torch.float64)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            return tensor.tolist()
+
+        def check(step: int, tokens: int, final: bool) -> bool:
+            loss_sum, n = evaluate(engine, my_val)
+            total, count = all_reduce([loss_sum, float(n)])
+            halt = 0.0
+            if bare:
+                return False
+            if self.rank == 0:
+                report = EvalReport(step=step, tokens=tokens, val_loss=total / count, t_s=time.time(), final=final)
+                answer = ray.get(self.controller.eval.remote(self.job_id, report.to_dict()))
+                halt = 1.0 if answer["halt"] else 0.0
+            return all_reduce([halt])[0] > 0
+
+        step, tokens, reason = 0, 0, "budget"
+        interval_loss, interval_steps, t_mark, tokens_mark = 0.0, 0, time.perf_counter(), 0
+        last_answer: Any = None
+        engine.train()
+        t_loop = time.perf_counter()
+        while step < total_steps:
+            for _ in range(t.grad_accum):
+                x, y = next(batches)
+                loss = token_loss(engine, x.to(engine.device), y.to(engine.device))
+                engine.backward(loss)
+                engine.step()
+                interval_loss = interval_loss + loss.detach() / t.grad_accum  # no host sync per step
+            step += 1
+            tokens += per_step
+            interval_steps += 1
+            halt = False
+            if not bare and (step % t.report_interval == 0 or step == total_steps):
+                user_halt = 0.0
+                if self.rank == 0 and last_answer is not None:
+                    ready, _ = ray.wait([last_answer], timeout=0)
+                    if ready and ray.get(ready[0])["halt"]:
+                        user_halt = 1.0
+                loss_sum, flag = all_reduce([float(interval_loss), user_halt])
+                if self.rank == 0:
+                    now = time.perf_counter()
+                    report = TrainReport(
+                        step=step,
+                        tokens=tokens,
+                        loss=loss_sum / (self.world_size * interval_steps),
+                        lr=current_lr(engine),
+                        tokens_per_s=(tokens - tokens_mark) / max(now - t_mark, 1e-9),
+                        t_s=time.time(),
+                    )
+                    last_answer = self.controller.train.remote(self.job_id, report.to_dict())
+                    self._send(last_answer)
+                    t_mark, tokens_mark = now, tokens
+                interval_loss, interval_steps = 0.0, 0
+                if flag > 0:
+                    halt, reason = True, "user"
+            if not halt and (step % t.eval_interval == 0 or step == total_steps):
+                halt = check(step, tokens, final=step == total_steps)
+                if halt:
+                    reason = "controller"
+            if halt:
+                break
+        train_s = time.perf_counter() - t_loop
+
+        tag = f"step{step}"
+        engine.save_checkpoint(
+            self.checkpoint_dir,
+            tag=tag,
+            client_state={
+                "step": step,
+                "tokens": tokens,
+                "batches": batches.state_dict(),
+                # Lets `ds_to_universal` convert it, so a later run can resume at another world size.
+                "universal_checkpoint_info": {"universal_checkpoint_version": 0.2},
+            },
+        )
+        if sampler is not None:
+            sampler.stop()  # one last reading, sent before we return
+        with self._lock:
+            pending, self._pending = self._pending, []
+        ray.get(pending)
+        dist.barrier()
+        return {
+            "rank": self.rank,
+            "step": step,
+            "tokens": tokens,
+            "ended_by": reason if step < total_steps else "budget",
+            "checkpoint": str(Path(self.checkpoint_dir) / tag),
+            "train_s": train_s,
+            "tokens_per_s": tokens / train_s if train_s > 0 else None,
+            "telemetry_errors": list(sampler.errors) if sampler is not None else [],
+        }

@@ -1,0 +1,103 @@
+"""`cpr submit`'s config: every shipped config composes and validates; bad values are one line, exit 2.
+
+These fail before anything starts (no Ray, no data, no MLflow), so they are fast.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config.compose import GROUPS, compose_job, options
+from orchestrator.config.validate import validate_job
+from tests.conftest import assert_one_line_error
+
+SHIPPED = [(g, o) for g in GROUPS if g != "experiment" for o in options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), SHIPPED, ids=[f"{g}={o}" for g, o in SHIPPED])
+def test_every_shipped_config_composes_and_validates(group: str, option: str) -> None:
+    job = compose_job([f"{group}={option}"])
+    validate_job(job)
+    assert getattr(job, group) is not None
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_overlay_composes_and_validates(experiment: str) -> None:
+    job = compose_job([f"+experiment={experiment}"])
+    validate_job(job)
+
+
+def test_the_debug_experiment_is_small() -> None:
+    job = compose_job(["+experiment=debug"])
+    assert job.model.name == "llama-tiny" and job.train.max_tokens < compose_job([]).train.max_tokens
+
+
+def test_keys_scripts_rely_on_exist() -> None:
+    job = compose_job(
+        [
+            "stop.resource=tokens",
+            "stop.eta=0.5",
+            "stop.window=4",
+            "stop.patience=2",
+            "stop.min_checks=3",
+            "stop.budget=1e6",
+            "data.path=/tmp",
+            "cluster.address=auto",
+            "cluster.num_workers=2",
+            "tracking.uri=sqlite:////tmp/x.db",
+            "detach=true",
+            "stop.eta_rel=null",
+        ]
+    )
+    assert (job.stop.resource, job.stop.eta, job.stop.window, job.stop.patience) == ("tokens", 0.5, 4, 2)
+    assert (job.stop.min_checks, job.stop.budget, job.data.path) == (3, 1e6, "/tmp")
+    assert (job.cluster.address, job.tracking.uri, job.detach) == ("auto", "sqlite:////tmp/x.db", True)
+
+
+def test_cfg_prints_the_composed_config(cli) -> None:
+    result = cli("submit", "--cfg", "+experiment=debug")
+    assert result.code == 0, result.err
+    assert "llama-tiny" in result.out and "eta_rel" in result.out
+
+
+BAD = [
+    (["stop.foo=1"], "stop.foo"),
+    (["bogus=1"], "bogus"),
+    (["stop.window=abc"], "stop.window"),
+    (["train.lr=fast"], "train.lr"),
+    (["model=nope"], "model"),
+    (["+experiment=nope"], "experiment"),
+    (["stop.window"], "overrides"),
+    (["stop.eta=-1", "stop.eta_rel=null"], "stop.eta"),
+    (["stop.eta=0.1"], "stop.eta"),  # both an absolute and a relative η
+    (["stop.eta_rel=1.5"], "stop.eta_rel"),
+    (["stop.patience=0"], "stop.patience"),
+    (["stop.window=1"], "stop.window"),
+    (["stop.resource=watts"], "stop.resource"),
+    (["stop.resource=gpu_hours"], "stop.resource"),
+    (["stop.estimator=magic"], "stop.estimator"),
+    (["stop.min_fraction=0.5"], "stop.min_fraction"),
+    (["train.eval_interval=0"], "train.eval_interval"),
+    (["train.eval_interval=-5"], "train.eval_interval"),
+    (["train.report_interval=0"], "train.report_interval"),
+    (["train.seq_len=1024"], "train.seq_len"),
+    (["train.lr=0"], "train.lr"),
+    (["train.schedule=linear"], "train.schedule"),
+    (["train.max_tokens=100"], "train.max_tokens"),
+    (["cluster.num_workers=0"], "cluster.num_workers"),
+    (["cluster.backend=nccl"], "cluster.backend"),
+    (["cluster.backend=mpi"], "cluster.backend"),
+    (["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
+    (["deepspeed.precision=fp8"], "deepspeed.precision"),
+    (["model.arch=mamba"], "model.arch"),
+    (["telemetry.interval_s=0"], "telemetry.interval_s"),
+    (["telemetry.enabled=false"], "stop.resource"),  # energy cannot be the rule's resource without energy telemetry
+    (["telemetry.country_iso_code=U"], "telemetry.country_iso_code"),
+    (["name=a/b"], "name"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_config_is_one_line_naming_the_field(cli, overrides: list[str], field: str) -> None:
+    result = cli("submit", *overrides)
+    assert_one_line_error(result, f"error: {field}")

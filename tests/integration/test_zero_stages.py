@@ -1,0 +1,31 @@
+"""Every shipped ZeRO stage trains through `cpr submit` (2 CPU ranks, gloo); the default stage 2 is covered by
+test_submit_e2e. Slow: run with `make test-slow`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CPR = str(Path(sys.executable).with_name("cpr"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero0", "zero1", "zero3"])
+def test_stage_trains_to_its_budget(tmp_path: Path, stage: str) -> None:
+    done = subprocess.run(
+        [CPR, "submit", "+experiment=debug", f"deepspeed={stage}", "train.max_tokens=81920", "stop.enforce=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    job = next(p for p in (tmp_path / "cpr_runs" / "jobs").iterdir())
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["reason"] == "budget" and summary["step"] == 80
+    curve = [json.loads(line) for line in (job / "decisions.jsonl").read_text().splitlines()]
+    assert len(curve) >= 8 and curve[-1]["psi"] > curve[0]["psi"]  # it learned
