@@ -46,7 +46,7 @@ def _key_of(message: str) -> str | None:
     return None
 
 
-def to_input_error(exc: BaseException, overrides: list[str]) -> InputError:
+def to_input_error(exc: BaseException) -> InputError:
     """One line for any composition failure: which key, what is wrong, what to do."""
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -89,7 +89,7 @@ def compose_dict(overrides: list[str]) -> Any:
     except InputError:
         raise
     except Exception as exc:  # Hydra/OmegaConf raise many types; each becomes one line
-        raise to_input_error(exc, overrides) from None
+        raise to_input_error(exc) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -103,7 +103,7 @@ def to_job_config(cfg: Any) -> JobConfig:
             cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         obj = OmegaConf.to_object(cfg)
     except Exception as exc:
-        raise to_input_error(exc, []) from None
+        raise to_input_error(exc) from None
     if not isinstance(obj, JobConfig):  # config.yaml must start from job_schema
         raise InputError("config", "conf/config.yaml does not extend job_schema", "keep `job_schema` in its defaults")
     return obj

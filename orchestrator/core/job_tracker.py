@@ -138,7 +138,10 @@ class JobTracker:
         """A person's or script's STOP (reason `user`); the workers checkpoint and end."""
         if self.stop is not None:
             return self.stop
-        decision = self.rule.user_stop(step=step) if self.rule.stopped is None else self._stop_after_shadow(step)
+        if self.rule.stopped is None:
+            decision = self.rule.user_stop(step=step)
+        else:  # after a shadow-mode STOP the rule is done; the curve has gone on
+            decision = self.rule.stop_decision(StopReason.USER, step=step, psi=self._last_psi())
         self._record(decision, t_s)
         self.stop = decision
         return decision
@@ -147,20 +150,7 @@ class JobTracker:
         """The workers used the whole token budget (train.max_tokens) without a STOP: reason `budget`."""
         if self.stop is not None:
             return self.stop
-        s = self.rule.state
-        last = self.curve[-1] if self.curve else None
-        decision = Decision(
-            check=s.checks,
-            step=step,
-            action=Action.STOP,
-            reason=StopReason.BUDGET,
-            psi=-last["loss"] if last else math.nan,
-            gamma=s.last_gamma or 0.0,
-            ratio=self._last_ratio(),
-            eta=s.eta,
-            checks_below=s.checks_below,
-            warmup=False,
-        )
+        decision = self.rule.stop_decision(StopReason.BUDGET, step=step, psi=self._last_psi())
         self._record(decision, t_s)
         self.stop = decision
         return decision
@@ -260,21 +250,8 @@ class JobTracker:
     def _record(self, decision: Decision, t_s: float) -> None:
         self.decisions.append({"job_id": self.job_id, "t_s": t_s, **decision.to_dict()})
 
-    def _stop_after_shadow(self, step: int | None) -> Decision:
-        s = self.rule.state
-        psi = -self.curve[-1]["loss"] if self.curve else math.nan
-        return Decision(
-            check=s.checks,
-            step=step,
-            action=Action.STOP,
-            reason=StopReason.USER,
-            psi=psi,
-            gamma=s.last_gamma or 0.0,
-            ratio=self._last_ratio(),
-            eta=s.eta,
-            checks_below=s.checks_below,
-            warmup=False,
-        )
+    def _last_psi(self) -> float:
+        return -self.curve[-1]["loss"] if self.curve else math.nan
 
     # -- persistence ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -263,15 +263,24 @@ class StopRule:
 
     def user_stop(self, *, step: int | None = None) -> Decision:
         """A STOP asked for by a person or a script, recorded with the last check's figures."""
+        if self.state.stopped is not None:
+            return self.state.stopped
+        self.state.stopped = self.stop_decision(StopReason.USER, step=step)
+        return self.state.stopped
+
+    def stop_decision(self, reason: StopReason, *, step: int | None, psi: float | None = None) -> Decision:
+        """A STOP for a reason outside the rule (user, token budget) with the last check's figures; state unchanged.
+
+        `psi` overrides the window's last Ψ, e.g. with a later check seen after a shadow-mode STOP.
+        """
         s = self.state
-        if s.stopped is not None:
-            return s.stopped
-        psi = s.window_psi[-1] if s.window_psi else math.nan
-        decision = Decision(
+        if psi is None:
+            psi = s.window_psi[-1] if s.window_psi else math.nan
+        return Decision(
             check=s.checks,
             step=step,
             action=Action.STOP,
-            reason=StopReason.USER,
+            reason=reason,
             psi=psi,
             gamma=s.last_gamma or 0.0,
             ratio=self._ratio(),
@@ -279,8 +288,6 @@ class StopRule:
             checks_below=s.checks_below,
             warmup=False,
         )
-        s.stopped = decision
-        return decision
 
     def _ratio(self) -> float | None:
         s = self.state

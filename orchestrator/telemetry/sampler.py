@@ -85,41 +85,20 @@ class TelemetrySampler:
                     SourceStatus(name=f"{self.prefix}/gpu{i}", kind="gpu", present=True, method=method, detail=detail)
                 )
         self.cpu = None
+        method, present, detail = "absent", False, "codecarbon: turned off"
         if codecarbon:
             try:
                 from orchestrator.telemetry.cpu import CpuMeter
 
                 self.cpu = CpuMeter(country_iso_code=country_iso_code, measure_s=codecarbon_measure_s)
-                method = self.cpu.method()
-                for kind in ("cpu", "ram"):
-                    self._statuses.append(
-                        SourceStatus(
-                            name=f"{self.prefix}/{kind}",
-                            kind=kind,
-                            present=True,
-                            method="estimate" if "estimated" in method else "counter",
-                            detail=method,
-                        )
-                    )
+                detail, present = self.cpu.method(), True
+                method = "estimate" if "estimated" in detail else "counter"
             except Exception as exc:
-                why = f"codecarbon: {' '.join(str(exc).split())}"
-                for kind in ("cpu", "ram"):
-                    self._statuses.append(
-                        SourceStatus(
-                            name=f"{self.prefix}/{kind}", kind=kind, present=False, method="absent", detail=why
-                        )
-                    )
-        else:
-            for kind in ("cpu", "ram"):
-                self._statuses.append(
-                    SourceStatus(
-                        name=f"{self.prefix}/{kind}",
-                        kind=kind,
-                        present=False,
-                        method="absent",
-                        detail="codecarbon: turned off",
-                    )
-                )
+                detail = f"codecarbon: {' '.join(str(exc).split())}"
+        for kind in ("cpu", "ram"):
+            self._statuses.append(
+                SourceStatus(name=f"{self.prefix}/{kind}", kind=kind, present=present, method=method, detail=detail)
+            )
 
     # -- status ----------------------------------------------------------------------------------------------
     def sources(self) -> list[SourceStatus]:
