@@ -26,7 +26,7 @@ from typing import Any
 from launch.output import MISSING, console, fmt
 from orchestrator.config.compose import CONFIG_NAME, GROUPS, compose_job, config_dir, job_to_dict, job_to_yaml, options
 from orchestrator.config.schema import JobConfig
-from orchestrator.config.validate import validate_job
+from orchestrator.config.validate import domain_configs, probe_domains, validate_job
 from orchestrator.errors import InputError
 
 POLL_S = 0.5
@@ -242,6 +242,7 @@ class Submission:
     artifact_location: str | None
     state_dir: str
     checkpoint_dir: str
+    blueprint_dir: str
     carbon_intensity_kg_per_kwh: float | None
     params: dict[str, str]
 
@@ -253,7 +254,7 @@ class Submission:
 
 def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> tuple[Submission, int]:
     """Every check that needs the outside world but no Ray: tracking store, carbon data, data, model memory."""
-    from orchestrator.data.prepare import prepare_data
+    from orchestrator.data.prepare import prepare_data, prepare_domains
     from orchestrator.models import count_parameters, flops_model
     from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
     from orchestrator.tracking.writer import flatten_config
@@ -268,6 +269,20 @@ def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> 
 
         carbon = carbon_intensity_kg_per_kwh(job.telemetry.country_iso_code)
     prepared = prepare_data(job.data, log=log)
+    if job.probe.enabled:
+        domains = probe_domains(job)
+        configs = domain_configs(job)
+        prepared = prepare_domains({d: configs[d] for d in domains}, prepared, log=log)
+        need = job.probe.batches * job.train.micro_batch * job.cluster.num_workers + job.train.seq_len + 1
+        for name in domains:
+            have = len(prepared.tokens(name))
+            if have < need:
+                raise InputError(
+                    f"data.domains.{name}",
+                    f"has {have:,} tokens; probe.batches={job.probe.batches} on {job.cluster.num_workers} ranks "
+                    f"needs {need:,}",
+                    "add documents to the domain or lower probe.batches",
+                )
     vocab = job.model.vocab_size or prepared.vocab_size
     if vocab < prepared.vocab_size:
         raise InputError(
@@ -292,6 +307,7 @@ def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> 
         artifact_location=str(runs_dir / "artifacts") if job.tracking.uri is None else None,
         state_dir=str(runs_dir / "jobs" / job_id),
         checkpoint_dir=str(checkpoint_dir / job_id),
+        blueprint_dir=str(runs_dir / "blueprints"),
         carbon_intensity_kg_per_kwh=carbon,
         params=params,
     )
@@ -323,6 +339,8 @@ def launch(job: JobConfig, *, output_dir: Path | None = None) -> int:
             )
             return 0
         result = follow(controller, sub.job_id, job)
+        if result.get("input_error"):  # bad input only the run could meet: one line, exit 2, like any other
+            raise InputError(**result["input_error"])
         print_summary(result, job)
         return 0 if result["state"] in ("finished", "stopped") else 1
     finally:
@@ -416,3 +434,22 @@ def print_summary(result: dict[str, Any], job: JobConfig) -> None:
         out.print(f"[dim]absent telemetry sources: {', '.join(s['absent_sources'])}[/dim]")
     if s.get("checkpoint"):
         out.print(f"[dim]checkpoint: {s['checkpoint']}[/dim]")
+    print_blueprints(s.get("blueprints") or [], result.get("run_id"))
+
+
+def print_blueprints(published: list[dict[str, Any]], run_id: str | None) -> None:
+    """The versions the job published, and the top five submodules of the last one."""
+    from orchestrator.blueprints import load_blueprint
+
+    if not published:
+        return
+    out = console()
+    versions = ", ".join(f"v{b['version']} ({b['checkpoint']}, step {b['step']})" for b in published)
+    out.print(f"blueprints: {versions} — `cpr blueprint list --run {run_id}`")
+    last = max(published, key=lambda b: b["version"])
+    bp = load_blueprint(last["path"])
+    top = sorted(bp.layers, key=lambda e: e.gradient_norm, reverse=True)[:5]
+    out.print(
+        f"v{last['version']} top submodules by gradient norm: "
+        + ", ".join(f"{e.id} {fmt(e.gradient_norm, 3)}" for e in top)
+    )

@@ -15,6 +15,10 @@ class InputError(ValueError):
         self.fix = fix
         super().__init__(self.one_line())
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str, str | None]]:
+        # Exceptions pickle as cls(*args); ours takes three arguments. Ray sends a rank's InputError this way.
+        return (InputError, (self.field, self.problem, self.fix))  # subclasses arrive as InputError
+
     def one_line(self) -> str:
         text = f"{self.field}: {self.problem}"
         if self.fix:

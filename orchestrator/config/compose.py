@@ -15,7 +15,7 @@ from orchestrator.errors import InputError
 
 SCHEMA_NAME = "job_schema"
 CONFIG_NAME = "config"
-GROUPS = ("model", "data", "deepspeed", "stop", "telemetry", "tracking", "cluster", "experiment")
+GROUPS = ("model", "data", "deepspeed", "stop", "telemetry", "probe", "tracking", "cluster", "experiment")
 
 
 def config_dir() -> Path:

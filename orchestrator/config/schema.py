@@ -8,6 +8,7 @@ users set from the command line, e.g. `cpr submit stop.eta_rel=0.05 cluster.num_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -32,6 +33,22 @@ class ModelConfig:
 
 
 @dataclass
+class DomainConfig:
+    """A named validation domain (e.g. code, prose) the gradient probe measures besides the job's own set (App. A).
+
+    Read like `data`, tokenized with the job's tokenizer; every document is used (none is trained on)."""
+
+    source: str = "text_dir"
+    """stdlib | text_dir | hf_files | memmap (a folder whose val.bin is already tokenized for this job)"""
+    path: str | None = None
+    glob: str | None = None
+    """Files to take (stdlib: relative to the standard library; default: all its library sources)."""
+    text_field: str = "text"
+    hf_format: str | None = None
+    max_files: int | None = None
+
+
+@dataclass
 class DataConfig:
     """Where the training text comes from; tokenized once and cached next to the data."""
 
@@ -50,6 +67,10 @@ class DataConfig:
     max_files: int | None = None
     tokenizer_vocab: int = 4096
     cache_dir: str | None = None
+    domains: dict[str, Any] = field(default_factory=dict)
+    """Validation domains for the gradient probe's per-domain weights (blueprint `domain_tags`): name -> the
+    fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`. Checked by
+    `validate.domain_configs` (a typed dict here would refuse that command-line form)."""
 
 
 @dataclass
@@ -113,6 +134,44 @@ class StopConfig:
 
 
 @dataclass
+class HistogramConfig:
+    """Magnitude-histogram bins of the probe: [0, lo), log bins lo..hi, [hi, inf) (`HistogramSpec`)."""
+
+    lo: float = 1e-12
+    hi: float = 1e4
+    bins_per_decade: int = 8
+
+
+@dataclass
+class ProbeConfig:
+    """The gradient probe and the blueprints it feeds (§5, App. A): what is measured, when, and how it is summarised."""
+
+    enabled: bool = True
+    interval: int = 250
+    """Optimizer steps between periodic probes (logged as grad/norm/<id>); blueprint checkpoints probe as well."""
+    batches: int = 4
+    """Validation batches each rank probes per domain (each is one sample of every submodule's norm)."""
+    checkpoints: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    """Fractions of train.max_tokens at which a blueprint is published; one is also published at a STOP."""
+    domains: list[str] | None = None
+    """Names from data.domains to probe at blueprint checkpoints; None: all of them."""
+    histogram: HistogramConfig = field(default_factory=HistogramConfig)
+    statistic: str = "mean"
+    """mean | median of the per-batch norms (§5 "Fidelity"), with a bootstrap CI."""
+    ci_level: float = 0.95
+    n_resamples: int = 1000
+    fit_method: str = "binned-mle"
+    """binned-mle | rank-lstsq: how the power-law exponent α is fitted to each histogram."""
+    top_k: float = 0.1
+    """Fraction k of a submodule's entries whose share of gradient mass, m(k), is logged (grad/topk_share/<id>)."""
+    noise_multiplier: float = 0.0
+    """> 0: Gaussian noise σ = noise_multiplier·noise_clip on the published norms (recorded in the file)."""
+    noise_clip: float = 1.0
+    model_id: str | None = None
+    """The blueprints' model id; None: the job id."""
+
+
+@dataclass
 class TelemetryConfig:
     """Per-rank energy/power/memory sampling: NVML for GPUs, codecarbon for CPU/RAM and carbon."""
 
@@ -169,5 +228,6 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

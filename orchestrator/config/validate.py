@@ -7,13 +7,18 @@ the code that talks to it and run in `launch.submit` before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
 
-from orchestrator.config.schema import JobConfig, StopConfig
+from orchestrator.blueprints.builder import FIT_METHODS, GENERAL_DOMAIN, STATISTICS
+from orchestrator.blueprints.store import check_model_id
+from orchestrator.config.schema import DomainConfig, JobConfig, StopConfig
+from orchestrator.core.gradmass import HistogramSpec
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRuleConfig
+from orchestrator.data.sources import SOURCES
 from orchestrator.errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -23,6 +28,7 @@ SCHEDULES = ("constant", "cosine")
 BACKENDS = ("gloo", "nccl")
 GPU_KINDS = (ResourceKind.GPU_HOURS, ResourceKind.VRAM_GB_HOURS)
 ENERGY_KINDS = (ResourceKind.ENERGY_KWH, ResourceKind.CO2_KG)
+MAX_HISTOGRAM_BINS = 4096  # the probe all-reduces groups × bins numbers: keep that small
 
 
 def _check(field: str, value: Any, ok: bool, requirement: str, fix: str) -> None:
@@ -61,6 +67,106 @@ def stop_rule_config(stop: StopConfig) -> StopRuleConfig:
 def tokens_per_step(job: JobConfig) -> int:
     t = job.train
     return t.seq_len * t.micro_batch * t.grad_accum * job.cluster.num_workers
+
+
+def domain_configs(job: JobConfig) -> dict[str, DomainConfig]:
+    """`data.domains` as DomainConfig objects; unknown keys and wrong types name their field."""
+    out: dict[str, DomainConfig] = {}
+    known = {f.name: f for f in dataclasses.fields(DomainConfig)}
+    for name, raw in job.data.domains.items():
+        where = f"data.domains.{name}"
+        _check(
+            where,
+            name,
+            isinstance(name, str) and bool(NAME_RE.match(name)) and name != GENERAL_DOMAIN,
+            f"must be a name of letters, digits, '_', '.', '-' other than {GENERAL_DOMAIN!r}",
+            "e.g. data.domains.code",
+        )
+        if isinstance(raw, DomainConfig):
+            out[name] = raw
+            continue
+        _check(where, raw, isinstance(raw, dict), "must be a mapping of source, path, glob, ...", "see DomainConfig")
+        for key, value in raw.items():
+            if key not in known:
+                raise InputError(f"{where}.{key}", "unknown key", f"use {', '.join(known)}")
+            if key == "max_files":
+                ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+                _check(f"{where}.{key}", value, ok, "must be an integer ≥ 1 or null", "or leave it out for all files")
+            else:
+                ok = isinstance(value, str) or (value is None and key not in ("source", "text_field"))
+                _check(f"{where}.{key}", value, ok, "must be a string", "see DomainConfig in the schema")
+        d = DomainConfig(**raw)
+        _check(
+            f"{where}.source", d.source, d.source in SOURCES, f"must be one of {', '.join(SOURCES)}", "e.g. text_dir"
+        )
+        out[name] = d
+    return out
+
+
+def probe_domains(job: JobConfig) -> list[str]:
+    """The validation domains the probe measures at blueprint checkpoints (checked against data.domains)."""
+    defined = list(job.data.domains)
+    if job.probe.domains is None:
+        return defined
+    for name in job.probe.domains:
+        if name not in defined:
+            raise InputError(
+                "probe.domains",
+                f"unknown domain {name!r}",
+                f"define it under data.domains (defined: {', '.join(defined) or 'none'})",
+            )
+    return list(dict.fromkeys(job.probe.domains))
+
+
+def histogram_spec(job: JobConfig) -> HistogramSpec:
+    """The probe's histogram bins. A range too narrow for the gradients is met by the first probe, which then
+    fails the job naming probe.histogram.hi (the worker's check: nothing may land at or above hi)."""
+    h = job.probe.histogram
+    _number_in("probe.histogram.lo", h.lo, 0.0, 1.0, "e.g. 1e-12", lo_open=True)
+    _number_in("probe.histogram.hi", h.hi, 0.0, 1e30, "e.g. 1e4", lo_open=True)
+    _check("probe.histogram.hi", h.hi, h.hi > h.lo, f"must be above probe.histogram.lo ({h.lo:g})", "e.g. 1e4")
+    _int_at_least("probe.histogram.bins_per_decade", h.bins_per_decade, 1, "e.g. 8")
+    spec = HistogramSpec(lo=float(h.lo), hi=float(h.hi), bins_per_decade=h.bins_per_decade)
+    _check(
+        "probe.histogram.bins_per_decade",
+        h.bins_per_decade,
+        spec.n_bins <= MAX_HISTOGRAM_BINS,
+        f"gives {spec.n_bins} bins over {h.lo:g}..{h.hi:g}, more than {MAX_HISTOGRAM_BINS}",
+        "fewer bins per decade or a narrower range",
+    )
+    return spec
+
+
+def validate_probe(job: JobConfig) -> None:
+    """Checks of the `probe` group (only when it is enabled: a disabled probe's values are never used)."""
+    p = job.probe
+    domain_configs(job)
+    if not p.enabled:
+        return
+    _int_at_least("probe.interval", p.interval, 1, "optimizer steps between probes, e.g. 250")
+    _int_at_least("probe.batches", p.batches, 1, "validation batches per rank and domain, e.g. 4")
+    _check("probe.checkpoints", p.checkpoints, len(p.checkpoints) > 0, "must name at least one fraction", "[0.5, 1.0]")
+    for f in p.checkpoints:
+        _number_in(
+            "probe.checkpoints", f, 0.0, 1.0, "fractions of train.max_tokens, e.g. [0.5, 0.8, 1.0]", lo_open=True
+        )
+    probe_domains(job)
+    histogram_spec(job)
+    _check("probe.statistic", p.statistic, p.statistic in STATISTICS, "must be mean or median", "probe.statistic=mean")
+    _number_in("probe.ci_level", p.ci_level, 0.0, 0.999999, "e.g. 0.95", lo_open=True)
+    _int_at_least("probe.n_resamples", p.n_resamples, 1, "bootstrap resamples, e.g. 1000")
+    _check(
+        "probe.fit_method",
+        p.fit_method,
+        p.fit_method in FIT_METHODS,
+        f"must be one of {', '.join(FIT_METHODS)}",
+        "probe.fit_method=binned-mle",
+    )
+    _number_in("probe.top_k", p.top_k, 0.0, 1.0, "e.g. 0.1: the top 10 % of entries", lo_open=True)
+    _number_in("probe.noise_multiplier", p.noise_multiplier, 0.0, 1e6, "0 for no noise")
+    _number_in("probe.noise_clip", p.noise_clip, 0.0, 1e30, "e.g. 1.0", lo_open=True)
+    if p.model_id is not None:
+        check_model_id(p.model_id)
 
 
 def validate_job(job: JobConfig) -> StopRuleConfig:
@@ -169,6 +275,8 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         "must not be empty",
         "e.g. cpr",
     )
+
+    validate_probe(job)
 
     rule = stop_rule_config(job.stop)
     kind = rule.resource

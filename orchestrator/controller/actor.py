@@ -23,6 +23,7 @@ from orchestrator.core.flops import FlopsModel
 from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.ledger import TelemetrySample
 from orchestrator.core.reports import EvalReport, TrainReport
+from orchestrator.errors import InputError
 
 CONTROLLER_NAME = "cpr-controller"
 STOP_POLL_S = 2.0
@@ -39,12 +40,17 @@ class JobHandle:
     writer: Any
     state: str = "queued"
     error: str | None = None
+    input_error: dict[str, Any] | None = None
+    """Set when the job failed on bad input met at run time: InputError's field, problem and fix."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: threading.Event = field(default_factory=threading.Event)
     group: Any = None
     sources: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] | None = None
+    blueprint_store: Any = None
+    blueprints: list[dict[str, Any]] = field(default_factory=list)
+    """Published versions: {"version", "step", "tokens", "checkpoint", "path"}."""
 
 
 class Controller:
@@ -65,6 +71,7 @@ class Controller:
         artifact_location: str | None,
         state_dir: str,
         checkpoint_dir: str,
+        blueprint_dir: str,
         carbon_intensity_kg_per_kwh: float | None,
         params: dict[str, str],
     ) -> dict[str, Any]:
@@ -90,8 +97,17 @@ class Controller:
             {"cpr.job_id": job_id, "cpr.state": "queued", "cpr.model": cfg.model.name, "cpr.data": cfg.data.name},
             artifact_location=artifact_location,
         )
+        from orchestrator.blueprints.store import LocalBlueprintStore
+
         store = JobStore(Path(state_dir))
-        handle = JobHandle(job_id=job_id, job=cfg, tracker=tracker, store=store, writer=writer)
+        handle = JobHandle(
+            job_id=job_id,
+            job=cfg,
+            tracker=tracker,
+            store=store,
+            writer=writer,
+            blueprint_store=LocalBlueprintStore(blueprint_dir),
+        )
         self.jobs[job_id] = handle
         writer.log_params(params)
         writer.log_text(job_to_yaml(cfg), "config.yaml")
@@ -104,6 +120,7 @@ class Controller:
                 "run_id": writer.run_id,
                 "tracking_uri": tracking_uri,
                 "checkpoint_dir": checkpoint_dir,
+                "blueprint_dir": blueprint_dir,
                 "flops_model": flops_model,
                 "carbon_intensity_kg_per_kwh": carbon_intensity_kg_per_kwh,
             },
@@ -140,7 +157,14 @@ class Controller:
                         self.request_stop(h.job_id)
             self._finish(h)
         except Exception as exc:  # a rank died or raised: the job fails with the reason on its run
-            h.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
+            cause = getattr(exc, "cause", None)  # a rank's own exception inside Ray's RayTaskError
+            if isinstance(cause, InputError):  # bad input met at run time (e.g. a histogram range): one line
+                h.error, h.input_error = (
+                    cause.one_line(),
+                    {"field": cause.field, "problem": cause.problem, "fix": cause.fix},
+                )
+            else:
+                h.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
             self._fail(h)
         finally:
             if h.group is not None:
@@ -205,6 +229,98 @@ class Controller:
                 "decision": outcome.decision.to_dict() if outcome.decision else None,
             }
 
+    def probe(self, job_id: str, reports: list[dict[str, Any]]) -> None:
+        """One probe (general set, plus every domain at a blueprint checkpoint): metrics, then maybe a blueprint."""
+        from orchestrator.blueprints.publish import probe_metrics
+        from orchestrator.core.reports import ProbeReport
+
+        h = self.jobs[job_id]
+        parsed = [ProbeReport.from_dict(r) for r in reports]
+        general = next(r for r in parsed if r.domain == "general")
+        with h.lock:
+            if any(r.nonfinite for r in parsed):
+                h.writer.set_tags({"cpr.probe_warning": f"non-finite gradients at step {general.step}; no blueprint"})
+                return
+            h.writer.log_metrics(probe_metrics(general, h.job.probe.top_k), step=general.step)
+            if general.label is not None:
+                self._publish(h, parsed)
+
+    def _publish(self, h: JobHandle, reports: list[Any]) -> None:
+        """Build, validate and publish one blueprint version: local store first (immutable), then MLflow."""
+        import hashlib
+
+        from orchestrator.blueprints.publish import (
+            BlueprintSettings,
+            blueprint_from_probes,
+            job_resource_model,
+            publish_once,
+        )
+
+        job, general = h.job, reports[0]
+        n_params = sum(int(g["n_params"]) for g in reports[0].groups.values())
+        p = job.probe
+        settings = BlueprintSettings(
+            model_id=p.model_id or h.job_id,
+            max_tokens=job.train.max_tokens,
+            statistic=p.statistic,
+            ci_level=p.ci_level,
+            n_resamples=p.n_resamples,
+            fit_method=p.fit_method,
+            seed=job.seed,
+            noise_multiplier=p.noise_multiplier,
+            noise_clip=p.noise_clip,
+        )
+        resource = job_resource_model(
+            n_params=n_params,
+            optimizer=job.deepspeed.optimizer,
+            precision=job.deepspeed.precision,
+            zero_stage=job.deepspeed.zero_stage,
+            world_size=job.cluster.num_workers,
+            seq_len=job.train.seq_len,
+            micro_batch=job.train.micro_batch,
+            hidden=job.model.hidden_size,
+            n_layers=job.model.num_layers,
+            n_heads=job.model.num_heads,
+        )
+        general = next(r for r in reports if r.domain == "general")
+        bp = blueprint_from_probes(
+            reports,
+            settings,
+            resource=resource,
+            run_id=h.writer.run_id,
+            provenance={
+                "job_id": h.job_id,
+                "config_sha256": hashlib.sha256(job_to_yaml(job).encode()).hexdigest(),
+                "model": job.model.name,
+                "data": job.data.name,
+                "zero_stage": job.deepspeed.zero_stage,
+                "world_size": job.cluster.num_workers,
+                "probe_batches": len(next(iter(general.batch_norms.values()))),
+            },
+        )
+        version, path, fresh = publish_once(h.blueprint_store, bp)
+        record = {
+            "version": version,
+            "step": general.step,
+            "tokens": general.tokens,
+            "checkpoint": general.label,
+            "path": str(path),
+        }
+        # Byte for byte the file in the local store, so `cpr blueprint get` returns exactly what was published.
+        h.writer.log_text(path.read_text(encoding="utf-8"), f"blueprints/v{version}/blueprint.json")
+        if fresh:
+            h.store.append("blueprints.jsonl", [record])
+        h.blueprints = [b for b in h.blueprints if b["version"] != version] + [record]
+        h.writer.set_tags(
+            {
+                "cpr.blueprint.model_id": settings.model_id,
+                "cpr.blueprint.latest": str(max(b["version"] for b in h.blueprints)),
+                "cpr.blueprint.versions": ",".join(
+                    str(b["version"]) for b in sorted(h.blueprints, key=lambda b: b["version"])
+                ),
+            }
+        )
+
     # -- user requests ------------------------------------------------------------------------------------
     def request_stop(self, job_id: str) -> dict[str, Any]:
         """A user STOP: recorded now; the ranks see it at their next report, checkpoint and end."""
@@ -239,7 +355,13 @@ class Controller:
         h = self.jobs[job_id]
         if not h.done.wait(timeout_s):
             return None
-        return {"state": h.state, "error": h.error, "summary": h.summary, "run_id": h.writer.run_id}
+        return {
+            "state": h.state,
+            "error": h.error,
+            "input_error": h.input_error,
+            "summary": h.summary,
+            "run_id": h.writer.run_id,
+        }
 
     # -- endings -------------------------------------------------------------------------------------------
     def _set_state(self, h: JobHandle, state: str) -> None:
@@ -263,6 +385,7 @@ class Controller:
                 absent_sources=sorted({s["name"] for st in h.sources.values() for s in st if not s["present"]}),
                 telemetry_errors=[e for r in h.results for e in r.get("telemetry_errors", [])],
                 workers=sorted(h.results, key=lambda r: r["rank"]),
+                blueprints=list(h.blueprints),
             )
             h.summary = summary
             h.writer.log_metrics(t.resource_metrics(time.time()), step=last_step)

@@ -204,7 +204,8 @@ class MagnitudeHistogram:
             m = kk.copy()
         else:
             # App. B.1 eq. (3) over the measured distribution: mass of the top kN magnitudes / total mass.
-            m = np.interp(kk * n, cum_n, cum_s) / cum_s[-1]
+            # Normalise before interpolating: with a subnormal total, interpolating first underflows to 0.
+            m = np.interp(kk * n, cum_n, cum_s / cum_s[-1])
             m = np.clip(m, 0.0, 1.0)
         return float(m) if m.ndim == 0 else m
 

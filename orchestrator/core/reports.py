@@ -52,3 +52,36 @@ class EvalReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalReport:
         return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeReport:
+    """One gradient probe of one domain's validation batches, combined over ranks (§5; DESIGN.md §2).
+
+    Per blueprint id: the gradient norm of every probe batch (one sample per rank and batch) and the magnitude
+    histogram of all of them merged (`MagnitudeHistogram.to_dict` form). Only these statistics ever leave a rank.
+    """
+
+    step: int
+    tokens: int
+    domain: str
+    """"general" for the job's own validation set, else a name from `data.domains`."""
+    label: str | None
+    """Blueprint checkpoint this probe belongs to ("0.5", "0.8", "1.0", "stop"), None for a periodic probe."""
+    ids: list[str]
+    groups: dict[str, dict[str, Any]]
+    """Per id: the parameter-name prefixes it covers and its parameter count ({"prefixes": [...], "n_params": n})."""
+    batch_norms: dict[str, list[float]]
+    histograms: dict[str, dict[str, Any]]
+    nonfinite: int = 0
+    """Gradient values that were NaN/Inf (counted as 0 in the statistics); > 0 makes the probe unusable."""
+    seconds: float = 0.0
+    bytes_communicated: int = 0
+    """Bytes each rank sent through the probe's collectives."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeReport:
+        return cls(**data)

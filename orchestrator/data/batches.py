@@ -55,18 +55,24 @@ class TrainBatches:
         self.drawn = int(state["drawn"])
 
 
-def val_batches(prepared: PreparedData, seq_len: int, batch_size: int, n_sequences: int) -> list[tuple[Any, Any]]:
-    """n_sequences windows evenly spaced over val.bin, in batches of batch_size: the same Ψ set at every check."""
+def val_batches(
+    prepared: PreparedData, seq_len: int, batch_size: int, n_sequences: int, split: str = "val"
+) -> list[tuple[Any, Any]]:
+    """n_sequences windows evenly spaced over val.bin (or a probe domain's tokens), in batches of batch_size:
+    the same set at every check."""
     import torch
 
-    tokens = prepared.tokens("val")
+    tokens = prepared.tokens(split)
     last = len(tokens) - seq_len - 1
     if last < n_sequences:
+        where = "the validation split" if split == "val" else f"probe domain {split!r}"
         raise InputError(
-            "data",
-            f"the validation split has {len(tokens):,} tokens; {n_sequences} sequences of {seq_len} "
+            "data" if split == "val" else f"data.domains.{split}",
+            f"{where} has {len(tokens):,} tokens; {n_sequences} sequences of {seq_len} "
             f"need at least {n_sequences + seq_len + 1:,}",
-            "use more data, lower data.val_every or train.eval_sequences",
+            "use more data, lower data.val_every or train.eval_sequences"
+            if split == "val"
+            else "add documents to the domain or lower probe.batches",
         )
     starts = np.linspace(0, last, n_sequences).astype(np.int64)
     chunk = torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts]))

@@ -16,13 +16,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from orchestrator.data.sources import Corpus, open_corpus
+from orchestrator.data.sources import Corpus, open_corpus, open_domain
 from orchestrator.errors import InputError
 
 FORMAT_VERSION = 1
@@ -44,6 +44,8 @@ class PreparedData:
     n_train_tokens: int
     n_val_tokens: int
     fingerprint: str
+    domains: dict[str, str] = field(default_factory=dict)
+    """Probe validation domains: name -> flat token file (same dtype and tokenizer)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreparedData:
@@ -51,10 +53,13 @@ class PreparedData:
         return cls(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
 
     def tokens(self, split: str) -> np.memmap:
-        return np.memmap(self.train_bin if split == "train" else self.val_bin, dtype=self.dtype, mode="r")
+        """Tokens of "train", "val" or a probe domain's name."""
+        path = self.domains.get(split, self.train_bin if split == "train" else self.val_bin)
+        return np.memmap(path, dtype=self.dtype, mode="r")
 
 
-def fingerprint(corpus: Corpus, cfg: Any) -> str:
+def fingerprint(corpus: Corpus, tokenizer_vocab: int | None) -> str:
+    """Files (path, size, mtime), split and tokenizer size: what the prepared tokens depend on."""
     h = hashlib.sha256()
     h.update(
         json.dumps(
@@ -63,7 +68,7 @@ def fingerprint(corpus: Corpus, cfg: Any) -> str:
                 corpus.source,
                 corpus.val_every,
                 corpus.max_files,
-                cfg.tokenizer_vocab,
+                tokenizer_vocab,
                 corpus.text_field,
                 corpus.hf_format,
             ]
@@ -175,7 +180,7 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
         raise InputError(
             "data.tokenizer_vocab", f"must be an integer in (256, 1048576], got {cfg.tokenizer_vocab!r}", "e.g. 4096"
         )
-    fp = fingerprint(corpus, cfg)
+    fp = fingerprint(corpus, cfg.tokenizer_vocab)
     base = cache_base(corpus, cfg)
     cache = base / fp
     if (cache / "meta.json").exists():
@@ -231,3 +236,37 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
             f"in {time.perf_counter() - t0:.1f} s → {cache}"
         )
         return _load(cache, corpus.source, fp)
+
+
+def prepare_domains(
+    domains: dict[str, Any], prepared: PreparedData, *, log: Callable[[str], None] | None = None
+) -> PreparedData:
+    """`prepared` with each probe domain's documents tokenized by the job's tokenizer (cached like the corpus)."""
+    say = log or (lambda _line: None)
+    paths: dict[str, str] = {}
+    for name, cfg in domains.items():
+        corpus = open_domain(name, cfg)
+        if corpus.source == "memmap":
+            paths[name] = str(corpus.files[0])
+            continue
+        if prepared.tokenizer_path is None:
+            raise InputError(
+                f"data.domains.{name}.source",
+                "needs the job's tokenizer, and a memmap corpus has none",
+                "give the domain as a memmap folder (val.bin) tokenized like the training data",
+            )
+        h = hashlib.sha256(f"{FORMAT_VERSION}|{prepared.fingerprint}|{fingerprint(corpus, None)}".encode())
+        out = prepared.cache_dir / "domains" / f"{name}-{h.hexdigest()[:16]}.bin"
+        if not out.exists():
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(prepared.tokenizer_path))
+            texts = [text for _split, text in corpus.documents()]
+            ids = encode(tok, texts, prepared.eos_id, prepared.dtype)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(f".{os.getpid()}.tmp")
+            ids.tofile(tmp)
+            os.replace(tmp, out)  # atomic: a concurrent preparer writes the same bytes
+            say(f"domain {name}: {len(corpus.files)} files, {ids.size:,} tokens → {out}")
+        paths[name] = str(out)
+    return replace(prepared, domains=paths)

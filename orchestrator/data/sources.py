@@ -68,13 +68,70 @@ class Corpus:
                 n += 1
 
 
-def _cfg_path(cfg: Any) -> Path:
+def _cfg_path(cfg: Any, where: str = "data") -> Path:
     if not cfg.path:
-        raise InputError("data.path", f"is required for data.source={cfg.source}", "e.g. data.path=/data/corpus")
+        raise InputError(f"{where}.path", f"is required for source={cfg.source}", f"e.g. {where}.path=/data/corpus")
     path = Path(cfg.path).expanduser()
     if not path.exists():
-        raise InputError("data.path", f"{path} does not exist", "point data.path at your data")
+        raise InputError(f"{where}.path", f"{path} does not exist", f"point {where}.path at your data")
     return path
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_sources(root: Path) -> list[Path]:
+    """The standard library's own modules: no tests, third-party packages, generated tables or docs blob."""
+    return sorted(
+        (p for p in root.rglob("*.py") if not STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
+def _hf_files(path: Path, glob: str | None) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.glob(glob or "**/*") if p.is_file() and p.suffix.lower() in HF_FORMATS)
+
+
+def open_domain(name: str, cfg: Any) -> Corpus:
+    """A probe validation domain (`data.domains.<name>`): all of its documents, read like `data` (none trained on)."""
+    where = f"data.domains.{name}"
+    if cfg.source not in SOURCES:
+        raise InputError(f"{where}.source", f"unknown source {cfg.source!r}", f"use one of: {', '.join(SOURCES)}")
+    if cfg.source == "stdlib":
+        root = _stdlib_root()
+        files = sorted(p for p in root.glob(cfg.glob) if p.is_file()) if cfg.glob else _stdlib_sources(root)
+    elif cfg.source == "memmap":
+        root = _cfg_path(cfg, where)
+        if not (root / "val.bin").is_file():
+            raise InputError(f"{where}.path", f"{root} has no val.bin", "a memmap domain is a folder with val.bin")
+        return Corpus(source="memmap", root=root, files=(root / "val.bin",), val_every=1, max_files=None)
+    else:
+        root = _cfg_path(cfg, where)
+        files = (
+            sorted(p for p in root.glob(cfg.glob or "**/*.txt") if p.is_file())
+            if cfg.source == "text_dir"
+            else _hf_files(root, cfg.glob)
+        )
+        root = root if root.is_dir() else root.parent
+    if cfg.max_files is not None:
+        files = files[: cfg.max_files]
+    if files and cfg.source == "hf_files" and cfg.hf_format is None and files[0].suffix.lower() not in HF_FORMATS:
+        raise InputError(f"{where}.hf_format", f"cannot tell the format of {files[0].name}", "json|csv|parquet|text")
+    if not files:
+        raise InputError(f"{where}.glob", f"no files under {root} match {cfg.glob!r}", f"check {where}.path and .glob")
+    # val_every=1: every document is a validation document.
+    return Corpus(
+        source=cfg.source,
+        root=root,
+        files=tuple(files),
+        val_every=1,
+        max_files=cfg.max_files,
+        text_field=cfg.text_field,
+        hf_format=cfg.hf_format,
+    )
 
 
 def _check_split(files: tuple[Path, ...], cfg: Any, where: Path) -> None:
@@ -104,11 +161,8 @@ def open_corpus(cfg: Any) -> Corpus:
             "data.max_files", f"must be an integer ≥ 2 or null, got {cfg.max_files!r}", "or null for all files"
         )
     if cfg.source == "stdlib":
-        root = Path(sysconfig.get_paths()["stdlib"])
-        files = sorted(
-            (p for p in root.rglob("*.py") if not STDLIB_SKIP.intersection(p.relative_to(root).parts[:-1])),
-            key=lambda p: p.relative_to(root).as_posix(),
-        )
+        root = _stdlib_root()
+        files = _stdlib_sources(root)
     elif cfg.source == "text_dir":
         root = _cfg_path(cfg)
         if not root.is_dir():
@@ -117,11 +171,7 @@ def open_corpus(cfg: Any) -> Corpus:
     elif cfg.source == "hf_files":
         path = _cfg_path(cfg)
         root = path if path.is_dir() else path.parent
-        files = (
-            sorted(p for p in path.glob(cfg.glob or "**/*") if p.is_file() and p.suffix.lower() in HF_FORMATS)
-            if path.is_dir()
-            else [path]
-        )
+        files = _hf_files(path, cfg.glob)
         if files and cfg.hf_format is None and files[0].suffix.lower() not in HF_FORMATS:
             raise InputError(
                 "data.hf_format",

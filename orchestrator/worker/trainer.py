@@ -9,6 +9,7 @@ DeepSpeed checkpoint and returns.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -135,6 +136,35 @@ class TrainWorker:
             sampler.start()
             ray.get(self.controller.sources.remote(self.job_id, self.rank, [asdict(s) for s in sampler.sources()]))
 
+        probe, probe_sets, probe_steps, probe_s = None, {}, {}, 0.0
+        if job.probe.enabled and not bare:
+            from orchestrator.config.validate import histogram_spec, probe_domains
+            from orchestrator.worker.probe import GradientProbe
+
+            pc = job.probe
+            probe = GradientProbe(engine, histogram_spec(job))
+            n_seq = pc.batches * t.micro_batch * self.world_size
+            for domain in ["general", *probe_domains(job)]:
+                split = "val" if domain == "general" else domain
+                windows = val_batches(prepared, t.seq_len, t.micro_batch, n_seq, split=split)
+                probe_sets[domain] = windows[self.rank :: self.world_size][: pc.batches]
+            # Blueprint checkpoints: the first step at or past each fraction of the budget.
+            probe_steps = {max(1, math.ceil(f * total_steps - 1e-9)): f"{f:g}" for f in sorted(pc.checkpoints)}
+
+        def run_probe(step: int, tokens: int, label: str | None) -> float:
+            """Probe the general set (and at a blueprint checkpoint every domain); rank 0 reports them at once."""
+            t0 = time.perf_counter()
+            reports = []
+            for domain, batches in probe_sets.items():
+                if domain != "general" and label is None:
+                    continue
+                r = probe.measure(batches, step=step, tokens=tokens, domain=domain, label=label)
+                if r is not None:
+                    reports.append(r.to_dict())
+            if reports:
+                self._send(self.controller.probe.remote(self.job_id, reports))
+            return time.perf_counter() - t0
+
         def all_reduce(values: list[float]) -> list[float]:
             tensor = torch.tensor(values, dtype=torch.float64)
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -195,6 +225,10 @@ class TrainWorker:
                 halt = check(step, tokens, final=step == total_steps)
                 if halt:
                     reason = "controller"
+            if probe is not None:
+                label = probe_steps.get(step) or ("stop" if halt else None)
+                if label is not None or step % job.probe.interval == 0:
+                    probe_s += run_probe(step, tokens, label)
             if halt:
                 break
         train_s = time.perf_counter() - t_loop
@@ -224,6 +258,7 @@ class TrainWorker:
             "ended_by": reason if step < total_steps else "budget",
             "checkpoint": str(Path(self.checkpoint_dir) / tag),
             "train_s": train_s,
+            "probe_s": probe_s,
             "tokens_per_s": tokens / train_s if train_s > 0 else None,
             "telemetry_errors": list(sampler.errors) if sampler is not None else [],
         }

@@ -61,6 +61,24 @@ def test_cfg_prints_the_composed_config(cli) -> None:
 
 
 BAD = [
+    (["probe.interval=0"], "probe.interval"),
+    (["probe.interval=-3"], "probe.interval"),
+    (["probe.batches=0"], "probe.batches"),
+    (["probe.domains=[tests,nope]"], "probe.domains"),
+    (["probe.checkpoints=[0.5,1.5]"], "probe.checkpoints"),
+    (["probe.checkpoints=[0]"], "probe.checkpoints"),
+    (["probe.checkpoints=[]"], "probe.checkpoints"),
+    (["probe.histogram.lo=0"], "probe.histogram.lo"),
+    (["probe.histogram.hi=1e-13"], "probe.histogram.hi"),  # below lo
+    (["probe.histogram.bins_per_decade=0"], "probe.histogram.bins_per_decade"),
+    (["probe.histogram.bins_per_decade=1000"], "probe.histogram.bins_per_decade"),
+    (["probe.statistic=max"], "probe.statistic"),
+    (["probe.top_k=0"], "probe.top_k"),
+    (["probe.fit_method=guess"], "probe.fit_method"),
+    (["probe.model_id=a/b"], "model_id"),
+    (["+data.domains.web={source:ftp}"], "data.domains.web.source"),
+    (["+data.domains.web={source:text_dir,pth:/tmp}"], "data.domains.web.pth"),
+    (["+data.domains.general={source:stdlib}"], "data.domains.general"),
     (["stop.foo=1"], "stop.foo"),
     (["bogus=1"], "bogus"),
     (["stop.window=abc"], "stop.window"),

@@ -142,3 +142,41 @@ def test_status_lists_the_job_with_its_decision(debug_run: dict) -> None:
 def test_stopping_an_ended_job_is_refused(debug_run: dict) -> None:
     done = cpr("stop", debug_run["job_id"], cwd=debug_run["work"])
     assert done.returncode == 2 and "already ended" in done.stderr
+
+
+def test_blueprints_were_published_at_the_checkpoints_and_the_stop(debug_run: dict) -> None:
+    from orchestrator.blueprints import LocalBlueprintStore, load_blueprint
+
+    client, run_id, job_id = debug_run["client"], debug_run["run_id"], debug_run["job_id"]
+    tags = client.get_run(run_id).data.tags
+    assert tags["cpr.blueprint.model_id"] == job_id
+    versions = [int(v) for v in tags["cpr.blueprint.versions"].split(",")]
+    # debug: checkpoints at 5 % and 10 % of the budget (steps 52, 103), then the rule's STOP
+    assert versions == [1, 2, 3] and tags["cpr.blueprint.latest"] == "3"
+    store = LocalBlueprintStore(debug_run["work"] / "cpr_runs" / "blueprints")
+    assert store.versions(job_id) == versions
+    summary = json.loads((debug_run["work"] / "cpr_runs" / "jobs" / job_id / "summary.json").read_text())
+    labels = [(b["checkpoint"], b["step"]) for b in summary["blueprints"]]
+    assert labels == [("0.05", 52), ("0.1", 103), ("stop", summary["step"])]
+    for v in versions:
+        local = store.path(job_id, v)
+        remote = Path(client.download_artifacts(run_id, f"blueprints/v{v}/blueprint.json", str(debug_run["work"])))
+        assert remote.read_bytes() == local.read_bytes()  # MLflow holds exactly the published file
+        bp = load_blueprint(remote)  # validates against the JSON Schema
+        assert (bp.blueprint_version, bp.run_id, bp.model_id) == (v, run_id, job_id)
+        assert {e.id for e in bp.layers} == {"embed", "attn.0", "ffn.0", "norm.0", "attn.1", "ffn.1", "norm.1",
+                                              "norm.final", "head"}  # fmt: skip
+        for e in bp.layers:
+            assert e.gradient_norm > 0 and e.n_batches == 4 and e.prefixes and e.k_star is not None
+            assert set(e.domain_tags) == {"general", "tests", "docs"}
+        assert bp.resource_model.zero_stage == 2 and bp.resource_model.dp_world_size == 2
+        assert bp.provenance["config_sha256"] and bp.provenance["checkpoint"] == labels[v - 1][0]
+    assert "blueprints: v1 (0.05, step 52)" in debug_run["out"]
+
+
+def test_probe_metrics_are_logged(debug_run: dict) -> None:
+    client, run_id = debug_run["client"], debug_run["run_id"]
+    steps = [m.step for m in client.get_metric_history(run_id, "grad/norm/attn.0")]
+    assert steps[:3] == [50, 52, 100] and steps == sorted(steps)  # every probe.interval, and each checkpoint
+    shares = client.get_metric_history(run_id, "grad/topk_share/ffn.0")
+    assert len(shares) == len(steps) and all(0.1 < m.value <= 1.0 for m in shares)

@@ -48,3 +48,23 @@ def test_refused_before_anything_starts(cli, here, overrides: list[str], field: 
     result = cli("submit", DEBUG, *overrides)
     assert_one_line_error(result, f"error: {field}")
     nothing_started(here)
+
+
+def test_a_histogram_range_too_narrow_for_the_gradients_is_one_line(tmp_path) -> None:
+    """Only the run meets this one: the first probe sees gradients at or above probe.histogram.hi, every rank
+    stops there, and `cpr submit` says so in one line with exit 2 (the run records the failure)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cpr = str(Path(sys.executable).with_name("cpr"))
+    done = subprocess.run(
+        [cpr, "submit", DEBUG, "probe.histogram.hi=1e-6", "probe.interval=1", "telemetry=off"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.startswith("cpr: error: probe.histogram.hi:") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,162 @@
+"""From a training job's gradient probes to published blueprint versions (§5, App. A; DESIGN.md §2, §6).
+
+Pure: the controller passes plain probe reports and job facts in, and writes what comes out to MLflow. A version
+is published once per (run, step, checkpoint): publishing again, e.g. after a controller restart replays its
+reports, finds the version already in the store and returns it instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.blueprints.builder import GENERAL_DOMAIN, build_blueprint
+from orchestrator.blueprints.grouping import ParamGroup
+from orchestrator.blueprints.model import Blueprint
+from orchestrator.blueprints.privacy import add_gaussian_noise
+from orchestrator.blueprints.store import LocalBlueprintStore
+from orchestrator.core.gradmass import MagnitudeHistogram
+from orchestrator.core.reports import ProbeReport
+from orchestrator.core.resource_model import ResourceModel, activation_bytes, resource_model
+
+CHECKPOINT_KEY = "checkpoint"
+"""Provenance key holding the checkpoint label ("0.5", "1.0", "stop"): with run_id and step, a version's identity."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlueprintSettings:
+    """How probe reports become a blueprint: the `probe` config group's summary settings, plus job facts."""
+
+    model_id: str
+    max_tokens: int
+    statistic: str = "mean"
+    ci_level: float = 0.95
+    n_resamples: int = 1000
+    fit_method: str = "binned-mle"
+    seed: int = 0
+    noise_multiplier: float = 0.0
+    noise_clip: float = 1.0
+
+
+def job_resource_model(
+    *,
+    n_params: int,
+    optimizer: str,
+    precision: str,
+    zero_stage: int,
+    world_size: int,
+    seq_len: int,
+    micro_batch: int,
+    hidden: int,
+    n_layers: int,
+    n_heads: int,
+) -> ResourceModel:
+    """The job's real per-rank bytes per parameter (k* in Prop. B.1): its optimizer, precision, ZeRO stage, and
+    activations of its micro-batch."""
+    return resource_model(
+        n_params=n_params,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+        zero_stage=zero_stage,
+        dp_world_size=world_size,
+        activation_bytes=activation_bytes(
+            seq_len=seq_len,
+            micro_batch=micro_batch,
+            hidden=hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            bytes_per_value=4 if precision == "fp32" else 2,
+        ),
+    )
+
+
+def probe_metrics(report: ProbeReport, top_k: float) -> dict[str, float]:
+    """MLflow metrics of one probe: per submodule its mean gradient norm over batches (grad/norm/<id>) and the
+    share of its gradient mass in its top-k fraction of entries, m(k) (grad/topk_share/<id>; §4.1), and m(k) of
+    the whole model."""
+    out: dict[str, float] = {}
+    merged: MagnitudeHistogram | None = None
+    for gid in report.ids:
+        norms = report.batch_norms[gid]
+        out[f"grad/norm/{gid}"] = math.fsum(norms) / len(norms)
+        h = MagnitudeHistogram.from_dict(report.histograms[gid])
+        if h.count:
+            out[f"grad/topk_share/{gid}"] = float(h.retained_mass(top_k))
+        merged = h if merged is None else merged.merge(h)
+    if merged is not None and merged.count:
+        out["grad/topk_share"] = float(merged.retained_mass(top_k))
+    return out
+
+
+def report_groups(report: ProbeReport) -> dict[str, ParamGroup]:
+    """The blueprint ids of a probe report with their prefixes and parameter counts, in model order."""
+    return {
+        gid: ParamGroup(id=gid, prefixes=tuple(g["prefixes"]), n_params=int(g["n_params"]))
+        for gid, g in report.groups.items()
+    }
+
+
+def blueprint_from_probes(
+    reports: Sequence[ProbeReport],
+    settings: BlueprintSettings,
+    *,
+    resource: ResourceModel | None,
+    run_id: str | None,
+    provenance: Mapping[str, str | int | float | bool],
+    created_at: str | None = None,
+) -> Blueprint:
+    """A blueprint from one checkpoint's probes: the general set's per-batch norms and histograms, each domain's
+    mean norms as `domain_tags` relative to the general set (App. A.1 (vi)), optional noise (§5 "Privacy")."""
+    general = next((r for r in reports if r.domain == GENERAL_DOMAIN), None)
+    if general is None:
+        raise ValueError("a blueprint needs the probe of the general validation set")
+    domain_norms = {
+        r.domain: {gid: math.fsum(v) / len(v) for gid, v in r.batch_norms.items()}
+        for r in reports
+        if r.domain != GENERAL_DOMAIN
+    }
+    bp = build_blueprint(
+        model_id=settings.model_id,
+        training_checkpoint=round(min(general.tokens / settings.max_tokens, 1.0), 6),
+        samples=general.batch_norms,
+        histograms={gid: MagnitudeHistogram.from_dict(h) for gid, h in general.histograms.items()},
+        groups=report_groups(general),
+        resource_model=resource,
+        statistic=settings.statistic,
+        ci_level=settings.ci_level,
+        n_resamples=settings.n_resamples,
+        seed=settings.seed,
+        domain_norms=domain_norms or None,
+        run_id=run_id,
+        step=general.step,
+        tokens_seen=general.tokens,
+        provenance={**provenance, CHECKPOINT_KEY: general.label or ""},
+        fit_method=settings.fit_method,
+        created_at=created_at,
+    )
+    if settings.noise_multiplier > 0:
+        bp = add_gaussian_noise(
+            bp, clip=settings.noise_clip, noise_multiplier=settings.noise_multiplier, seed=settings.seed + general.step
+        )
+    return bp
+
+
+def published_version(store: LocalBlueprintStore, bp: Blueprint) -> int | None:
+    """The version already holding this run's blueprint of this step and checkpoint, if any."""
+    label = (bp.provenance or {}).get(CHECKPOINT_KEY)
+    for version in store.versions(bp.model_id):
+        old = store.get(bp.model_id, version)
+        if old.run_id == bp.run_id and old.step == bp.step and (old.provenance or {}).get(CHECKPOINT_KEY) == label:
+            return version
+    return None
+
+
+def publish_once(store: LocalBlueprintStore, bp: Blueprint) -> tuple[int, Path, bool]:
+    """Publish `bp` as the model's next version unless it is already published: (version, file, fresh)."""
+    version = published_version(store, bp)
+    if version is not None:
+        return version, store.path(bp.model_id, version), False
+    version, path = store.publish(bp)
+    return version, path, True
