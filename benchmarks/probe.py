@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from orchestrator.config.compose import compose_job, job_from_dict, job_to_dict
+from orchestrator.config.compose import compose_job, job_from_dict
 from orchestrator.config.validate import histogram_spec, probe_domains, validate_job
 from orchestrator.worker.trainer import free_port
 
