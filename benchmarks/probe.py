@@ -55,7 +55,8 @@ class _Rank:
         torch.set_num_threads(job.cluster.cpus_per_worker)
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
         prepared = PreparedData.from_dict(self.prepared)
-        engine = build_engine(job, build_model(job.model, prepared.vocab_size, t.seq_len, job.seed), 1000)
+        vocab = job.model.vocab_size or prepared.vocab_size
+        engine = build_engine(job, build_model(job.model, vocab, t.seq_len, job.seed), 1000)
         batches = TrainBatches(prepared, t.seq_len, t.micro_batch, self.rank, self.world, job.seed)
         n_seq = job.probe.batches * t.micro_batch * self.world
         mine = val_batches(prepared, t.seq_len, t.micro_batch, n_seq)[self.rank :: self.world]

@@ -32,19 +32,49 @@ A blueprint is JSON in the paper's Appendix A.1 shape (model_id, training_checkp
 gradient_norm, alpha, gamma, k_star, domain_tags) or schema 1.0, which adds schema_version, versions, CIs,
 parameter prefixes, fit quality, resource model, privacy and provenance.
 Schema: orchestrator/blueprints/schema/blueprint.schema.json
+
+Published blueprints (what `cpr submit` jobs publish to MLflow) are read with `list` and `get`:
+  cpr blueprint list [--run RUN | --model MODEL_ID]      versions, with run, step and checkpoint
+  cpr blueprint get RUN|MODEL_ID [--version N] [-o FILE]  the published JSON, byte for byte
 """
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "blueprint",
-        help="validate, show, diff and aggregate gradient blueprint files",
+        help="list and get published gradient blueprints; validate, show, diff and aggregate blueprint files",
         description="Inspect gradient blueprints: submodule-level gradient statistics released at a checkpoint.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="blueprint_verb", metavar="ACTION")
     sub.required = True
+
+    help_uri = "MLflow tracking URI (default: the SQLite store under ./cpr_runs)"
+    ls = sub.add_parser(
+        "list",
+        help="list the blueprint versions runs published to MLflow",
+        description="List published blueprint versions (each validated as it is read), by model id and version.",
+    )
+    which = ls.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="RUN", help="only this MLflow run id or cpr job id")
+    which.add_argument("--model", metavar="MODEL_ID", help="only this model id")
+    ls.add_argument("--tracking-uri", default=None, help=help_uri)
+    ls.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
+    ls.add_argument("--json", action="store_true", help="print one JSON object per version")
+    ls.set_defaults(func=run_list)
+
+    g = sub.add_parser(
+        "get",
+        help="write one published blueprint, byte for byte",
+        description="Write a published blueprint exactly as it was published, to FILE or standard output.",
+    )
+    g.add_argument("ref", metavar="RUN|MODEL_ID", help="MLflow run id, cpr job id or model id")
+    g.add_argument("--version", type=_version, default=None, metavar="N", help="version to get (default: the latest)")
+    g.add_argument("-o", "--output", metavar="FILE", default=None, help="write to FILE (default: standard output)")
+    g.add_argument("--tracking-uri", default=None, help=help_uri)
+    g.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
+    g.set_defaults(func=run_get)
 
     v = sub.add_parser(
         "validate",
@@ -84,6 +114,75 @@ def register(verbs: argparse._SubParsersAction) -> None:
     a.add_argument("files", nargs="+", metavar="FILE", help="blueprint JSON files, in order")
     a.add_argument("--csv", metavar="OUT", help="write the table as CSV to OUT ('-' for standard output)")
     a.set_defaults(func=run_aggregate)
+
+
+# --------------------------------------------------------------------------------------------- list, get
+
+
+def _version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from launch.jobs import _tracking_uri
+    from orchestrator.tracking.published import list_published
+
+    rows = list_published(
+        _tracking_uri(args.tracking_uri), run=args.run, model_id=args.model, experiment=args.experiment
+    )
+    if args.json:
+        for row in rows:
+            print(json.dumps(asdict(row)))
+        return 0
+    con = console()
+    if not rows:
+        con.print("no published blueprints")
+        return 0
+    table = Table(show_edge=False)
+    for name in ("model_id", "version", "checkpoint", "step", "tokens", "run", "job", "created"):
+        table.add_column(name, justify="right" if name in ("version", "step", "tokens") else "left")
+    for r in rows:
+        table.add_row(
+            escape(r.model_id),
+            f"v{r.version}",
+            escape(f"{r.training_checkpoint:g}" + (f" ({r.checkpoint})" if r.checkpoint else "")),
+            "–" if r.step is None else str(r.step),
+            "–" if r.tokens_seen is None else f"{r.tokens_seen:,}",
+            r.run_id[:12],
+            escape(r.job_id or "–"),
+            escape(r.created_at or "–"),
+        )
+    con.print(table)
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    from launch.jobs import _tracking_uri
+    from orchestrator.tracking.published import fetch_published
+
+    row, data = fetch_published(
+        _tracking_uri(args.tracking_uri), args.ref, version=args.version, experiment=args.experiment
+    )
+    if args.output is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    try:
+        with open(args.output, "wb") as fh:
+            fh.write(data)
+    except OSError as err:
+        raise InputError("-o", f"cannot write {args.output}: {err.strerror or err}", "check the path") from None
+    print(f"wrote {args.output}: {row.model_id} v{row.version} (run {row.run_id}, step {row.step})", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- validate

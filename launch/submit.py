@@ -434,6 +434,12 @@ def print_summary(result: dict[str, Any], job: JobConfig) -> None:
         out.print(f"[dim]absent telemetry sources: {', '.join(s['absent_sources'])}[/dim]")
     if s.get("checkpoint"):
         out.print(f"[dim]checkpoint: {s['checkpoint']}[/dim]")
+    rank0 = next((w for w in s.get("workers") or [] if w.get("rank") == 0), None)
+    if rank0 and rank0.get("probe_s") and rank0.get("train_s"):
+        out.print(
+            f"[dim]gradient probe: {rank0['probe_s']:.1f} s of {rank0['train_s']:.1f} s training "
+            f"({rank0['probe_s'] / rank0['train_s']:.1%})[/dim]"
+        )
     print_blueprints(s.get("blueprints") or [], result.get("run_id"))
 
 

@@ -255,9 +255,11 @@ class Controller:
             job_resource_model,
             publish_once,
         )
+        from orchestrator.tracking.published import record_version
 
-        job, general = h.job, reports[0]
-        n_params = sum(int(g["n_params"]) for g in reports[0].groups.values())
+        job = h.job
+        general = next(r for r in reports if r.domain == "general")
+        n_params = sum(int(g["n_params"]) for g in general.groups.values())
         p = job.probe
         settings = BlueprintSettings(
             model_id=p.model_id or h.job_id,
@@ -282,7 +284,6 @@ class Controller:
             n_layers=job.model.num_layers,
             n_heads=job.model.num_heads,
         )
-        general = next(r for r in reports if r.domain == "general")
         bp = blueprint_from_probes(
             reports,
             settings,
@@ -306,19 +307,18 @@ class Controller:
             "checkpoint": general.label,
             "path": str(path),
         }
-        # Byte for byte the file in the local store, so `cpr blueprint get` returns exactly what was published.
-        h.writer.log_text(path.read_text(encoding="utf-8"), f"blueprints/v{version}/blueprint.json")
         if fresh:
             h.store.append("blueprints.jsonl", [record])
-        h.blueprints = [b for b in h.blueprints if b["version"] != version] + [record]
-        h.writer.set_tags(
-            {
-                "cpr.blueprint.model_id": settings.model_id,
-                "cpr.blueprint.latest": str(max(b["version"] for b in h.blueprints)),
-                "cpr.blueprint.versions": ",".join(
-                    str(b["version"]) for b in sorted(h.blueprints, key=lambda b: b["version"])
-                ),
-            }
+        h.blueprints = sorted(
+            [b for b in h.blueprints if b["version"] != version] + [record], key=lambda b: b["version"]
+        )
+        # Byte for byte the file in the local store, so `cpr blueprint get` returns exactly what was published.
+        record_version(
+            h.writer,
+            model_id=settings.model_id,
+            version=version,
+            text=path.read_text(encoding="utf-8"),
+            versions=[b["version"] for b in h.blueprints],
         )
 
     # -- user requests ------------------------------------------------------------------------------------

@@ -172,6 +172,11 @@ def test_blueprints_were_published_at_the_checkpoints_and_the_stop(debug_run: di
         assert bp.resource_model.zero_stage == 2 and bp.resource_model.dp_world_size == 2
         assert bp.provenance["config_sha256"] and bp.provenance["checkpoint"] == labels[v - 1][0]
     assert "blueprints: v1 (0.05, step 52)" in debug_run["out"]
+    listed = cpr("blueprint", "list", "--run", job_id, "--json", cwd=debug_run["work"])
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["version"] for line in listed.stdout.splitlines()] == versions
+    got = subprocess.run([CPR, "blueprint", "get", job_id], cwd=debug_run["work"], capture_output=True, timeout=120)
+    assert got.returncode == 0 and got.stdout == store.path(job_id, versions[-1]).read_bytes()
 
 
 def test_probe_metrics_are_logged(debug_run: dict) -> None:
