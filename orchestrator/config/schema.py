@@ -151,7 +151,7 @@ class ProbeConfig:
     """Optimizer steps between periodic probes (logged as grad/norm/<id>); blueprint checkpoints probe as well."""
     batches: int = 4
     """Validation batches each rank probes per domain (each is one sample of every submodule's norm)."""
-    checkpoints: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    checkpoints: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.8, 1.0])
     """Fractions of train.max_tokens at which a blueprint is published; one is also published at a STOP."""
     domains: list[str] | None = None
     """Names from data.domains to probe at blueprint checkpoints; None: all of them."""

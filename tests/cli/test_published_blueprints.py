@@ -112,6 +112,8 @@ def test_get_to_standard_output_prints_the_bytes_and_nothing_else(store, capsysb
         (["get", "shared", "--version", "1"], "RUN|MODEL_ID"),  # two runs hold a v1 of this model
         (["get", "job-bad"], "blueprints/v1/blueprint.json: is not valid JSON"),  # not a blueprint
         (["get", "job-a", "-o", "/no/such/dir/bp.json"], "-o"),
+        (["list"], "blueprints/v1/blueprint.json: is not valid JSON"),  # every version read is validated
+        (["list", "--run", "job-a", "--model", "model-a"], "--model"),  # one filter at a time
     ],
 )
 def test_bad_requests_are_one_line(cli, store, args: list[str], field: str) -> None:
@@ -126,3 +128,10 @@ def test_a_store_without_that_run_or_unreachable_is_one_line(cli, store, tmp_pat
     assert_one_line_error(cli("blueprint", "get", store["runs"]["a"], "--tracking-uri", empty), "RUN|MODEL_ID")
     assert_one_line_error(cli("blueprint", "list", "--tracking-uri", "http://127.0.0.1:9"), "tracking.uri")
     assert_one_line_error(cli("blueprint", "get", "job-a", "--version", "0", "--tracking-uri", store["uri"]), "version")
+
+
+def test_help_documents_all_six_actions(cli) -> None:
+    result = cli("blueprint", "--help")
+    assert result.code == 0
+    for action in ("validate", "show", "diff", "aggregate", "list", "get"):
+        assert action in result.out

@@ -123,3 +123,57 @@ def test_batches_are_rank_sharded_deterministic_and_resumable(tmp_path) -> None:
     assert len(v) == 2 and all((a[0] == b[0]).all() for a, b in zip(v, val_batches(p, 16, 4, 8), strict=True))
     with pytest.raises(InputError):
         val_batches(p, 16, 4, p.n_val_tokens)
+
+
+def test_probe_domains_are_tokenized_with_the_jobs_tokenizer_and_cached(tmp_path) -> None:
+    from tokenizers import Tokenizer
+
+    from orchestrator.config.schema import DomainConfig
+    from orchestrator.data.prepare import prepare_domains
+
+    corpus(tmp_path / "train")
+    (tmp_path / "prose").mkdir()
+    (tmp_path / "prose" / "a.txt").write_text("the lazy dog stops while the fox jumps " * 20)
+    prepared = prepare_data(Data(path=str(tmp_path / "train")))
+    domains = {
+        "prose": DomainConfig(source="text_dir", path=str(tmp_path / "prose")),
+        "docs": DomainConfig(source="stdlib", glob="pydoc_data/topics.py"),
+    }
+    out = prepare_domains(domains, prepared)
+    assert set(out.domains) == {"prose", "docs"} and out.train_bin == prepared.train_bin
+    tok = Tokenizer.from_file(str(prepared.tokenizer_path))
+    ids = out.tokens("prose")
+    assert ids[-1] == prepared.eos_id and tok.decode(ids[:-1].tolist()).startswith("the lazy dog stops")
+    assert len(out.tokens("docs")) > 10_000
+    from pathlib import Path
+
+    cached = Path(out.domains["prose"])
+    mtime = cached.stat().st_mtime_ns
+    assert prepare_domains(domains, prepared).domains == out.domains  # cached: the same files, not rewritten
+    assert cached.stat().st_mtime_ns == mtime
+    windows = val_batches(out, 16, 2, 4, split="prose")
+    assert len(windows) == 2 and windows[0][0].shape == (2, 16)
+
+
+@pytest.mark.parametrize(
+    ("domain", "field"),
+    [
+        ({"source": "text_dir"}, "data.domains.d.path"),
+        ({"source": "text_dir", "path": "/no/such/dir"}, "data.domains.d.path"),
+        ({"source": "text_dir", "path": "EMPTY"}, "data.domains.d.glob"),
+        ({"source": "stdlib", "glob": "no_such_*.py"}, "data.domains.d.glob"),
+        ({"source": "memmap", "path": "EMPTY"}, "data.domains.d.path"),
+    ],
+)
+def test_bad_domains_name_their_field(tmp_path, domain: dict, field: str) -> None:
+    from orchestrator.config.schema import DomainConfig
+    from orchestrator.data.prepare import prepare_domains
+
+    corpus(tmp_path / "train")
+    (tmp_path / "empty").mkdir()
+    prepared = prepare_data(Data(path=str(tmp_path / "train")))
+    if domain.get("path") == "EMPTY":
+        domain = {**domain, "path": str(tmp_path / "empty")}
+    with pytest.raises(InputError) as err:
+        prepare_domains({"d": DomainConfig(**domain)}, prepared)
+    assert err.value.field == field
