@@ -243,7 +243,12 @@ class Controller:
                 return
             h.writer.log_metrics(probe_metrics(general, h.job.probe.top_k), step=general.step)
             if general.label is not None:
-                self._publish(h, parsed)
+                try:
+                    self._publish(h, parsed)
+                except Exception as exc:  # a blueprint that cannot be built must not end the training job
+                    msg = f"step {general.step} ({general.label}): {type(exc).__name__}: {exc}"
+                    h.writer.set_tags({"cpr.blueprint_error": msg[:5000]})
+                    h.store.append("blueprints.jsonl", [{"error": msg, "step": general.step}])
 
     def _publish(self, h: JobHandle, reports: list[Any]) -> None:
         """Build, validate and publish one blueprint version: local store first (immutable), then MLflow."""
