@@ -67,7 +67,7 @@ def status(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no jobs")
         return 0
-    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ")
+    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ", "scheduler")
     for r in rows:
         gamma = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.gamma.items())) or MISSING
         state = r.state + (" (stop requested)" if r.stop_requested and r.state == "running" else "")
@@ -80,6 +80,7 @@ def status(args: argparse.Namespace) -> int:
             MISSING if r.step is None else str(r.step),
             fmt(r.psi),
             gamma,
+            r.schedule or MISSING,
         )
     out.print(table)
     return 0
@@ -91,7 +92,7 @@ def stop(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args.tracking_uri)
     run_id = find_run(uri, args.job, args.experiment)
     row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-    if row is not None and row.state not in ("queued", "running"):
+    if row is not None and row.state not in ("queued", "starting", "running"):
         raise InputError("job", f"{row.job_id} already ended ({row.state}, reason {row.reason})", "nothing to stop")
     request_stop(uri, run_id)
     out = console()
@@ -99,7 +100,7 @@ def stop(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-        if row is not None and row.state not in ("queued", "running"):
+        if row is not None and row.state not in ("queued", "starting", "running"):
             out.print(f"{row.job_id}: {row.state}, reason {row.reason}")
             return 0
         time.sleep(1.0)

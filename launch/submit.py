@@ -249,7 +249,12 @@ class Submission:
     def send(self, controller: Any) -> dict[str, Any]:
         import ray
 
-        return ray.get(controller.submit.remote(**asdict(self)))
+        try:
+            return ray.get(controller.submit.remote(**asdict(self)))
+        except ray.exceptions.RayTaskError as exc:  # the controller refused it (e.g. a duplicate name): one line
+            if isinstance(exc.cause, InputError):
+                raise exc.cause from None
+            raise
 
 
 def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> tuple[Submission, int]:
@@ -386,6 +391,8 @@ def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:
 
 
 def progress_info(v: dict[str, Any]) -> str:
+    if v.get("state") in ("queued", "starting") and v.get("schedule"):
+        return f"{v['state']}: {v['schedule']}"
     kind = v["resource"]
     gamma = v["gamma"].get(kind)
     ratio, eta = v.get("ratio"), v.get("eta")

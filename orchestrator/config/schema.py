@@ -220,6 +220,8 @@ class JobConfig:
     seed: int = 0
     detach: bool = False
     """Return at once with the job id; the job runs on in the Ray cluster."""
+    priority: int = 5
+    """0 (lowest) to 9 (highest): the order in which queued jobs get the pool's free slots."""
     runs_dir: str = "cpr_runs"
     """Local home of the default MLflow store, checkpoints and the controller's state."""
     model: ModelConfig = field(default_factory=ModelConfig)

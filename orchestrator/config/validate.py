@@ -17,6 +17,7 @@ from orchestrator.blueprints.store import check_model_id
 from orchestrator.config.schema import DomainConfig, JobConfig, StopConfig
 from orchestrator.core.gradmass import HistogramSpec
 from orchestrator.core.resources import ResourceKind
+from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.core.stop_rule import StopRuleConfig
 from orchestrator.data.sources import SOURCES
 from orchestrator.errors import InputError
@@ -179,6 +180,13 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         "e.g. name=llama-sweep",
     )
     _int_at_least("seed", job.seed, 0, "use a non-negative integer")
+    _check(
+        "priority",
+        job.priority,
+        isinstance(job.priority, int) and PRIORITY_MIN <= job.priority <= PRIORITY_MAX,
+        f"must be an integer in {PRIORITY_MIN}..{PRIORITY_MAX}",
+        "9 is the most urgent, 5 the default",
+    )
     _check("runs_dir", job.runs_dir, bool(job.runs_dir.strip()), "must not be empty", "e.g. runs_dir=cpr_runs")
 
     m = job.model

@@ -27,6 +27,8 @@ from orchestrator.errors import InputError
 
 CONTROLLER_NAME = "cpr-controller"
 STOP_POLL_S = 2.0
+SCHEDULER_TICK_S = 0.5
+RUNNING_STATES = ("starting", "running")
 
 
 @dataclass
@@ -51,6 +53,13 @@ class JobHandle:
     blueprint_store: Any = None
     blueprints: list[dict[str, Any]] = field(default_factory=list)
     """Published versions: {"version", "step", "tokens", "checkpoint", "path"}."""
+    submitted_t: float = 0.0
+    slots: int = 0
+    """Pool slots the scheduler gave this job (0 while queued, and again once its STOP is decided)."""
+    launch: tuple[Any, ...] = ()
+    """What `_run_job` needs once the scheduler starts the job: (job dict, prepared, checkpoint dir)."""
+    schedule: str = ""
+    """The scheduler's last word on this job, as `cpr status` shows it."""
 
 
 class Controller:
@@ -58,6 +67,12 @@ class Controller:
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobHandle] = {}
+        self._pool_lock = threading.Lock()  # the queue and the pool: submissions, ticks, job endings
+        self._scheduler: threading.Thread | None = None
+        self._schedule_log: Path | None = None
+        self._idle_note = ""
+        self._pool = 0
+        self._next_stop_poll = 0.0
 
     # -- job submission -------------------------------------------------------------------------------------
     def submit(
@@ -81,6 +96,14 @@ class Controller:
         cfg = job_from_dict(job)
         if job_id in self.jobs:
             raise ValueError(f"job {job_id} exists")
+        with self._pool_lock:
+            same = [h for h in self.jobs.values() if h.job.name == cfg.name and not h.done.is_set()]
+        if same:
+            raise InputError(
+                "name",
+                f"a job named {cfg.name!r} is already {same[0].state} ({same[0].job_id})",
+                "give this one another name, e.g. name=" + cfg.name + "-2",
+            )
         tracker = JobTracker(
             job_id=job_id,
             rule_config=stop_rule_config(cfg.stop),
@@ -126,11 +149,145 @@ class Controller:
             },
         )
         self._persist(handle)
-        thread = threading.Thread(
-            target=self._run_job, args=(handle, job, prepared, checkpoint_dir), name=f"job-{job_id}", daemon=True
-        )
-        thread.start()
+        handle.submitted_t = time.time()
+        handle.launch = (job, prepared, checkpoint_dir)
+        with self._pool_lock:
+            self._schedule_log = Path(state_dir).parent.parent / "scheduler" / "decisions.jsonl"
+            if self._scheduler is None:
+                self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
+                self._scheduler.start()
         return {"job_id": job_id, "run_id": writer.run_id}
+
+    # -- the queue and the pool ------------------------------------------------------------------------------
+    def _schedule_loop(self) -> None:
+        while True:
+            try:
+                self._tick()
+            except Exception:  # a scheduler error must not stop scheduling; it is logged and the next tick retries
+                traceback.print_exc()
+            time.sleep(SCHEDULER_TICK_S)
+
+    def _job_state(self, h: JobHandle) -> Any:
+        from orchestrator.core.scheduling import JobState, JobStatus
+
+        need = h.job.cluster.num_workers * h.job.cluster.cpus_per_worker
+        view = h.tracker.view()
+        return JobState(
+            job_id=h.job_id,
+            priority=h.job.priority,
+            submitted_t=h.submitted_t,
+            status=JobStatus.RUNNING if h.state in RUNNING_STATES else JobStatus.QUEUED,
+            slots=h.slots,
+            # Resizing (a checkpoint-restart at another world size) is not wired yet: a job keeps its size.
+            requested_slots=need,
+            min_slots=need,
+            max_slots=need,
+            halted=h.tracker.halted,
+            ratio=view["ratio"],
+            eta=view["eta"],
+            remaining_fraction=max(0.0, 1.0 - view["tokens"] / h.job.train.max_tokens),
+        )
+
+    def _tick(self) -> None:
+        """One scheduling round: the pure policy decides, this applies and records (DESIGN.md §2)."""
+        import ray
+
+        from orchestrator.core.scheduling import PolicyConfig, SlotAction, tick
+
+        with self._pool_lock:
+            # Waiting jobs, and running ones still holding slots (one whose STOP was decided has given them back:
+            # its ranks are checkpointing and leaving). Ended jobs are out.
+            live = [
+                h
+                for h in self.jobs.values()
+                if (h.state == "queued" and not h.done.is_set()) or (h.state in RUNNING_STATES and h.slots > 0)
+            ]
+            if not live:
+                return
+            pool = self._pool = int(ray.cluster_resources().get("CPU", 0))
+            decisions = tick(
+                pool,
+                [self._job_state(h) for h in live],
+                now=time.time(),
+                config=PolicyConfig(grow=False, shrink=False, preempt=False),
+            )
+            for d in decisions:
+                h = self.jobs[d.job_id] if d.job_id is not None else None
+                if d.action is SlotAction.IDLE:
+                    if d.reason != self._idle_note:  # record a change, not every tick
+                        self._idle_note = d.reason
+                        self._record(d, None, pool)
+                    continue
+                assert h is not None
+                self._record(d, h, pool)
+                if d.action is SlotAction.START:
+                    h.slots = d.to_slots
+                    self._set_state(h, "starting")
+                    threading.Thread(
+                        target=self._run_job, args=(h, *h.launch), name=f"job-{h.job_id}", daemon=True
+                    ).start()
+                elif d.action is SlotAction.STOP:
+                    h.slots = 0
+                    if h.state not in RUNNING_STATES:  # stopped while queued: it ends without starting
+                        self._set_state(h, "stopping")
+                        threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
+            waiting = [h for h in live if h.state == "queued" and not h.tracker.halted]
+            if time.monotonic() >= self._next_stop_poll:  # `cpr stop` of a queued job: its ranks poll nothing yet
+                from orchestrator.tracking.runs import is_stop_requested
+
+                self._next_stop_poll = time.monotonic() + STOP_POLL_S
+                for h in waiting:
+                    if is_stop_requested(h.writer.client, h.writer.run_id):
+                        threading.Thread(target=self.request_stop, args=(h.job_id,), daemon=True).start()
+            free = pool - sum(h.slots for h in self.jobs.values())
+            for h in waiting:
+                note = f"queued: needs {self._job_state(h).requested_slots} slots, {free} of {pool} free"
+                if h.schedule != note:
+                    h.schedule = note
+                    h.writer.set_tags({"cpr.schedule": note})
+
+    def _record(self, d: Any, h: JobHandle | None, pool: int) -> None:
+        """A decision with its figures: the cluster's scheduler log, the job's own log, tags on its run."""
+        import json
+
+        from orchestrator.core.numbers import json_safe
+
+        entry = {"t_s": time.time(), "pool": pool, **d.to_dict()}
+        if self._schedule_log is not None:
+            self._schedule_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._schedule_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(json_safe(entry)) + "\n")
+        if h is not None:
+            h.schedule = f"{d.action.value}: {d.reason}"
+            h.store.append("schedule.jsonl", [entry])
+            h.writer.set_tags({"cpr.schedule": h.schedule, "cpr.slots": str(d.to_slots)})
+
+    def _release(self, h: JobHandle) -> None:
+        """A job that ended without a STOP from the scheduler (its budget, a failure) gives its slots back."""
+        from orchestrator.core.scheduling import SlotAction, SlotDecision
+
+        with self._pool_lock:
+            if not h.slots:
+                return
+            view = h.tracker.view()
+            why = (h.summary or {}).get("reason") or h.error or "unknown"
+            d = SlotDecision(
+                action=SlotAction.STOP,
+                job_id=h.job_id,
+                from_slots=h.slots,
+                to_slots=0,
+                reason=f"ended ({h.state}: {why})"[:500],
+                ratio=view["ratio"],
+                eta=view["eta"],
+            )
+            self._record(d, h, self._pool)
+            h.slots = 0
+
+    def _end_unstarted(self, h: JobHandle) -> None:
+        try:
+            self._finish(h)
+        finally:
+            h.done.set()
 
     def _run_job(self, h: JobHandle, job: dict[str, Any], prepared: dict[str, Any], checkpoint_dir: str) -> None:
         import ray
@@ -169,6 +326,7 @@ class Controller:
         finally:
             if h.group is not None:
                 h.group.shutdown()
+            self._release(h)
             h.done.set()
 
     # -- reports from workers (called concurrently) --------------------------------------------------------
@@ -353,6 +511,8 @@ class Controller:
                 "error": h.error,
                 "run_id": h.writer.run_id,
                 "done": h.done.is_set(),
+                "slots": h.slots,
+                "schedule": h.schedule,
             }
 
     def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
@@ -400,6 +560,7 @@ class Controller:
             self._persist(h)
             h.store.save("summary.json", summary)
             self._set_state(h, "finished" if reason == "budget" else "stopped")
+            self._release(h)  # before the run closes: its tags record the STOP
             h.writer.close("FINISHED")
 
     def _fail(self, h: JobHandle) -> None:
@@ -412,6 +573,7 @@ class Controller:
                 h.store.save("summary.json", h.summary)
             finally:
                 self._set_state(h, "failed")
+                self._release(h)
                 h.writer.close("FAILED")
 
     def _artifacts(self, h: JobHandle) -> None:

@@ -25,6 +25,8 @@ class JobRow:
     start_time: int | None = None
     end_time: int | None = None
     stop_requested: bool = False
+    schedule: str | None = None
+    """The scheduler's last decision on the job (tag cpr.schedule), e.g. "queued: needs 2 slots, 0 of 2 free"."""
 
 
 def _client(uri: str) -> Any:
@@ -68,6 +70,7 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
                 start_time=run.info.start_time,
                 end_time=run.info.end_time,
                 stop_requested=STOP_TAG in tags,
+                schedule=tags.get("cpr.schedule") or None,
             )
         )
     return rows

@@ -1,0 +1,105 @@
+"""Two real jobs on one pool of 2 CPU slots (real Ray, DeepSpeed, MLflow): the second waits in the queue, and
+the first's STOP by the rule hands it the slots. Every scheduling decision is in the cluster's log, the jobs' own
+logs and their MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from launch.submit import plan
+from orchestrator.config.compose import compose_job
+from orchestrator.controller.actor import controller_handle
+from orchestrator.errors import InputError
+
+COMMON = ["+experiment=debug", "probe=off", "telemetry=off", "cluster.num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    runs = tmp_path_factory.mktemp("queue") / "cpr_runs"
+    ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        controller = controller_handle("cpr-queue-test", detached=False)
+        first, _ = plan(compose_job([*COMMON, "name=first", f"runs_dir={runs}"]))
+        second, _ = plan(compose_job([*COMMON, "name=second", "train.max_tokens=20480", f"runs_dir={runs}"]))
+        first.send(controller)
+        time.sleep(1.0)
+        second.send(controller)
+        third, _ = plan(compose_job([*COMMON, "name=third", f"runs_dir={runs}"]))
+        third.send(controller)
+        assert ray.get(controller.request_stop.remote(third.job_id))["ok"]  # a user stop while it waits
+        duplicate, _ = plan(compose_job([*COMMON, "name=second", f"runs_dir={runs}"]))
+        with pytest.raises(InputError) as refused:
+            duplicate.send(controller)
+        seen_queued = []
+        result = {}
+        deadline = time.monotonic() + 600
+        while len(result) < 3 and time.monotonic() < deadline:
+            view = ray.get(controller.view.remote(second.job_id))
+            if view["state"] == "queued":
+                seen_queued.append(view["schedule"])
+            for sub in (first, second, third):
+                if sub.job_id not in result:
+                    done = ray.get(controller.wait.remote(sub.job_id, 0.5))
+                    if done is not None:
+                        result[sub.job_id] = done
+        yield {
+            "runs": runs,
+            "first": first,
+            "second": second,
+            "third": third,
+            "result": result,
+            "seen_queued": seen_queued,
+            "refused": refused.value,
+        }
+    finally:
+        ray.shutdown()
+
+
+def test_the_second_job_waits_then_gets_the_slots_the_first_stop_frees(two_jobs: dict) -> None:
+    first, second, result = two_jobs["first"], two_jobs["second"], two_jobs["result"]
+    assert result[first.job_id]["summary"]["reason"] == "marginal_return"
+    assert result[second.job_id]["summary"]["reason"] == "budget"
+    assert any(s.startswith("queued: needs 2 slots, 0 of 2 free") for s in two_jobs["seen_queued"])
+    log = [json.loads(line) for line in (two_jobs["runs"] / "scheduler" / "decisions.jsonl").read_text().splitlines()]
+    third = two_jobs["third"].job_id
+    moves = [(d["action"], d["job_id"]) for d in log if d["action"] != "idle" and d["job_id"] != third]
+    assert moves == [
+        ("start", first.job_id),
+        ("stop", first.job_id),
+        ("start", second.job_id),
+        ("stop", second.job_id),
+    ]
+    stop_first = next(d for d in log if d["action"] == "stop" and d["job_id"] == first.job_id)
+    assert (stop_first["from_slots"], stop_first["to_slots"], stop_first["pool"]) == (2, 0, 2)
+    # the figures it ended on: its last window ratio was below its η
+    assert stop_first["ratio"] < stop_first["eta"] and "marginal_return" in stop_first["reason"]
+
+
+def test_each_run_records_its_scheduling(two_jobs: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{two_jobs['runs'] / 'mlflow.db'}")
+    second = two_jobs["result"][two_jobs["second"].job_id]
+    tags = client.get_run(second["run_id"]).data.tags
+    assert tags["cpr.schedule"] == "stop: ended (finished: budget)" and tags["cpr.slots"] == "0"
+    own = (Path(two_jobs["second"].state_dir) / "schedule.jsonl").read_text().splitlines()
+    assert [json.loads(line)["action"] for line in own] == ["start", "stop"]
+
+
+def test_a_duplicate_name_is_refused_while_the_first_is_live(two_jobs: dict) -> None:
+    err = two_jobs["refused"]
+    assert err.field == "name" and "second" in err.problem
+
+
+def test_a_job_stopped_while_queued_ends_without_starting(two_jobs: dict) -> None:
+    third = two_jobs["result"][two_jobs["third"].job_id]
+    assert third["state"] == "stopped" and third["summary"]["reason"] == "user"
+    own = (Path(two_jobs["third"].state_dir) / "schedule.jsonl").read_text().splitlines()
+    assert [json.loads(line)["action"] for line in own] == ["stop"]
+    assert not (two_jobs["runs"] / "checkpoints" / two_jobs["third"].job_id).exists()
