@@ -30,6 +30,8 @@ from orchestrator.config.validate import domain_configs, probe_domains, validate
 from orchestrator.errors import InputError
 
 POLL_S = 0.5
+SWEEP_OUTCOME: dict[str, Any] = {}
+"""What cpr's Hydra launcher did with the last sweep: {"jobs": [(job id, run id, overrides)]} or {"error": ...}."""
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -46,6 +48,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cfg", action="store_true", help="print the composed, validated config and exit")
     p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="a Hydra sweep (e.g. train.lr=1e-3,3e-3): queue every job on the cluster's controller, detached",
+    )
+    p.add_argument(
         "overrides", nargs=argparse.REMAINDER, help="Hydra overrides: key=value, group=option, +experiment=debug"
     )
     p.set_defaults(func=run)
@@ -53,8 +61,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    if {"-m", "--multirun"} & set(overrides):
-        raise InputError("--multirun", "sweeps are not queued yet", "submit one job per command for now")
+    if args.multirun or {"-m", "--multirun"} & set(overrides):
+        return run_sweep([o for o in overrides if o not in ("-m", "--multirun")])
     job = compose_job(overrides)  # one-line InputError on any composition problem
     validate_job(job)
     if args.cfg:
@@ -92,6 +100,47 @@ def run_hydra_app(overrides: list[str]) -> int:
     if "error" in outcome:
         raise outcome["error"]
     return int(outcome.get("code", 1))
+
+
+def run_sweep(overrides: list[str]) -> int:
+    """`cpr submit -m …`: Hydra expands the sweep, cpr's launcher queues every job on the cluster (detached)."""
+    import hydra
+    import ray
+
+    from orchestrator.config.compose import register_schema
+
+    register_schema()
+    SWEEP_OUTCOME.clear()
+
+    @hydra.main(config_path=str(config_dir()), config_name=CONFIG_NAME, version_base="1.3")
+    def task(cfg: Any) -> None:  # never called: the cpr launcher queues jobs instead of running them here
+        raise RuntimeError("the cpr launcher runs no task in-process")
+
+    argv = sys.argv
+    sys.argv = ["cpr-submit", "--multirun", "hydra/launcher=cpr", *overrides]
+    try:
+        task()
+    except SystemExit as exc:  # Hydra reports its own errors (a bad override) and exits
+        if exc.code:
+            raise InputError(
+                "overrides", "Hydra could not expand the sweep (see above)", "check the overrides"
+            ) from None
+    finally:
+        sys.argv = argv
+        if ray.is_initialized():
+            ray.shutdown()
+    if "error" in SWEEP_OUTCOME:
+        raise SWEEP_OUTCOME["error"]
+    if "jobs" not in SWEEP_OUTCOME:
+        raise InputError("--multirun", "the sweep queued nothing", "check hydra/launcher=cpr is available")
+    jobs = SWEEP_OUTCOME["jobs"]
+    out = console()
+    for job_id, run_id, job_overrides in jobs:
+        out.print(f"queued {job_id} (MLflow run {run_id}): {' '.join(job_overrides)}")
+    out.print(
+        f"{len(jobs)} jobs queued on the cluster's controller; `cpr status` follows them, `ray stop` ends the head"
+    )
+    return 0
 
 
 # -- checks that need the outside world ---------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""`cpr submit -m …` (Hydra multirun through cpr's launcher plugin) queues every job of a sweep on the cluster's
+controller and returns; the jobs then run from the queue on the shared pool. Against a real `ray start --head`
+(stopped afterwards). Bad sweeps are refused whole: one line, exit 2, nothing queued."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error
+
+BIN = Path(sys.executable).parent
+SMALL = ["+experiment=debug", "train.max_tokens=20480", "probe=off", "telemetry=off"]
+
+
+def cpr(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "cpr"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def ray_head():
+    yield
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_sweep_is_queued_and_runs_from_the_queue(tmp_path: Path, ray_head) -> None:
+    done = cpr("submit", "-m", *SMALL, "train.lr=1e-3,3e-3", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    queued = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("queued ")]
+    assert len(queued) == 2 and queued[0].startswith("debug-0-") and queued[1].startswith("debug-1-")
+    rows: dict[str, dict] = {}
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        listed = cpr("status", "--json", cwd=tmp_path)
+        rows = {r["job_id"]: r for r in map(json.loads, listed.stdout.splitlines())}
+        if all(rows.get(j, {}).get("state") == "finished" for j in queued):
+            break
+        time.sleep(3)
+    assert [rows[j]["state"] for j in queued] == ["finished", "finished"], rows
+    log = [json.loads(x) for x in (tmp_path / "cpr_runs" / "scheduler" / "decisions.jsonl").read_text().splitlines()]
+    moves = [(d["action"], d["job_id"]) for d in log if d["action"] != "idle"]
+    # one pool of 2 CPUs, 2 slots per job: the second starts on the slots the first gives back
+    assert moves == [("start", queued[0]), ("stop", queued[0]), ("start", queued[1]), ("stop", queued[1])]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.lr=1e-3,2e-3,3e-3", "hydra.launcher.max_jobs=2"], "--multirun: the sweep expands to 3 jobs"),
+        (["train.lr=1e-3,2e-3", "priority=12"], "priority: must be an integer in 0..9"),
+        (["train.lr=1e-3,2e-3", "name=same"], "name: the sweep gives several jobs the name 'same'"),
+    ],
+)
+def test_bad_sweeps_queue_nothing(cli, tmp_path: Path, monkeypatch, overrides: list[str], needle: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("submit", "-m", *SMALL, *overrides)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "cpr_runs" / "jobs").exists()
