@@ -167,6 +167,8 @@ def init_ray(job: JobConfig, *, start_head: bool) -> str:
     }
     address = c.address
     if address is None and start_head:
+        # The head would outlive this command: check the job fits this machine before starting one.
+        check_capacity(job, {"CPU": float(c.num_cpus or os.cpu_count() or 1)})
         address = start_local_head(job)
     if address is None:
         # address="local": a fresh instance even when a `ray start` head runs on this machine.
@@ -213,12 +215,12 @@ def start_local_head(job: JobConfig) -> str:
     return "auto"
 
 
-def check_capacity(job: JobConfig) -> None:
-    """More workers than the cluster has CPUs/GPUs: refuse before anything is placed."""
+def check_capacity(job: JobConfig, have: dict[str, float] | None = None) -> None:
+    """More workers than the cluster has CPUs/GPUs (`have`, default: Ray's view): refuse before anything is placed."""
     import ray
 
     c = job.cluster
-    have = ray.cluster_resources()
+    have = ray.cluster_resources() if have is None else have
     need_cpu = c.num_workers * c.cpus_per_worker
     if have.get("CPU", 0) < need_cpu:
         raise InputError(

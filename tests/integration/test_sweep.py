@@ -54,6 +54,7 @@ def test_a_sweep_is_queued_and_runs_from_the_queue(tmp_path: Path, ray_head) -> 
         (["train.lr=1e-3,2e-3,3e-3", "hydra.launcher.max_jobs=2"], "--multirun: the sweep expands to 3 jobs"),
         (["train.lr=1e-3,2e-3", "priority=12"], "priority: must be an integer in 0..9"),
         (["train.lr=1e-3,2e-3", "name=same"], "name: the sweep gives several jobs the name 'same'"),
+        (["train.lr=1e-3,2e-3", "cluster.num_workers=64", "train.max_tokens=4194304"], "cluster.num_workers: 64"),
     ],
 )
 def test_bad_sweeps_queue_nothing(cli, tmp_path: Path, monkeypatch, overrides: list[str], needle: str) -> None:
@@ -61,3 +62,5 @@ def test_bad_sweeps_queue_nothing(cli, tmp_path: Path, monkeypatch, overrides: l
     result = cli("submit", "-m", *SMALL, *overrides)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "cpr_runs" / "jobs").exists()
+    head = subprocess.run([str(BIN / "ray"), "status"], capture_output=True, timeout=60)
+    assert head.returncode != 0  # and no Ray head was left behind
