@@ -204,12 +204,30 @@ class Controller:
             ]
             if not live:
                 return
-            pool = self._pool = int(ray.cluster_resources().get("CPU", 0))
-            decisions = tick(
-                pool,
-                [self._job_state(h) for h in live],
-                now=time.time(),
-                config=PolicyConfig(grow=False, shrink=False, preempt=False),
+            pool = int(ray.cluster_resources().get("CPU", 0))
+            # Nodes come and go: never tell the policy the pool is smaller than what running jobs hold, and keep
+            # a job larger than today's pool waiting (with a note) instead of letting it block every tick.
+            pool = self._pool = max(pool, sum(h.slots for h in live))
+            if pool < 1:  # the cluster reports no CPU right now (a node restarting): try again next tick
+                return
+            states = [self._job_state(h) for h in live]
+            too_big = {st.job_id: st.requested_slots for st in states if st.requested_slots > pool}
+            for h in live:
+                if h.job_id in too_big:
+                    note = f"queued: needs {too_big[h.job_id]} slots, the pool has {pool}"
+                    if h.schedule != note:
+                        h.schedule = note
+                        h.writer.set_tags({"cpr.schedule": note})
+            live = [h for h in live if h.job_id not in too_big]
+            decisions = (
+                tick(
+                    pool,
+                    [st for st in states if st.job_id not in too_big],
+                    now=time.time(),
+                    config=PolicyConfig(grow=False, shrink=False, preempt=False),
+                )
+                if live
+                else []
             )
             for d in decisions:
                 h = self.jobs[d.job_id] if d.job_id is not None else None
