@@ -14,7 +14,6 @@ batches per rank, the general set). Printed per model:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ import ray
 
 from orchestrator.config.compose import compose_job, job_from_dict
 from orchestrator.config.validate import histogram_spec, probe_domains, validate_job
-from orchestrator.worker.trainer import free_port
+from orchestrator.worker.trainer import free_port, set_rank_env
 
 
 class _Rank:
@@ -33,14 +32,7 @@ class _Rank:
         return ray.util.get_node_ip_address(), free_port()
 
     def run(self, addr: str, port: int, steps: int) -> dict[str, Any]:
-        os.environ.update(
-            MASTER_ADDR=addr,
-            MASTER_PORT=str(port),
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world),
-            LOCAL_RANK=str(self.rank),
-            DS_ACCELERATOR="cpu",
-        )
+        set_rank_env(addr, port, self.rank, self.world, self.rank, gpus=False)
         import deepspeed
         import torch
         import torch.distributed as dist

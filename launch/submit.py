@@ -240,25 +240,10 @@ def check_capacity(job: JobConfig, have: dict[str, float] | None = None) -> None
 
 def check_memory(job: JobConfig, n_params: int) -> float:
     """Per-rank bytes of weights, grads, optimizer states and activations vs the memory a rank may use."""
-    from orchestrator.core.resource_model import activation_bytes, resource_model
+    from orchestrator.config.validate import job_resource_model
 
-    m, t, c = job.model, job.train, job.cluster
-    act = activation_bytes(
-        seq_len=t.seq_len,
-        micro_batch=t.micro_batch,
-        hidden=m.hidden_size,
-        n_layers=m.num_layers,
-        n_heads=m.num_heads,
-        bytes_per_value=2 if job.deepspeed.precision == "bf16" else 4,
-    )
-    rm = resource_model(
-        n_params=n_params,
-        optimizer=job.deepspeed.optimizer,
-        precision=job.deepspeed.precision,
-        zero_stage=job.deepspeed.zero_stage,
-        dp_world_size=c.num_workers,
-        activation_bytes=act,
-    )
+    c = job.cluster
+    rm = job_resource_model(job, n_params)
     need_gb = (rm.cost_fixed + rm.cost_per_param) * n_params / 1e9
     if c.memory_gb_per_worker is not None:
         limit, where = c.memory_gb_per_worker, "cluster.memory_gb_per_worker"

@@ -19,7 +19,7 @@ from orchestrator.blueprints.privacy import add_gaussian_noise
 from orchestrator.blueprints.store import LocalBlueprintStore
 from orchestrator.core.gradmass import MagnitudeHistogram
 from orchestrator.core.reports import ProbeReport
-from orchestrator.core.resource_model import ResourceModel, activation_bytes, resource_model
+from orchestrator.core.resource_model import ResourceModel
 
 CHECKPOINT_KEY = "checkpoint"
 """Provenance key holding the checkpoint label ("0.5", "1.0", "stop"): with run_id and step, a version's identity."""
@@ -38,38 +38,6 @@ class BlueprintSettings:
     seed: int = 0
     noise_multiplier: float = 0.0
     noise_clip: float = 1.0
-
-
-def job_resource_model(
-    *,
-    n_params: int,
-    optimizer: str,
-    precision: str,
-    zero_stage: int,
-    world_size: int,
-    seq_len: int,
-    micro_batch: int,
-    hidden: int,
-    n_layers: int,
-    n_heads: int,
-) -> ResourceModel:
-    """The job's real per-rank bytes per parameter (k* in Prop. B.1): its optimizer, precision, ZeRO stage, and
-    activations of its micro-batch."""
-    return resource_model(
-        n_params=n_params,
-        optimizer=optimizer,  # type: ignore[arg-type]
-        precision=precision,  # type: ignore[arg-type]
-        zero_stage=zero_stage,
-        dp_world_size=world_size,
-        activation_bytes=activation_bytes(
-            seq_len=seq_len,
-            micro_batch=micro_batch,
-            hidden=hidden,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            bytes_per_value=4 if precision == "fp32" else 2,
-        ),
-    )
 
 
 def probe_metrics(report: ProbeReport, top_k: float) -> dict[str, float]:

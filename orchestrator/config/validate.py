@@ -16,6 +16,7 @@ from orchestrator.blueprints.builder import FIT_METHODS, GENERAL_DOMAIN, STATIST
 from orchestrator.blueprints.store import check_model_id
 from orchestrator.config.schema import DomainConfig, JobConfig, StopConfig
 from orchestrator.core.gradmass import HistogramSpec
+from orchestrator.core.resource_model import ResourceModel, activation_bytes, resource_model
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.core.stop_rule import StopRuleConfig
@@ -62,6 +63,27 @@ def stop_rule_config(stop: StopConfig) -> StopRuleConfig:
         budget=stop.budget,
         estimator=stop.estimator,  # type: ignore[arg-type]
         max_nonfinite=stop.max_nonfinite,
+    )
+
+
+def job_resource_model(job: JobConfig, n_params: int) -> ResourceModel:
+    """The job's per-rank bytes per parameter (its optimizer, precision, ZeRO stage, world size and micro-batch
+    activations): the memory check at submit and k* in its blueprints (Prop. B.1) both use it."""
+    m, t = job.model, job.train
+    return resource_model(
+        n_params=n_params,
+        optimizer=job.deepspeed.optimizer,  # type: ignore[arg-type]
+        precision=job.deepspeed.precision,  # type: ignore[arg-type]
+        zero_stage=job.deepspeed.zero_stage,
+        dp_world_size=job.cluster.num_workers,
+        activation_bytes=activation_bytes(
+            seq_len=t.seq_len,
+            micro_batch=t.micro_batch,
+            hidden=m.hidden_size,
+            n_layers=m.num_layers,
+            n_heads=m.num_heads,
+            bytes_per_value=2 if job.deepspeed.precision == "bf16" else 4,
+        ),
     )
 
 

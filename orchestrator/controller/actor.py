@@ -211,7 +211,8 @@ class Controller:
             if pool < 1:  # the cluster reports no CPU right now (a node restarting): try again next tick
                 return
             states = [self._job_state(h) for h in live]
-            too_big = {st.job_id: st.requested_slots for st in states if st.requested_slots > pool}
+            need = {st.job_id: st.requested_slots for st in states}
+            too_big = {job_id: n for job_id, n in need.items() if n > pool}
             for h in live:
                 if h.job_id in too_big:
                     note = f"queued: needs {too_big[h.job_id]} slots, the pool has {pool}"
@@ -259,7 +260,7 @@ class Controller:
                         threading.Thread(target=self.request_stop, args=(h.job_id,), daemon=True).start()
             free = pool - sum(h.slots for h in self.jobs.values())
             for h in waiting:
-                note = f"queued: needs {self._job_state(h).requested_slots} slots, {free} of {pool} free"
+                note = f"queued: needs {need[h.job_id]} slots, {free} of {pool} free"
                 if h.schedule != note:
                     h.schedule = note
                     h.writer.set_tags({"cpr.schedule": note})
@@ -433,9 +434,9 @@ class Controller:
         from orchestrator.blueprints.publish import (
             BlueprintSettings,
             blueprint_from_probes,
-            job_resource_model,
             publish_once,
         )
+        from orchestrator.config.validate import job_resource_model
         from orchestrator.tracking.published import record_version
 
         job = h.job
@@ -453,18 +454,7 @@ class Controller:
             noise_multiplier=p.noise_multiplier,
             noise_clip=p.noise_clip,
         )
-        resource = job_resource_model(
-            n_params=n_params,
-            optimizer=job.deepspeed.optimizer,
-            precision=job.deepspeed.precision,
-            zero_stage=job.deepspeed.zero_stage,
-            world_size=job.cluster.num_workers,
-            seq_len=job.train.seq_len,
-            micro_batch=job.train.micro_batch,
-            hidden=job.model.hidden_size,
-            n_layers=job.model.num_layers,
-            n_heads=job.model.num_heads,
-        )
+        resource = job_resource_model(job, n_params)
         bp = blueprint_from_probes(
             reports,
             settings,

@@ -27,6 +27,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def set_rank_env(addr: str, port: int, rank: int, world_size: int, local_rank: int, *, gpus: bool) -> None:
+    """The torch.distributed rendezvous variables DeepSpeed reads, and its CPU accelerator on a CPU rank."""
+    os.environ.update(
+        MASTER_ADDR=addr,
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        # Ray shows each GPU rank only its own device(s) (CUDA_VISIBLE_DEVICES), so its local index is 0.
+        LOCAL_RANK="0" if gpus else str(local_rank),
+    )
+    if not gpus:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 class TrainWorker:
     """Ray actor body (wrapped with ray.remote by `WorkerGroup`)."""
 
@@ -82,16 +96,7 @@ class TrainWorker:
         job = self.job
         gpus = job.cluster.gpus_per_worker > 0
         backend = job.cluster.backend or ("nccl" if gpus else "gloo")
-        os.environ.update(
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world_size),
-            # Ray shows each GPU rank only its own device(s) (CUDA_VISIBLE_DEVICES), so its local index is 0.
-            LOCAL_RANK="0" if gpus else str(self.local_rank),
-        )
-        if not gpus:
-            os.environ["DS_ACCELERATOR"] = "cpu"
+        set_rank_env(master_addr, master_port, self.rank, self.world_size, self.local_rank, gpus=gpus)
         import ray
         import torch
         import torch.distributed as dist

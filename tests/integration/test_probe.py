@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import ray
 from orchestrator.blueprints.grouping import group_of, group_parameters
 from orchestrator.config.compose import compose_job, job_from_dict, job_to_dict
 from orchestrator.core.gradmass import HistogramSpec, MagnitudeHistogram
-from orchestrator.worker.trainer import free_port
+from orchestrator.worker.trainer import free_port, set_rank_env
 
 VOCAB, SEQ, BATCH = 1024, 32, 4
 SPEC = HistogramSpec(lo=1e-12, hi=1e4, bins_per_decade=8)
@@ -43,14 +42,7 @@ class _Rank:
         return ray.util.get_node_ip_address(), free_port()
 
     def run(self, addr: str, port: int, probe: bool) -> dict[str, Any]:
-        os.environ.update(
-            MASTER_ADDR=addr,
-            MASTER_PORT=str(port),
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world),
-            LOCAL_RANK=str(self.rank),
-            DS_ACCELERATOR="cpu",
-        )
+        set_rank_env(addr, port, self.rank, self.world, self.rank, gpus=False)
         import deepspeed
         import torch
 

@@ -14,12 +14,12 @@ from orchestrator.blueprints.publish import (
     CHECKPOINT_KEY,
     BlueprintSettings,
     blueprint_from_probes,
-    job_resource_model,
     probe_metrics,
     publish_once,
 )
 from orchestrator.core.gradmass import HistogramSpec, MagnitudeHistogram
 from orchestrator.core.reports import ProbeReport
+from orchestrator.core.resource_model import resource_model
 
 SPEC = HistogramSpec(lo=1e-8, hi=1e2, bins_per_decade=4)
 GROUPS = {
@@ -43,10 +43,7 @@ def _report(domain: str, scale: float, *, step: int = 100, label: str | None = "
 
 
 SETTINGS = BlueprintSettings(model_id="llama-2m-run1", max_tokens=409600, n_resamples=200)
-RESOURCE = job_resource_model(
-    n_params=10000, optimizer="adamw", precision="fp32", zero_stage=2, world_size=2,
-    seq_len=128, micro_batch=8, hidden=128, n_layers=4, n_heads=4,
-)  # fmt: skip
+RESOURCE = resource_model(n_params=10000, optimizer="adamw", precision="fp32", zero_stage=2, dp_world_size=2)
 
 
 def _blueprint(reports, run_id="run1"):
