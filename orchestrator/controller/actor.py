@@ -183,6 +183,7 @@ class Controller:
             min_slots=need,
             max_slots=need,
             halted=h.tracker.halted,
+            stop_reason=h.tracker.stop.reason.value if h.tracker.stop is not None else "",
             ratio=view["ratio"],
             eta=view["eta"],
             remaining_fraction=max(0.0, 1.0 - view["tokens"] / h.job.train.max_tokens),

@@ -64,6 +64,8 @@ class JobState:
     """The largest size it may grow to."""
     halted: bool = False
     """Its stop rule (or a user) decided STOP."""
+    stop_reason: str = ""
+    """Why it halted (the stop decision's reason: marginal_return, budget, diverged, user)."""
     ratio: float | None = None
     """Latest window ratio ΔΨ/ΔΓ of its stop rule; None before the window fills."""
     eta: float | None = None
@@ -201,7 +203,7 @@ def tick(
 
     for job in jobs:
         if job.halted:
-            decide(SlotAction.STOP, job, 0, "its stop rule or a user halted it")
+            decide(SlotAction.STOP, job, 0, f"halted: {job.stop_reason or 'its stop rule or a user'}")
     live = [j for j in jobs if not j.halted]
     free = total_slots - sum(slots[j.job_id] for j in live)
 

@@ -42,10 +42,10 @@ def actions(decisions) -> list[tuple[str, str | None, int]]:
 
 
 def test_a_stop_hands_its_slots_to_the_waiting_job_in_the_same_tick() -> None:
-    jobs = [running("a", 2, halted=True), job("b", want=2, submitted_t=1.0)]
+    jobs = [running("a", 2, halted=True, stop_reason="marginal_return"), job("b", want=2, submitted_t=1.0)]
     d = tick(2, jobs, now=10.0)
     assert actions(d) == [("stop", "a", 0), ("start", "b", 2)]
-    assert d[0].from_slots == 2
+    assert d[0].from_slots == 2 and d[0].reason == "halted: marginal_return"
     after = apply(jobs, d, now=10.0)
     assert [(j.job_id, j.status, j.slots) for j in after] == [("b", JobStatus.RUNNING, 2)]
 
