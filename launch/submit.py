@@ -239,26 +239,32 @@ def check_capacity(job: JobConfig, have: dict[str, float] | None = None) -> None
 
 
 def check_memory(job: JobConfig, n_params: int) -> float:
-    """Per-rank bytes of weights, grads, optimizer states and activations vs the memory a rank may use."""
-    from orchestrator.config.validate import job_resource_model
+    """Per-rank bytes of weights, grads, optimizer states and activations vs the memory a rank may use, at every
+    size the scheduler may resize the job to (fewer ranks hold bigger ZeRO shards; more ranks share the node)."""
+    import psutil
+
+    from orchestrator.config.validate import job_resource_model, resized, world_sizes
 
     c = job.cluster
-    rm = job_resource_model(job, n_params)
-    need_gb = (rm.cost_fixed + rm.cost_per_param) * n_params / 1e9
-    if c.memory_gb_per_worker is not None:
-        limit, where = c.memory_gb_per_worker, "cluster.memory_gb_per_worker"
-    else:
-        import psutil
-
-        limit, where = psutil.virtual_memory().total / 1e9 / c.num_workers, "this machine's memory per rank"
-    if need_gb > limit:
-        raise InputError(
-            "model",
-            f"{job.model.name} ({n_params / 1e6:.1f}M params) needs ≈{need_gb:.1f} GB per rank with ZeRO-"
-            f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}; {where} is {limit:.1f} GB",
-            "use a smaller model, deepspeed=zero3, more workers, or a larger cluster.memory_gb_per_worker",
-        )
-    return need_gb
+    at_start = 0.0
+    for world in world_sizes(job):
+        rm = job_resource_model(resized(job, world), n_params)
+        need_gb = (rm.cost_fixed + rm.cost_per_param) * n_params / 1e9
+        if c.memory_gb_per_worker is not None:
+            limit, where = c.memory_gb_per_worker, "cluster.memory_gb_per_worker"
+        else:
+            limit, where = psutil.virtual_memory().total / 1e9 / world, "this machine's memory per rank"
+        if need_gb > limit:
+            at = f" at {world} ranks" if world != c.num_workers else ""
+            raise InputError(
+                "model",
+                f"{job.model.name} ({n_params / 1e6:.1f}M params) needs ≈{need_gb:.1f} GB per rank with ZeRO-"
+                f"{job.deepspeed.zero_stage}, {job.deepspeed.precision}{at}; {where} is {limit:.1f} GB",
+                "use a smaller model, deepspeed=zero3, more workers, or a larger cluster.memory_gb_per_worker",
+            )
+        if world == c.num_workers:
+            at_start = need_gb
+    return at_start
 
 
 # -- the job ------------------------------------------------------------------------------------------------
@@ -477,12 +483,12 @@ def print_summary(result: dict[str, Any], job: JobConfig) -> None:
         out.print(f"[dim]absent telemetry sources: {', '.join(s['absent_sources'])}[/dim]")
     if s.get("checkpoint"):
         out.print(f"[dim]checkpoint: {s['checkpoint']}[/dim]")
-    rank0 = next((w for w in s.get("workers") or [] if w.get("rank") == 0), None)
-    if rank0 and rank0.get("probe_s") and rank0.get("train_s"):
-        out.print(
-            f"[dim]gradient probe: {rank0['probe_s']:.1f} s of {rank0['train_s']:.1f} s training "
-            f"({rank0['probe_s'] / rank0['train_s']:.1%})[/dim]"
-        )
+    for r in s.get("restarts") or []:
+        what = f"resized {r['from_workers']} → {r['to_workers']} ranks" if r["to_workers"] else "paused"
+        out.print(f"[dim]step {r['step']}: {what} by checkpoint-restart ({r.get('seconds', 0):.1f} s)[/dim]")
+    train_s, probe_s = s.get("train_s"), s.get("probe_s")  # rank 0's, summed over its gangs
+    if probe_s and train_s:
+        out.print(f"[dim]gradient probe: {probe_s:.1f} s of {train_s:.1f} s training ({probe_s / train_s:.1%})[/dim]")
     print_blueprints(s.get("blueprints") or [], result.get("run_id"))
 
 

@@ -199,7 +199,14 @@ class ClusterConfig:
     address: str | None = None
     """None: start Ray on this machine; "auto" or "host:port": join a running cluster."""
     num_workers: int = 2
-    """Data-parallel ranks (one Ray actor each)."""
+    """Data-parallel ranks (one Ray actor each) the job starts with."""
+    min_workers: int | None = None
+    """Fewest ranks the scheduler may shrink it to while others wait (None: num_workers, never shrunk)."""
+    max_workers: int | None = None
+    """Most ranks the scheduler may grow it to while it pays above η (None: num_workers, never grown).
+    A resize is a checkpoint-restart; the global batch stays micro_batch × grad_accum × num_workers sequences."""
+    resize_cooldown_s: float = 120.0
+    """Least time between two resizes of this job (each costs a checkpoint-restart)."""
     cpus_per_worker: int = 1
     gpus_per_worker: int = 0
     """0 on CPU (gloo); 1 for one rank per GPU (NCCL)."""

@@ -87,6 +87,49 @@ def job_resource_model(job: JobConfig, n_params: int) -> ResourceModel:
     )
 
 
+def world_sizes(job: JobConfig) -> list[int]:
+    """Every data-parallel size the job may run at, smallest first (just num_workers unless it may resize)."""
+    c = job.cluster
+    lo = c.num_workers if c.min_workers is None else c.min_workers
+    hi = c.num_workers if c.max_workers is None else c.max_workers
+    return list(range(lo, hi + 1))
+
+
+def resized(job: JobConfig, world: int) -> JobConfig:
+    """The job at another data-parallel size with the same global batch: grad_accum absorbs the change, so the
+    tokens per optimizer step, the step count and the LR schedule stay as they were."""
+    t = job.train
+    sequences = t.micro_batch * t.grad_accum * job.cluster.num_workers
+    return dataclasses.replace(
+        job,
+        cluster=dataclasses.replace(job.cluster, num_workers=world),
+        train=dataclasses.replace(t, grad_accum=sequences // (t.micro_batch * world)),
+    )
+
+
+def validate_world_sizes(job: JobConfig) -> None:
+    """min_workers ≤ num_workers ≤ max_workers, and the global batch splits evenly at every size in between."""
+    c, t = job.cluster, job.train
+    for name, value in (("cluster.min_workers", c.min_workers), ("cluster.max_workers", c.max_workers)):
+        if value is not None:
+            _int_at_least(name, value, 1, "or null for cluster.num_workers")
+    if c.min_workers is not None and c.min_workers > c.num_workers:
+        raise InputError("cluster.min_workers", f"{c.min_workers} is above num_workers ({c.num_workers})", None)
+    if c.max_workers is not None and c.max_workers < c.num_workers:
+        raise InputError("cluster.max_workers", f"{c.max_workers} is below num_workers ({c.num_workers})", None)
+    _number_in("cluster.resize_cooldown_s", c.resize_cooldown_s, 0.0, 1e7, "seconds, e.g. 120")
+    steps = t.grad_accum * c.num_workers  # micro-batches per optimizer step, over all ranks
+    uneven = [w for w in world_sizes(job) if steps % w]
+    if uneven:
+        field = "cluster.max_workers" if uneven[-1] > c.num_workers else "cluster.min_workers"
+        raise InputError(
+            field,
+            f"the global batch of {steps} micro-batches (train.grad_accum × cluster.num_workers) does not split "
+            f"evenly over {', '.join(map(str, uneven))} ranks",
+            "pick sizes that divide it, or raise train.grad_accum",
+        )
+
+
 def tokens_per_step(job: JobConfig) -> int:
     t = job.train
     return t.seq_len * t.micro_batch * t.grad_accum * job.cluster.num_workers
@@ -263,6 +306,7 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
     _int_at_least("train.eval_sequences", t.eval_sequences, 1, "held-out sequences per evaluation, e.g. 64")
     _int_at_least("train.report_interval", t.report_interval, 1, "optimizer steps between reports, e.g. 5")
     _int_at_least("cluster.num_workers", job.cluster.num_workers, 1, "data-parallel ranks, e.g. 2")
+    validate_world_sizes(job)
     per_step = tokens_per_step(job)
     _check(
         "train.max_tokens",

@@ -28,7 +28,8 @@ from orchestrator.errors import InputError
 CONTROLLER_NAME = "cpr-controller"
 STOP_POLL_S = 2.0
 SCHEDULER_TICK_S = 0.5
-RUNNING_STATES = ("starting", "running")
+RUNNING_STATES = ("starting", "running", "restarting")
+"""States in which a job holds pool slots ("restarting": checkpointed, coming back at another size)."""
 
 
 @dataclass
@@ -60,6 +61,21 @@ class JobHandle:
     """What `_run_job` needs once the scheduler starts the job: (job dict, prepared, checkpoint dir)."""
     schedule: str = ""
     """The scheduler's last word on this job, as `cpr status` shows it."""
+    world: int = 0
+    """Ranks of its current (or last) worker gang."""
+    restart_to: int | None = None
+    """A decided resize (the ranks to come back with) or pause (0): the ranks checkpoint at their next report."""
+    resume: dict[str, Any] | None = None
+    """The checkpoint its next gang loads: {"dir", "tag", "universal"}."""
+    incarnation: int = 0
+    """Gangs started before the current one (restarts)."""
+    last_resize_t: float | None = None
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    """Each checkpoint-restart: {"step", "from_workers", "to_workers", "seconds"} (seconds from the decision to
+    the new gang's start; 0 ranks: paused)."""
+    train_s: float = 0.0
+    probe_s: float = 0.0
+    """Rank 0's training and probe seconds summed over its gangs."""
 
 
 class Controller:
@@ -168,26 +184,47 @@ class Controller:
             time.sleep(SCHEDULER_TICK_S)
 
     def _job_state(self, h: JobHandle) -> Any:
+        from orchestrator.config.validate import world_sizes
         from orchestrator.core.scheduling import JobState, JobStatus
 
-        need = h.job.cluster.num_workers * h.job.cluster.cpus_per_worker
-        view = h.tracker.view()
+        c = h.job.cluster
+        sizes = world_sizes(h.job)
+        ratio, eta, tokens = self._figures(h)
+        status = (
+            JobStatus.RUNNING
+            if h.state in RUNNING_STATES
+            else JobStatus.PAUSED
+            if h.state == "paused"
+            else JobStatus.QUEUED
+        )
         return JobState(
             job_id=h.job_id,
             priority=h.job.priority,
             submitted_t=h.submitted_t,
-            status=JobStatus.RUNNING if h.state in RUNNING_STATES else JobStatus.QUEUED,
+            status=status,
             slots=h.slots,
-            # Resizing (a checkpoint-restart at another world size) is not wired yet: a job keeps its size.
-            requested_slots=need,
-            min_slots=need,
-            max_slots=need,
+            requested_slots=c.num_workers * c.cpus_per_worker,
+            min_slots=sizes[0] * c.cpus_per_worker,
+            max_slots=sizes[-1] * c.cpus_per_worker,
+            slot_step=c.cpus_per_worker,
+            # A restart under way counts as a resize just now: no second one until it has come back and cooled.
+            last_resize_t=time.time() if h.restart_to is not None else h.last_resize_t,
+            resize_cooldown_s=c.resize_cooldown_s,
             halted=h.tracker.halted,
             stop_reason=h.tracker.stop.reason.value if h.tracker.stop is not None else "",
-            ratio=view["ratio"],
-            eta=view["eta"],
-            remaining_fraction=max(0.0, 1.0 - view["tokens"] / h.job.train.max_tokens),
+            ratio=ratio,
+            eta=eta,
+            remaining_fraction=max(0.0, 1.0 - tokens / h.job.train.max_tokens),
         )
+
+    @staticmethod
+    def _figures(h: JobHandle) -> tuple[float | None, float | None, int]:
+        """Its latest window ratio, η and tokens, read without its lock (the pool lock is held here, and an ending
+        job takes its own lock before the pool's): single reads of a list's last item and of an attribute."""
+        decisions = h.tracker.decisions
+        last = decisions[-1] if decisions else {}
+        train = h.tracker.last_train
+        return last.get("ratio"), last.get("eta"), train.tokens if train else 0
 
     def _tick(self) -> None:
         """One scheduling round: the pure policy decides, this applies and records (DESIGN.md §2)."""
@@ -201,7 +238,8 @@ class Controller:
             live = [
                 h
                 for h in self.jobs.values()
-                if (h.state == "queued" and not h.done.is_set()) or (h.state in RUNNING_STATES and h.slots > 0)
+                if (h.state in ("queued", "paused") and not h.done.is_set())
+                or (h.state in RUNNING_STATES and h.slots > 0)
             ]
             if not live:
                 return
@@ -226,7 +264,7 @@ class Controller:
                     pool,
                     [st for st in states if st.job_id not in too_big],
                     now=time.time(),
-                    config=PolicyConfig(grow=False, shrink=False, preempt=False),
+                    config=PolicyConfig(),
                 )
                 if live
                 else []
@@ -243,15 +281,19 @@ class Controller:
                 if d.action is SlotAction.START:
                     h.slots = d.to_slots
                     self._set_state(h, "starting")
-                    threading.Thread(
-                        target=self._run_job, args=(h, *h.launch), name=f"job-{h.job_id}", daemon=True
-                    ).start()
+                    threading.Thread(target=self._run_job, args=(h,), name=f"job-{h.job_id}", daemon=True).start()
                 elif d.action is SlotAction.STOP:
                     h.slots = 0
-                    if h.state not in RUNNING_STATES:  # stopped while queued: it ends without starting
+                    if h.state not in RUNNING_STATES:  # stopped while queued or paused: it ends without starting
                         self._set_state(h, "stopping")
                         threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
-            waiting = [h for h in live if h.state == "queued" and not h.tracker.halted]
+                elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
+                    # The ranks see it in their next report's answer, checkpoint and return; `_run_job` restarts
+                    # the job at the new size (or leaves it paused). The slots count as moved from now on.
+                    h.slots = d.to_slots
+                    h.restart_to = d.to_slots // h.job.cluster.cpus_per_worker
+                    h.last_resize_t = time.time()
+            waiting = [h for h in live if h.state in ("queued", "paused") and not h.tracker.halted]
             if time.monotonic() >= self._next_stop_poll:  # `cpr stop` of a queued job: its ranks poll nothing yet
                 from orchestrator.tracking.runs import is_stop_requested
 
@@ -281,6 +323,9 @@ class Controller:
             h.schedule = f"{d.action.value}: {d.reason}"
             h.store.append("schedule.jsonl", [entry])
             h.writer.set_tags({"cpr.schedule": h.schedule, "cpr.slots": str(d.to_slots)})
+            # The slots over the run's steps: MLflow draws start, resizes, pauses and the STOP as one line.
+            last = h.tracker.last_train  # one attribute read: the tracker's own lock is not held here
+            h.writer.log_metrics({"scheduler/slots": float(d.to_slots)}, step=last.step if last else 0)
 
     def _release(self, h: JobHandle) -> None:
         """A job that ended without a STOP from the scheduler (its budget, a failure) gives its slots back."""
@@ -289,7 +334,7 @@ class Controller:
         with self._pool_lock:
             if not h.slots:
                 return
-            view = h.tracker.view()
+            ratio, eta, _ = self._figures(h)
             why = (h.summary or {}).get("reason") or h.error or "unknown"
             d = SlotDecision(
                 action=SlotAction.STOP,
@@ -297,8 +342,8 @@ class Controller:
                 from_slots=h.slots,
                 to_slots=0,
                 reason=f"ended ({h.state}: {why})"[:500],
-                ratio=view["ratio"],
-                eta=view["eta"],
+                ratio=ratio,
+                eta=eta,
             )
             self._record(d, h, self._pool)
             h.slots = 0
@@ -309,30 +354,60 @@ class Controller:
         finally:
             h.done.set()
 
-    def _run_job(self, h: JobHandle, job: dict[str, Any], prepared: dict[str, Any], checkpoint_dir: str) -> None:
+    def _run_job(self, h: JobHandle) -> None:
+        """Run the job's gangs until it ends: a decided resize restarts it from its checkpoint at the new size, a
+        pause leaves it waiting for slots (the scheduler's START runs this again, from that checkpoint)."""
         import ray
 
+        from orchestrator.config.compose import job_to_dict
+        from orchestrator.config.validate import resized
         from orchestrator.tracking.runs import is_stop_requested
         from orchestrator.worker.group import WorkerGroup
 
+        _, prepared, checkpoint_dir = h.launch
         me = ray.get_runtime_context().current_actor
-        h.group = WorkerGroup(
-            job_id=h.job_id, job=h.job, job_dict=job, prepared=prepared, checkpoint_dir=checkpoint_dir, controller=me
-        )
+        paused = False
         try:
-            refs = h.group.start()
-            self._set_state(h, "running")
-            pending = list(refs)
-            next_poll = time.monotonic() + STOP_POLL_S
-            while pending:
-                done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-                for ref in done:
-                    h.results.append(ray.get(ref))  # a failed rank raises here
-                if pending and time.monotonic() >= next_poll and not h.tracker.halted:
-                    next_poll = time.monotonic() + STOP_POLL_S
-                    if is_stop_requested(h.writer.client, h.writer.run_id):
-                        self.request_stop(h.job_id)
-            self._finish(h)
+            while True:
+                world = h.slots // h.job.cluster.cpus_per_worker
+                job = resized(h.job, world)
+                h.group = WorkerGroup(
+                    job_id=h.job_id,
+                    job=job,
+                    job_dict=job_to_dict(job),
+                    prepared=prepared,
+                    checkpoint_dir=checkpoint_dir,
+                    controller=me,
+                    resume=h.resume,
+                    incarnation=h.incarnation,
+                )
+                refs = h.group.start()
+                if h.restarts and "seconds" not in h.restarts[-1]:
+                    h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("t_decided")
+                h.world = world
+                self._set_state(h, "running")
+                h.results = []
+                pending = list(refs)
+                next_poll = time.monotonic() + STOP_POLL_S
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                    for ref in done:
+                        h.results.append(ray.get(ref))  # a failed rank raises here
+                    if pending and time.monotonic() >= next_poll and not h.tracker.halted:
+                        next_poll = time.monotonic() + STOP_POLL_S
+                        if is_stop_requested(h.writer.client, h.writer.run_id):
+                            self.request_stop(h.job_id)
+                h.group.shutdown()
+                h.group = None
+                rank0 = min(h.results, key=lambda r: r["rank"])
+                h.train_s += rank0["train_s"]
+                h.probe_s += rank0["probe_s"]
+                if not self._restarting(h):
+                    self._finish(h)
+                    return
+                paused = self._restart(h, rank0)
+                if paused:
+                    return
         except Exception as exc:  # a rank died or raised: the job fails with the reason on its run
             cause = getattr(exc, "cause", None)  # a rank's own exception inside Ray's RayTaskError
             if isinstance(cause, InputError):  # bad input met at run time (e.g. a histogram range): one line
@@ -346,8 +421,55 @@ class Controller:
         finally:
             if h.group is not None:
                 h.group.shutdown()
-            self._release(h)
-            h.done.set()
+                h.group = None
+            if not paused:
+                self._release(h)
+                h.done.set()
+
+    def _restarting(self, h: JobHandle) -> bool:
+        """The gang returned for a decided resize or pause (not for a STOP, nor at the end of its budget)."""
+        with self._pool_lock:
+            if h.restart_to is None:
+                return False
+            if h.tracker.halted or any(r["ended_by"] != "restart" for r in h.results):
+                h.restart_to = None  # it ended meanwhile: its slots go back through `_release`
+                return False
+            return True
+
+    def _restart(self, h: JobHandle, rank0: dict[str, Any]) -> bool:
+        """Point the job at its checkpoint for the next gang; True when it was a pause (it now waits for slots).
+
+        ZeRO 1–3 shard optimizer state by world size, so a checkpoint to be loaded at another size is first
+        converted with DeepSpeed's `ds_to_universal` and loaded with `checkpoint.load_universal` (ZeRO-0's loads at
+        any size as it is)."""
+        with self._pool_lock:
+            target = h.restart_to
+            assert target is not None
+            # A paused job comes back at the size it asked for (the scheduler's START gives it that many slots).
+            next_world = target or h.job.cluster.num_workers
+        self._set_state(h, "restarting" if target else "pausing")
+        ckpt = Path(rank0["checkpoint"])
+        h.resume = {"dir": str(ckpt.parent), "tag": ckpt.name, "universal": False}
+        if next_world != h.world and h.job.deepspeed.zero_stage > 0:
+            h.resume = to_universal(ckpt)
+        h.incarnation += 1
+        h.restarts.append(
+            {
+                "step": rank0["step"],
+                "from_workers": h.world,
+                "to_workers": target,
+                "t_decided": h.last_resize_t or time.time(),
+            }
+        )
+        with self._pool_lock:
+            h.restart_to = None
+            if target:
+                return False
+            h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("t_decided")
+            self._set_state(h, "paused")
+            h.schedule = f"paused at step {rank0['step']}: waits for {h.job.cluster.num_workers} ranks' slots"
+            h.writer.set_tags({"cpr.schedule": h.schedule})
+            return True
 
     # -- reports from workers (called concurrently) --------------------------------------------------------
     def sources(self, job_id: str, rank: int, statuses: list[dict[str, Any]]) -> None:
@@ -383,7 +505,7 @@ class Controller:
             metrics = h.tracker.on_train(r)
             metrics.update(h.tracker.resource_metrics(r.t_s))
             h.writer.log_metrics(metrics, step=r.step)
-            return {"halt": h.tracker.halted}
+            return self._answer(h)
 
     def eval(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
         h = self.jobs[job_id]
@@ -402,10 +524,16 @@ class Controller:
                     }
                 )
             self._persist(h)
-            return {
-                "halt": outcome.halt or h.tracker.halted,
-                "decision": outcome.decision.to_dict() if outcome.decision else None,
-            }
+            answer = self._answer(h, halt=outcome.halt)
+            answer["decision"] = outcome.decision.to_dict() if outcome.decision else None
+            return answer
+
+    @staticmethod
+    def _answer(h: JobHandle, *, halt: bool = False) -> dict[str, Any]:
+        """What the ranks do next: go on, stop (the job ends) or restart (checkpoint for a resize or a pause)."""
+        halt = halt or h.tracker.halted
+        restart = h.restart_to is not None and not halt
+        return {"halt": halt or restart, "restart": restart}
 
     def probe(self, job_id: str, reports: list[dict[str, Any]]) -> None:
         """One probe (general set, plus every domain at a blueprint checkpoint): metrics, then maybe a blueprint."""
@@ -437,7 +565,7 @@ class Controller:
             blueprint_from_probes,
             publish_once,
         )
-        from orchestrator.config.validate import job_resource_model
+        from orchestrator.config.validate import job_resource_model, resized
         from orchestrator.tracking.published import record_version
 
         job = h.job
@@ -455,7 +583,7 @@ class Controller:
             noise_multiplier=p.noise_multiplier,
             noise_clip=p.noise_clip,
         )
-        resource = job_resource_model(job, n_params)
+        resource = job_resource_model(resized(job, h.world or job.cluster.num_workers), n_params)
         bp = blueprint_from_probes(
             reports,
             settings,
@@ -467,7 +595,7 @@ class Controller:
                 "model": job.model.name,
                 "data": job.data.name,
                 "zero_stage": job.deepspeed.zero_stage,
-                "world_size": job.cluster.num_workers,
+                "world_size": h.world or job.cluster.num_workers,
                 "probe_batches": len(next(iter(general.batch_norms.values()))),
             },
         )
@@ -559,6 +687,9 @@ class Controller:
                 absent_sources=sorted({s["name"] for st in h.sources.values() for s in st if not s["present"]}),
                 telemetry_errors=[e for r in h.results for e in r.get("telemetry_errors", [])],
                 workers=sorted(h.results, key=lambda r: r["rank"]),
+                train_s=h.train_s,
+                probe_s=h.probe_s,
+                restarts=list(h.restarts),
                 blueprints=list(h.blueprints),
             )
             h.summary = summary
@@ -597,6 +728,33 @@ class Controller:
         telemetry = h.store.path("telemetry.jsonl")
         if telemetry.exists():
             h.writer.log_file(str(telemetry))
+
+
+def to_universal(ckpt: Path) -> dict[str, Any]:
+    """Convert a DeepSpeed ZeRO checkpoint (`<dir>/<tag>`) to a universal one (`<dir>/universal/<tag>`), loadable at
+    any world size; returns it as a resume point."""
+    import subprocess
+    import sys
+
+    out = ckpt.parent / "universal" / ckpt.name
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(ckpt),
+        "--output_folder",
+        str(out),
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise RuntimeError(f"ds_to_universal could not convert {ckpt} (exit {done.returncode}): {tail}")
+    return {"dir": str(out.parent), "tag": ckpt.name, "universal": True}
 
 
 def controller_handle(namespace: str, *, detached: bool) -> Any:

@@ -73,6 +73,15 @@ class JobState:
     remaining_fraction: float = 1.0
     """Share of its budget still ahead of it."""
     last_resize_t: float | None = None
+    slot_step: int = 1
+    """Slots per rank: every size it runs at is a multiple of this (a rank with 2 CPUs moves 2 slots at once)."""
+    resize_cooldown_s: float | None = None
+    """Its own least time between resizes; None: the policy's."""
+
+    def size_at_most(self, n: int) -> int | None:
+        """The largest size it may run at that is ≤ n, or None when even its smallest is larger."""
+        size = min(n, self.max_slots) // self.slot_step * self.slot_step
+        return size if size >= self.min_slots else None
 
     @property
     def merit(self) -> float | None:
@@ -135,6 +144,13 @@ def check_job(job: JobState, total_slots: int) -> None:
             f"{job.max_slots}",
             "fix the job's sizes",
         )
+    if job.slot_step < 1 or any(n % job.slot_step for n in (job.min_slots, job.requested_slots, job.max_slots)):
+        raise InputError(
+            f"job {job.job_id}",
+            f"slot sizes {job.min_slots}, {job.requested_slots}, {job.max_slots} must be multiples of its "
+            f"{job.slot_step} slots per rank",
+            "fix the job's sizes",
+        )
     if job.requested_slots > total_slots:
         raise InputError(
             "cluster.num_workers",
@@ -161,7 +177,8 @@ def _check_tick(total_slots: int, jobs: Sequence[JobState]) -> None:
 
 
 def _cooled(job: JobState, now: float, config: PolicyConfig) -> bool:
-    return job.last_resize_t is None or now - job.last_resize_t >= config.resize_cooldown_s
+    cooldown = config.resize_cooldown_s if job.resize_cooldown_s is None else job.resize_cooldown_s
+    return job.last_resize_t is None or now - job.last_resize_t >= cooldown
 
 
 def _waiting_order(job: JobState) -> tuple[int, float, str]:
@@ -248,12 +265,12 @@ def tick(
                 for d in donors:
                     if free >= need:
                         break
-                    give = min(slots[d.job_id] - d.min_slots, need - free)
-                    free += give
+                    to = d.size_at_most(slots[d.job_id] - (need - free)) or d.min_slots
+                    free += slots[d.job_id] - to
                     decide(
                         SlotAction.RESIZE,
                         d,
-                        slots[d.job_id] - give,
+                        to,
                         f"shrinks for {job.job_id}: its ratio is {d.merit:.3g}× its η, the lowest",
                     )
         if need > free:
@@ -276,13 +293,11 @@ def tick(
             and _cooled(r, now, config)
         ]
         for r in sorted(candidates, key=_merit_order, reverse=True):
-            if free == 0:
-                break
-            give = min(free, r.max_slots - slots[r.job_id])
-            free -= give
-            decide(
-                SlotAction.RESIZE, r, slots[r.job_id] + give, f"grows: its ratio is {r.merit:.3g}× its η, the highest"
-            )
+            to = r.size_at_most(slots[r.job_id] + free)
+            if to is None or to <= slots[r.job_id]:
+                continue  # the free slots are fewer than one more rank of it
+            free -= to - slots[r.job_id]
+            decide(SlotAction.RESIZE, r, to, f"grows: its ratio is {r.merit:.3g}× its η, the highest")
     if free > 0:
         if waiting:
             why = f"{len(waiting)} waiting job(s) need more slots than are free"

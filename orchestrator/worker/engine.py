@@ -8,8 +8,9 @@ from typing import Any
 from orchestrator.config.schema import JobConfig
 
 
-def deepspeed_config(job: JobConfig) -> dict[str, Any]:
-    """DeepSpeed's JSON config for this job (ZeRO stage, precision, batch sizes, clipping)."""
+def deepspeed_config(job: JobConfig, *, load_universal: bool = False) -> dict[str, Any]:
+    """DeepSpeed's JSON config for this job (ZeRO stage, precision, batch sizes, clipping); `load_universal`: the
+    checkpoint to load was converted by `ds_to_universal` (a restart at another world size)."""
     t, d = job.train, job.deepspeed
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch,
@@ -22,6 +23,7 @@ def deepspeed_config(job: JobConfig) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
+        "checkpoint": {"load_universal": load_universal},
     }
     return cfg
 
@@ -42,7 +44,7 @@ def lr_lambda(job: JobConfig, total_steps: int):
     return factor
 
 
-def build_engine(job: JobConfig, model: Any, total_steps: int) -> Any:
+def build_engine(job: JobConfig, model: Any, total_steps: int, *, load_universal: bool = False) -> Any:
     """deepspeed.initialize with torch's AdamW (decay on matrices only) and the LR schedule as a LambdaLR."""
     import deepspeed
     import torch
@@ -55,7 +57,10 @@ def build_engine(job: JobConfig, model: Any, total_steps: int) -> Any:
     optimizer = opt_cls(groups, lr=t.lr, betas=(t.beta1, t.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job, total_steps))
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(job)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(job, load_universal=load_universal),
     )
     return engine
 

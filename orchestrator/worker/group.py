@@ -1,7 +1,7 @@
 """A job's gang of training ranks: one placement group, one Ray actor per rank, a gloo/NCCL rendezvous.
 
 Why our own actor group rather than Ray Train's TorchTrainer: the controller must talk to the ranks at every
-evaluation check (and later grow or shrink the gang through a checkpoint-restart), while Ray Train v2 runs its
+evaluation check and grow or shrink the gang through a checkpoint-restart, while Ray Train v2 runs its
 own controller that owns the worker lifecycle and failure handling. An actor group keeps one owner: ours.
 """
 
@@ -25,13 +25,18 @@ class WorkerGroup:
         prepared: dict[str, Any],
         checkpoint_dir: str,
         controller: Any,
+        resume: dict[str, Any] | None = None,
+        incarnation: int = 0,
     ) -> None:
+        """`job` at the size to start (cluster.num_workers ranks); `resume`: the checkpoint its ranks load first."""
         self.job_id = job_id
         self.job = job
         self.job_dict = job_dict
         self.prepared = prepared
         self.checkpoint_dir = checkpoint_dir
         self.controller = controller
+        self.resume = resume
+        self.incarnation = incarnation
         self.pg: Any = None
         self.actors: list[Any] = []
 
@@ -44,11 +49,12 @@ class WorkerGroup:
         from orchestrator.worker.trainer import TrainWorker
 
         c = self.job.cluster
+        suffix = f"-{self.incarnation}" if self.incarnation else ""  # a restart's names, apart from the last one's
         bundle: dict[str, float] = {"CPU": float(c.cpus_per_worker)}
         if c.gpus_per_worker:
             bundle["GPU"] = float(c.gpus_per_worker)
         self.pg = placement_group(
-            [dict(bundle) for _ in range(c.num_workers)], strategy="PACK", name=f"cpr-{self.job_id}"
+            [dict(bundle) for _ in range(c.num_workers)], strategy="PACK", name=f"cpr-{self.job_id}{suffix}"
         )
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
@@ -69,7 +75,7 @@ class WorkerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=rank
                 ),
-                name=f"cpr-{self.job_id}-rank{rank}",
+                name=f"cpr-{self.job_id}-rank{rank}{suffix}",
             ).remote(
                 rank=rank,
                 world_size=c.num_workers,
@@ -79,6 +85,8 @@ class WorkerGroup:
                 prepared=self.prepared,
                 checkpoint_dir=self.checkpoint_dir,
                 controller=self.controller,
+                resume=self.resume,
+                incarnation=self.incarnation,
             )
             self.actors.append(actor)
         addr, port = ray.get(self.actors[0].address.remote())

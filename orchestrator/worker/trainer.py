@@ -4,7 +4,9 @@ Every `report_interval` steps the ranks all-reduce [loss sum, stop flag]: rank 0
 controller answered its previous report with a halt (a user stop), so all ranks leave the loop at the same
 step. At every evaluation check rank 0 waits for the controller's decision (milliseconds; the check is a
 synchronisation point anyway) and the flag travels the same way. On a halt every rank saves its part of a
-DeepSpeed checkpoint and returns.
+DeepSpeed checkpoint and returns. The controller may also ask for a *restart* (the flag's value 2): the ranks
+checkpoint and return the same way, and the controller starts the job again from that checkpoint at another
+world size (a resize) or later (after a pause). A rank given `resume` loads it before its first step.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ class TrainWorker:
         prepared: dict[str, Any],
         checkpoint_dir: str,
         controller: Any,
+        resume: dict[str, Any] | None = None,
+        incarnation: int = 0,
     ) -> None:
+        """`resume`: {"dir", "tag", "universal"} of the checkpoint to start from; `incarnation`: how many times
+        the job has been restarted (it keeps the telemetry sources of each restart apart)."""
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
@@ -64,6 +70,8 @@ class TrainWorker:
         self.prepared = prepared
         self.checkpoint_dir = checkpoint_dir
         self.controller = controller
+        self.resume = resume
+        self.incarnation = incarnation
         self._pending: list[Any] = []
         self._lock = threading.Lock()
 
@@ -116,8 +124,17 @@ class TrainWorker:
         model = build_model(job.model, prepared.vocab_size, t.seq_len, job.seed)
         per_step = t.seq_len * t.micro_batch * t.grad_accum * self.world_size
         total_steps = t.max_tokens // per_step
-        engine = build_engine(job, model, total_steps)
-        batches = TrainBatches(prepared, t.seq_len, t.micro_batch, self.rank, self.world_size, job.seed)
+        resume = self.resume
+        engine = build_engine(job, model, total_steps, load_universal=bool(resume and resume["universal"]))
+        batches = TrainBatches(prepared, t.seq_len, t.micro_batch, t.grad_accum, self.rank, self.world_size, job.seed)
+        step, tokens = 0, 0
+        if resume is not None:
+            # Weights, optimizer and LR-scheduler states; a universal checkpoint re-shards them for this world size.
+            path, client = engine.load_checkpoint(resume["dir"], tag=resume["tag"])
+            if path is None:
+                raise RuntimeError(f"no DeepSpeed checkpoint {resume['tag']!r} in {resume['dir']}")
+            step, tokens = int(client["step"]), int(client["tokens"])
+            batches.load_state_dict({"step": step, "micro": 0})
         per_rank = max(1, t.eval_sequences // self.world_size)
         val = val_batches(prepared, t.seq_len, t.micro_batch, per_rank * self.world_size)
         my_val = val[self.rank :: self.world_size][: max(1, len(val) // self.world_size)]
@@ -129,8 +146,10 @@ class TrainWorker:
             from orchestrator.telemetry.sampler import TelemetrySampler, node_name
 
             tel = job.telemetry
+            # A restarted rank is a new source: its counters start again from 0 and its sample ids again from 1.
+            restart = f"-{self.incarnation}" if self.incarnation else ""
             sampler = TelemetrySampler(
-                source_prefix=f"{node_name()}/rank{self.rank}",
+                source_prefix=f"{node_name()}/rank{self.rank}{restart}",
                 sink=self._telemetry_sink,
                 interval_s=tel.interval_s,
                 nvml=tel.nvml and gpus,
@@ -175,20 +194,24 @@ class TrainWorker:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
             return tensor.tolist()
 
-        def check(step: int, tokens: int, final: bool) -> bool:
+        def flag(answer: dict[str, Any]) -> float:
+            """The controller's answer as the number the ranks all-reduce: 0 go on, 1 stop, 2 restart."""
+            return 2.0 if answer.get("restart") else 1.0 if answer["halt"] else 0.0
+
+        def check(step: int, tokens: int, final: bool) -> float:
             loss_sum, n = evaluate(engine, my_val)
             total, count = all_reduce([loss_sum, float(n)])
             halt = 0.0
             if bare:
-                return False
+                return 0.0
             if self.rank == 0:
                 report = EvalReport(step=step, tokens=tokens, val_loss=total / count, t_s=time.time(), final=final)
-                answer = ray.get(self.controller.eval.remote(self.job_id, report.to_dict()))
-                halt = 1.0 if answer["halt"] else 0.0
-            return all_reduce([halt])[0] > 0
+                halt = flag(ray.get(self.controller.eval.remote(self.job_id, report.to_dict())))
+            return all_reduce([halt])[0]
 
-        step, tokens, reason = 0, 0, "budget"
-        interval_loss, interval_steps, t_mark, tokens_mark = 0.0, 0, time.perf_counter(), 0
+        reason = "budget"
+        start_tokens = tokens
+        interval_loss, interval_steps, t_mark, tokens_mark = 0.0, 0, time.perf_counter(), tokens
         last_answer: Any = None
         engine.train()
         t_loop = time.perf_counter()
@@ -207,9 +230,9 @@ class TrainWorker:
                 user_halt = 0.0
                 if self.rank == 0 and last_answer is not None:
                     ready, _ = ray.wait([last_answer], timeout=0)
-                    if ready and ray.get(ready[0])["halt"]:
-                        user_halt = 1.0
-                loss_sum, flag = all_reduce([float(interval_loss), user_halt])
+                    if ready:
+                        user_halt = flag(ray.get(ready[0]))
+                loss_sum, said = all_reduce([float(interval_loss), user_halt])
                 if self.rank == 0:
                     now = time.perf_counter()
                     report = TrainReport(
@@ -224,14 +247,16 @@ class TrainWorker:
                     self._send(last_answer)
                     t_mark, tokens_mark = now, tokens
                 interval_loss, interval_steps = 0.0, 0
-                if flag > 0:
-                    halt, reason = True, "user"
-            if not halt and (step % t.eval_interval == 0 or step == total_steps):
-                halt = check(step, tokens, final=step == total_steps)
-                if halt:
-                    reason = "controller"
+                if said > 0:
+                    halt, reason = True, "restart" if said > 1 else "user"
+            # A restart still takes this step's check: the rule's window must not lose a point to a resize.
+            if (not halt or reason == "restart") and (step % t.eval_interval == 0 or step == total_steps):
+                said = check(step, tokens, final=step == total_steps)
+                if said > 0:
+                    halt, reason = True, "restart" if said > 1 else "controller"
             if probe is not None:
-                label = probe_steps.get(step) or ("stop" if halt else None)
+                # A STOP's blueprint ("stop"); a restart is not an end and publishes nothing.
+                label = probe_steps.get(step) or ("stop" if halt and reason != "restart" else None)
                 if label is not None or step % job.probe.interval == 0:
                     probe_s += run_probe(step, tokens, label)
             if halt:
@@ -264,6 +289,7 @@ class TrainWorker:
             "checkpoint": str(Path(self.checkpoint_dir) / tag),
             "train_s": train_s,
             "probe_s": probe_s,
-            "tokens_per_s": tokens / train_s if train_s > 0 else None,
+            "world_size": self.world_size,
+            "tokens_per_s": (tokens - start_tokens) / train_s if train_s > 0 else None,
             "telemetry_errors": list(sampler.errors) if sampler is not None else [],
         }

@@ -104,21 +104,31 @@ def test_bad_data_config_names_the_field(tmp_path, make, field: str) -> None:
     assert err.value.field == field
 
 
-def test_batches_are_rank_sharded_deterministic_and_resumable(tmp_path) -> None:
+def test_batches_are_deterministic_resumable_and_the_same_global_batch_at_any_world_size(tmp_path) -> None:
     corpus(tmp_path / "c", n=20, words=1000)
     p = prepare_data(Data(path=str(tmp_path / "c")))
-    r0, r1 = TrainBatches(p, 16, 4, 0, 2, seed=1), TrainBatches(p, 16, 4, 1, 2, seed=1)
-    shard = p.n_train_tokens // 2
-    assert r0.lo == 0 and r1.lo == shard and r0.lo + r0.n_starts + 17 <= shard
+    r0, r1 = TrainBatches(p, 16, 4, 1, 0, 2, seed=1), TrainBatches(p, 16, 4, 1, 1, 2, seed=1)
     x0, y0 = next(r0)
     assert x0.shape == (4, 16) and (x0[:, 1:] == y0[:, :-1]).all()
-    again = TrainBatches(p, 16, 4, 0, 2, seed=1)
+    assert not (next(r1)[0] == x0).all()  # ranks take different slices of the step's global batch
+    again = TrainBatches(p, 16, 4, 1, 0, 2, seed=1)
     assert (next(again)[0] == x0).all()
     next(r0)
     third = next(r0)[0]
-    resumed = TrainBatches(p, 16, 4, 0, 2, seed=1)
-    resumed.load_state_dict({"drawn": 2})
+    resumed = TrainBatches(p, 16, 4, 1, 0, 2, seed=1)
+    resumed.load_state_dict({"step": 2, "micro": 0})
     assert (next(resumed)[0] == third).all()
+
+    # Step by step, 2 ranks × 1 micro-step, 1 rank × 2 micro-steps and 4 ranks of half the micro-batch × 1 all
+    # train on the same sequences (a resize keeps the global batch, and so the data).
+    def step_rows(world: int, micro: int, accum: int, steps: int) -> list[list[bytes]]:
+        ranks = [TrainBatches(p, 16, micro, accum, r, world, seed=1) for r in range(world)]
+        rows = []
+        for _ in range(steps):
+            rows.append(sorted(bytes(x.numpy()) for rank in ranks for _ in range(accum) for x in next(rank)[0]))
+        return rows
+
+    assert step_rows(2, 4, 1, 3) == step_rows(1, 4, 2, 3) == step_rows(4, 2, 1, 3)
     v = val_batches(p, 16, 4, 8)
     assert len(v) == 2 and all((a[0] == b[0]).all() for a, b in zip(v, val_batches(p, 16, 4, 8), strict=True))
     with pytest.raises(InputError):

@@ -121,6 +121,24 @@ def test_free_slots_go_to_the_job_that_pays_most_above_its_eta() -> None:
     assert d[-1].reason.startswith("no running job pays above its η")
 
 
+def test_sizes_move_by_whole_ranks_and_a_job_may_have_its_own_cooldown() -> None:
+    # 2 slots per rank: 3 free slots grow it by one rank (2), the odd slot stays idle
+    d = tick(7, [running("a", 4, ratio=3.0, slot_step=2, min_slots=2, max_slots=8)], now=0.0)
+    assert actions(d) == [("resize", "a", 6), ("idle", None, 1)]
+    # shrinking for a waiting job of 1 slot frees a whole rank
+    jobs = [running("a", 4, ratio=0.5, slot_step=2, min_slots=2, max_slots=8), job("b", want=1)]
+    assert actions(tick(4, jobs, now=0.0)) == [("resize", "a", 2), ("start", "b", 1), ("idle", None, 1)]
+    # one free slot is less than one rank: no growth
+    wide = running("a", 4, ratio=3.0, slot_step=2, min_slots=2, max_slots=8)
+    assert actions(tick(5, [wide], now=0.0)) == [("idle", None, 1)]
+    # a job's own cooldown overrides the policy's
+    quick = running("a", 1, ratio=3.0, max_slots=2, last_resize_t=0.0, resize_cooldown_s=10.0)
+    assert actions(tick(2, [quick], now=11.0)) == [("resize", "a", 2)]
+    assert actions(tick(2, [replace(quick, resize_cooldown_s=None)], now=11.0)) == [("idle", None, 1)]
+    with pytest.raises(InputError, match="multiples"):
+        tick(8, [running("a", 3, slot_step=2, max_slots=8)], now=0.0)
+
+
 def test_growth_skips_jobs_near_their_end_and_waits_for_the_queue() -> None:
     assert actions(tick(4, [running("end", 1, ratio=9.0, remaining_fraction=0.05)], now=0.0)) == [("idle", None, 3)]
     d = tick(4, [running("a", 1, ratio=9.0), job("big", want=4)], now=0.0, config=PolicyConfig(shrink=False))
