@@ -229,6 +229,9 @@ class JobConfig:
     """Return at once with the job id; the job runs on in the Ray cluster."""
     priority: int = 5
     """0 (lowest) to 9 (highest): the order in which queued jobs get the pool's free slots."""
+    group: str | None = None
+    """Jobs of one group (e.g. a sweep: `cpr submit -m train.lr=1e-3,3e-3 group=lr`) compete for its best Ψ: the
+    scheduler stops a job whose forecast Ψ at its budget is below the best Ψ another already reached."""
     runs_dir: str = "cpr_runs"
     """Local home of the default MLflow store, checkpoints and the controller's state."""
     model: ModelConfig = field(default_factory=ModelConfig)

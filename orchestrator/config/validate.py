@@ -252,6 +252,14 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         f"must be an integer in {PRIORITY_MIN}..{PRIORITY_MAX}",
         "9 is the most urgent, 5 the default",
     )
+    if job.group is not None:
+        _check(
+            "group",
+            job.group,
+            bool(NAME_RE.match(str(job.group))),
+            "must be 1-64 letters, digits, '_', '.', '-'",
+            "e.g. group=lr-sweep, or null",
+        )
     _check("runs_dir", job.runs_dir, bool(job.runs_dir.strip()), "must not be empty", "e.g. runs_dir=cpr_runs")
 
     m = job.model

@@ -19,6 +19,7 @@ from orchestrator.config.compose import job_from_dict, job_to_yaml
 from orchestrator.config.schema import JobConfig
 from orchestrator.config.validate import stop_rule_config
 from orchestrator.controller.store import JobStore
+from orchestrator.core.decisions import StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.ledger import TelemetrySample
@@ -73,6 +74,8 @@ class JobHandle:
     restarts: list[dict[str, Any]] = field(default_factory=list)
     """Each checkpoint-restart: {"step", "from_workers", "to_workers", "seconds"} (seconds from the decision to
     the new gang's start; 0 ranks: paused)."""
+    psi_at_budget: float | None = None
+    """Forecast Ψ at its token budget (grouped jobs only: what the scheduler's dominance test compares)."""
     train_s: float = 0.0
     probe_s: float = 0.0
     """Rank 0's training and probe seconds summed over its gangs."""
@@ -146,6 +149,9 @@ class Controller:
             store=store,
             writer=writer,
             blueprint_store=LocalBlueprintStore(blueprint_dir),
+            # Both before the job is registered: the scheduler thread may start it at its next tick.
+            submitted_t=time.time(),
+            launch=(job, prepared, checkpoint_dir),
         )
         self.jobs[job_id] = handle
         writer.log_params(params)
@@ -165,8 +171,6 @@ class Controller:
             },
         )
         self._persist(handle)
-        handle.submitted_t = time.time()
-        handle.launch = (job, prepared, checkpoint_dir)
         with self._pool_lock:
             self._schedule_log = Path(state_dir).parent.parent / "scheduler" / "decisions.jsonl"
             if self._scheduler is None:
@@ -212,6 +216,9 @@ class Controller:
             resize_cooldown_s=c.resize_cooldown_s,
             halted=h.tracker.halted,
             stop_reason=h.tracker.stop.reason.value if h.tracker.stop is not None else "",
+            group=h.job.group,
+            psi=h.tracker.last_eval.psi if h.tracker.last_eval else None,
+            psi_at_budget=h.psi_at_budget,
             ratio=ratio,
             eta=eta,
             remaining_fraction=max(0.0, 1.0 - tokens / h.job.train.max_tokens),
@@ -265,6 +272,7 @@ class Controller:
                     [st for st in states if st.job_id not in too_big],
                     now=time.time(),
                     config=PolicyConfig(),
+                    ended_best=self._ended_best(),
                 )
                 if live
                 else []
@@ -284,6 +292,8 @@ class Controller:
                     threading.Thread(target=self._run_job, args=(h,), name=f"job-{h.job_id}", daemon=True).start()
                 elif d.action is SlotAction.STOP:
                     h.slots = 0
+                    if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
+                        threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
                     if h.state not in RUNNING_STATES:  # stopped while queued or paused: it ends without starting
                         self._set_state(h, "stopping")
                         threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
@@ -307,6 +317,17 @@ class Controller:
                 if h.schedule != note:
                     h.schedule = note
                     h.writer.set_tags({"cpr.schedule": note})
+
+    def _ended_best(self) -> dict[str, tuple[float, str]]:
+        """Per group, the best Ψ (and whose) among its jobs that have ended."""
+        best: dict[str, tuple[float, str]] = {}
+        for h in self.jobs.values():
+            last = h.tracker.last_eval
+            if h.job.group is None or not h.done.is_set() or last is None:
+                continue
+            if h.job.group not in best or last.psi > best[h.job.group][0]:
+                best[h.job.group] = (last.psi, h.job_id)
+        return best
 
     def _record(self, d: Any, h: JobHandle | None, pool: int) -> None:
         """A decision with its figures: the cluster's scheduler log, the job's own log, tags on its run."""
@@ -512,6 +533,10 @@ class Controller:
         r = EvalReport.from_dict(report)
         with h.lock:
             outcome = h.tracker.on_eval(r)
+            if h.job.group is not None:
+                h.psi_at_budget = self._forecast_at_budget(h)
+                if h.psi_at_budget is not None:
+                    outcome.metrics["cpr/psi_at_budget"] = h.psi_at_budget
             h.writer.log_metrics(outcome.metrics, step=r.step)
             if outcome.decision is not None:
                 d = outcome.decision
@@ -527,6 +552,19 @@ class Controller:
             answer = self._answer(h, halt=outcome.halt)
             answer["decision"] = outcome.decision.to_dict() if outcome.decision else None
             return answer
+
+    @staticmethod
+    def _forecast_at_budget(h: JobHandle) -> float | None:
+        """An optimistic Ψ at the job's last step from its Ψ at its recent checks (None: too few checks yet).
+
+        In steps, not in the rule's Γ: the global batch is fixed, so steps are tokens, and unlike measured energy
+        they carry no start-up offset that would bend the curve in log scale."""
+        from orchestrator.config.validate import tokens_per_step
+        from orchestrator.core.forecast import optimistic_psi_at
+
+        rows = h.tracker.curve[-8:]
+        total_steps = h.job.train.max_tokens // tokens_per_step(h.job)
+        return optimistic_psi_at([r["step"] for r in rows], [-r["loss"] for r in rows], float(total_steps))
 
     @staticmethod
     def _answer(h: JobHandle, *, halt: bool = False) -> dict[str, Any]:
@@ -624,6 +662,9 @@ class Controller:
     # -- user requests ------------------------------------------------------------------------------------
     def request_stop(self, job_id: str) -> dict[str, Any]:
         """A user STOP: recorded now; the ranks see it at their next report, checkpoint and end."""
+        return self._halt(job_id, StopReason.USER)
+
+    def _halt(self, job_id: str, reason: StopReason) -> dict[str, Any]:
         h = self.jobs.get(job_id)
         if h is None:
             return {"ok": False, "error": f"no job {job_id}"}
@@ -632,7 +673,7 @@ class Controller:
                 return {"ok": False, "error": f"job {job_id} already ended ({h.state})"}
             step = h.tracker.last_train.step if h.tracker.last_train else 0
             fresh = not h.tracker.halted
-            d = h.tracker.user_stop(step=step, t_s=time.time())
+            d = h.tracker.user_stop(step=step, t_s=time.time(), reason=reason)
             if fresh:
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
                 h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": d.reason.value if d.reason else ""})
@@ -649,7 +690,9 @@ class Controller:
                 "run_id": h.writer.run_id,
                 "done": h.done.is_set(),
                 "slots": h.slots,
+                "world": h.world,
                 "schedule": h.schedule,
+                "eval_step": h.tracker.last_eval.step if h.tracker.last_eval else 0,
             }
 
     def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:

@@ -25,6 +25,9 @@ class StopReason(StrEnum):
     """Ψ was non-finite (NaN/Inf loss) for the configured number of successive checks."""
     USER = "user"
     """Someone asked for it."""
+    DOMINATED = "dominated"
+    """The scheduler stopped it: another job of its group already has a Ψ its forecast says it will not reach by
+    its budget, so its remaining Γ buys the group nothing."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -144,3 +144,30 @@ def fit_forecast(
         psi_at_budget=psi_at_budget,
         psi_gain_to_budget=gain,
     )
+
+
+def optimistic_psi_at(
+    gammas: Sequence[float], psis: Sequence[float], budget: float, *, window: int = 8, min_points: int = 4
+) -> float | None:
+    """An upper bound on Ψ at Γ = `budget` for a run on a saturating curve: its recent trend in log Γ, extended.
+
+    Ψ∞ − A·Γ^(−b) is concave in log Γ, so it lies below its tangent; the least-squares line of Ψ on log Γ over the
+    last `window` checks (steeper than the tangent at the last one) stands in for it. Γ must start at 0 with the
+    run (steps or tokens; not a measurement with a start-up offset). Two standard deviations of the checks about
+    that line are added: a validation loss on a few sequences is noisy, and a close race must not be called on
+    noise. The scheduler stops a grouped job when even this bound stays below the best Ψ of its group. None with
+    fewer than `min_points` checks at Γ > 0.
+    """
+    g = np.asarray(gammas, dtype=np.float64)
+    p = np.asarray(psis, dtype=np.float64)
+    keep = (g > 0) & np.isfinite(g) & np.isfinite(p)
+    g, p = g[keep][-window:], p[keep][-window:]
+    if g.size < min_points or not (math.isfinite(budget) and budget > 0):
+        return None
+    x = np.log(g)
+    if np.ptp(x) == 0.0:
+        return None
+    slope, intercept = np.polyfit(x, p, 1)
+    noise = float(np.sqrt(((p - (intercept + slope * x)) ** 2).sum() / (x.size - 2)))
+    now = float(intercept + slope * x[-1])
+    return now + max(0.0, float(slope)) * max(0.0, math.log(budget) - float(x[-1])) + 2.0 * noise

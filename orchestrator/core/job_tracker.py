@@ -134,14 +134,15 @@ class JobTracker:
             self.stop = decision
         return CheckOutcome(decision=decision, metrics=metrics, halt=halt)
 
-    def user_stop(self, *, step: int | None, t_s: float) -> Decision:
-        """A person's or script's STOP (reason `user`); the workers checkpoint and end."""
+    def user_stop(self, *, step: int | None, t_s: float, reason: StopReason = StopReason.USER) -> Decision:
+        """A STOP from outside the rule: a person's or script's (`user`) or the scheduler's (`dominated`); the
+        workers checkpoint and end."""
         if self.stop is not None:
             return self.stop
         if self.rule.stopped is None:
-            decision = self.rule.user_stop(step=step)
+            decision = self.rule.user_stop(step=step, reason=reason)
         else:  # after a shadow-mode STOP the rule is done; the curve has gone on
-            decision = self.rule.stop_decision(StopReason.USER, step=step, psi=self._last_psi())
+            decision = self.rule.stop_decision(reason, step=step, psi=self._last_psi())
         self._record(decision, t_s)
         self.stop = decision
         return decision

@@ -6,7 +6,13 @@ back, and calls it again at the next tick. The vocabulary is small and typed, as
 theirs: START, STOP, PAUSE, RESIZE, plus IDLE for slots deliberately left free. CONTINUE is the absence of a
 decision. A job's *merit* is ratio/η: above 1 another unit of resource still buys more than its threshold asks.
 
-Order within a tick: STOP what its rule (or a user) halted; start waiting jobs by priority, then submission time,
+Jobs of one *group* (a sweep) compete for one result, its best Ψ: a running job whose forecast Ψ at its budget
+stays below the Ψ another job of its group already reached is *dominated* — what it has left to spend buys the
+group nothing — and is stopped (as ASHA stops a trial below its rung's cutoff, but on where the job's own Ψ(Γ)
+curve can still go by its budget rather than on a quantile of others' current Ψ).
+
+Order within a tick: STOP what its rule (or a user) halted, then dominated jobs; start waiting jobs by priority,
+then submission time,
 making room for one by pausing lower-priority jobs or shrinking the least meritorious ones; give what is left to
 the running jobs that pay the most above η; leave the rest idle and say why.
 """
@@ -14,7 +20,7 @@ the running jobs that pay the most above η; leave the rest idle and say why.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -77,6 +83,12 @@ class JobState:
     """Slots per rank: every size it runs at is a multiple of this (a rank with 2 CPUs moves 2 slots at once)."""
     resize_cooldown_s: float | None = None
     """Its own least time between resizes; None: the policy's."""
+    group: str | None = None
+    """Jobs of one group (a sweep) compete for its best Ψ; None: it competes with nobody."""
+    psi: float | None = None
+    """Its latest Ψ."""
+    psi_at_budget: float | None = None
+    """An optimistic forecast of its Ψ at its token budget (`forecast.optimistic_psi_at`); None while too early."""
 
     def size_at_most(self, n: int) -> int | None:
         """The largest size it may run at that is ≤ n, or None when even its smallest is larger."""
@@ -103,6 +115,10 @@ class PolicyConfig:
     """Least time between two resizes of one job: each costs a checkpoint-restart."""
     min_remaining_to_grow: float = 0.1
     """Do not grow a job with less of its budget ahead than this: the restart would not pay back."""
+    dominance: bool = True
+    """Stop a grouped job whose forecast Ψ at budget (plus the margin) is below its group's best Ψ."""
+    dominance_margin: float = 0.0
+    """Ψ units of benefit of the doubt given to a forecast."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,10 +207,27 @@ def _merit_order(job: JobState) -> tuple[float, float, str]:
     return (math.inf if m is None else m, -job.submitted_t, job.job_id)
 
 
+def _leaders(jobs: Sequence[JobState], ended: Mapping[str, tuple[float, str]]) -> dict[str, list[tuple[float, str]]]:
+    """Per group, its two best (Ψ, job id): ended jobs' bests and live jobs' latest Ψ."""
+    best: dict[str, list[tuple[float, str]]] = {g: [v] for g, v in ended.items() if math.isfinite(v[0])}
+    for j in jobs:
+        psi = finite_or_none(j.psi)
+        if j.group is not None and psi is not None:
+            best.setdefault(j.group, []).append((psi, j.job_id))
+    return {g: sorted(v, reverse=True)[:2] for g, v in best.items()}
+
+
 def tick(
-    total_slots: int, jobs: Sequence[JobState], *, now: float, config: PolicyConfig | None = None
+    total_slots: int,
+    jobs: Sequence[JobState],
+    *,
+    now: float,
+    config: PolicyConfig | None = None,
+    ended_best: Mapping[str, tuple[float, str]] | None = None,
 ) -> list[SlotDecision]:
-    """This tick's decisions (CONTINUE is implicit). Applying them never puts more slots in use than the pool has."""
+    """This tick's decisions (CONTINUE is implicit). Applying them never puts more slots in use than the pool has.
+
+    `ended_best`: per group, the best (Ψ, job id) of its jobs that have left the pool."""
     config = config or PolicyConfig()
     _check_tick(total_slots, jobs)
     out: list[SlotDecision] = []
@@ -221,7 +254,22 @@ def tick(
     for job in jobs:
         if job.halted:
             decide(SlotAction.STOP, job, 0, f"halted: {job.stop_reason or 'its stop rule or a user'}")
-    live = [j for j in jobs if not j.halted]
+    if config.dominance:
+        leaders = _leaders(jobs, ended_best or {})
+        for job in jobs:
+            forecast = finite_or_none(job.psi_at_budget)
+            if job.halted or job.status is not JobStatus.RUNNING or job.group is None or forecast is None:
+                continue
+            rivals = [(psi, who) for psi, who in leaders.get(job.group, []) if who != job.job_id]
+            if rivals and forecast + config.dominance_margin < rivals[0][0]:
+                psi, who = rivals[0]
+                decide(
+                    SlotAction.STOP,
+                    job,
+                    0,
+                    f"dominated: its forecast Ψ at budget {forecast:.4g} is below the {psi:.4g} {who} reached",
+                )
+    live = [j for j in jobs if not j.halted and j.job_id not in decided]
     free = total_slots - sum(slots[j.job_id] for j in live)
 
     def running() -> list[JobState]:

@@ -261,11 +261,11 @@ class StopRule:
             return decide(Action.STOP, StopReason.MARGINAL_RETURN, ratio)
         return decide(Action.CONTINUE, None, ratio)
 
-    def user_stop(self, *, step: int | None = None) -> Decision:
-        """A STOP asked for by a person or a script, recorded with the last check's figures."""
+    def user_stop(self, *, step: int | None = None, reason: StopReason = StopReason.USER) -> Decision:
+        """A STOP from outside the rule (a person, a script, the scheduler), with the last check's figures."""
         if self.state.stopped is not None:
             return self.state.stopped
-        self.state.stopped = self.stop_decision(StopReason.USER, step=step)
+        self.state.stopped = self.stop_decision(reason, step=step)
         return self.state.stopped
 
     def stop_decision(self, reason: StopReason, *, step: int | None, psi: float | None = None) -> Decision:

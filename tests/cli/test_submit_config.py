@@ -63,6 +63,7 @@ def test_cfg_prints_the_composed_config(cli) -> None:
 BAD = [
     (["priority=10"], "priority"),
     (["priority=-1"], "priority"),
+    (["group=a b"], "group"),
     (["probe.interval=0"], "probe.interval"),
     (["probe.interval=-3"], "probe.interval"),
     (["probe.batches=0"], "probe.batches"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator.core.forecast import fit_forecast
 
@@ -46,3 +48,34 @@ def test_eta_zero_never_crosses():
     g = np.geomspace(1, 1e3, 20)
     f = fit_forecast(g, -(g**-0.5), eta=0.0)
     assert f.ok and f.gamma_cross is None
+
+
+@given(
+    psi_inf=st.floats(-10, 0),
+    a=st.floats(0.01, 10),
+    b=st.floats(0.05, 2.0),
+    n=st.integers(4, 30),
+    ahead=st.floats(1.0, 100.0),
+)
+def test_the_optimistic_bound_is_never_below_a_saturating_curve(psi_inf, a, b, n, ahead) -> None:
+    from orchestrator.core.forecast import optimistic_psi_at
+
+    g = np.linspace(1.0, 10.0, n)
+    psi = psi_inf - a * g ** (-b)
+    budget = 10.0 * ahead
+    bound = optimistic_psi_at(g, psi, budget)
+    assert bound is not None
+    assert bound >= psi_inf - a * budget ** (-b) - 1e-9
+
+
+def test_the_optimistic_bound_extends_a_log_linear_trend_and_needs_four_checks() -> None:
+    from orchestrator.core.forecast import optimistic_psi_at
+
+    g = [1.0, 2.0, 4.0, 8.0]
+    assert optimistic_psi_at(g, [-5.0, -4.5, -4.0, -3.5], 32.0) == pytest.approx(-2.5)
+    assert optimistic_psi_at(g[:3], [-5.0, -4.5, -4.0], 32.0) is None
+    assert optimistic_psi_at(g, [-3.5, -4.0, -4.5, -5.0], 32.0) == pytest.approx(-5.0)  # falling: no rise assumed
+    # noise about the same line (residuals ±d, orthogonal to the fit) widens it by two standard deviations, 2·√2·d
+    d = 0.05
+    noisy = optimistic_psi_at(g, [-5.0 + d, -4.5 - d, -4.0 - d, -3.5 + d], 32.0)
+    assert noisy == pytest.approx(-2.5 + 2 * np.sqrt(2) * d)

@@ -221,3 +221,24 @@ def test_no_sequence_of_ticks_overcommits_the_pool(jobs: list[JobState], pool: i
         assert not any(j.halted for j in fleet)  # halted jobs stopped and left
         fleet = [replace(j, halted=False) for j in fleet]
         now += 400.0
+
+
+def test_a_job_whose_forecast_cannot_reach_its_groups_best_is_stopped_and_its_slots_reused() -> None:
+    jobs = [
+        running("lead", 1, group="sweep", psi=-4.4, psi_at_budget=-4.2),
+        running("behind", 1, group="sweep", psi=-5.5, psi_at_budget=-5.0),  # -5.0 < -4.4: dominated
+        running("close", 1, group="sweep", psi=-4.6, psi_at_budget=-4.3),  # could still beat -4.4: runs on
+        running("alone", 1, psi=-9.0, psi_at_budget=-8.0),  # no group: competes with nobody
+        job("next", want=1, group="sweep"),
+    ]
+    d = tick(4, jobs, now=0.0)
+    assert actions(d) == [("stop", "behind", 0), ("start", "next", 1)]
+    assert d[0].reason == "dominated: its forecast Ψ at budget -5 is below the -4.4 lead reached"
+    # the leader is never dominated by itself, and a job without a forecast yet is left alone
+    assert tick(1, [running("lead", 1, group="g", psi=-4.0, psi_at_budget=-4.5)], now=0.0) == []
+    assert tick(2, [jobs[0], running("new", 1, group="sweep", psi=-7.0)], now=0.0) == []
+    # an ended job's best counts; the margin gives a forecast the benefit of the doubt; the switch turns it off
+    ended = {"sweep": (-4.1, "gone")}
+    assert actions(tick(1, [jobs[0]], now=0.0, ended_best=ended)) == [("stop", "lead", 0), ("idle", None, 1)]
+    assert tick(1, [jobs[0]], now=0.0, ended_best=ended, config=PolicyConfig(dominance_margin=0.2)) == []
+    assert tick(1, [jobs[0]], now=0.0, ended_best=ended, config=PolicyConfig(dominance=False)) == []
