@@ -67,7 +67,7 @@ def status(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no jobs")
         return 0
-    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ", "scheduler")
+    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ", "slots", "scheduler")
     for r in rows:
         gamma = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.gamma.items())) or MISSING
         state = r.state + (" (stop requested)" if r.stop_requested and r.state == "running" else "")
@@ -80,6 +80,7 @@ def status(args: argparse.Namespace) -> int:
             MISSING if r.step is None else str(r.step),
             fmt(r.psi),
             gamma,
+            MISSING if r.slots is None else str(r.slots),
             r.schedule or MISSING,
         )
     out.print(table)
@@ -87,12 +88,12 @@ def status(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    from orchestrator.tracking.runs import find_run, list_jobs, request_stop
+    from orchestrator.tracking.runs import LIVE_STATES, find_run, list_jobs, request_stop
 
     uri = _tracking_uri(args.tracking_uri)
     run_id = find_run(uri, args.job, args.experiment)
     row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-    if row is not None and row.state not in ("queued", "starting", "running"):
+    if row is not None and row.state not in LIVE_STATES:
         raise InputError("job", f"{row.job_id} already ended ({row.state}, reason {row.reason})", "nothing to stop")
     request_stop(uri, run_id)
     out = console()
@@ -100,7 +101,7 @@ def stop(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-        if row is not None and row.state not in ("queued", "starting", "running"):
+        if row is not None and row.state not in LIVE_STATES:
             out.print(f"{row.job_id}: {row.state}, reason {row.reason}")
             return 0
         time.sleep(1.0)

@@ -433,7 +433,7 @@ def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:
 
 
 def progress_info(v: dict[str, Any]) -> str:
-    if v.get("state") in ("queued", "starting") and v.get("schedule"):
+    if v.get("state") in ("queued", "starting", "restarting", "pausing", "paused") and v.get("schedule"):
         return f"{v['state']}: {v['schedule']}"
     kind = v["resource"]
     gamma = v["gamma"].get(kind)

@@ -9,6 +9,8 @@ from typing import Any
 from orchestrator.errors import InputError
 
 STOP_TAG = "cpr.stop_requested"
+LIVE_STATES = ("queued", "starting", "running", "restarting", "pausing", "paused")
+"""States of a job that has not ended (the controller's `cpr.state` tag): `cpr stop` applies to each."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +29,8 @@ class JobRow:
     stop_requested: bool = False
     schedule: str | None = None
     """The scheduler's last decision on the job (tag cpr.schedule), e.g. "queued: needs 2 slots, 0 of 2 free"."""
+    slots: int | None = None
+    """Pool slots it holds (tag cpr.slots): it changes with a resize or a pause."""
 
 
 def _client(uri: str) -> Any:
@@ -71,6 +75,7 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
                 end_time=run.info.end_time,
                 stop_requested=STOP_TAG in tags,
                 schedule=tags.get("cpr.schedule") or None,
+                slots=int(tags["cpr.slots"]) if tags.get("cpr.slots", "").isdigit() else None,
             )
         )
     return rows
