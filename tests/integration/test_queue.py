@@ -13,8 +13,8 @@ import ray
 
 from launch.submit import plan
 from orchestrator.config.compose import compose_job
-from orchestrator.controller.actor import controller_handle
 from orchestrator.errors import InputError
+from tests.integration.cluster import local_pool, wait_all
 
 COMMON = ["+experiment=debug", "probe=off", "telemetry=off", "cluster.num_workers=2"]
 
@@ -22,9 +22,7 @@ COMMON = ["+experiment=debug", "probe=off", "telemetry=off", "cluster.num_worker
 @pytest.fixture(scope="module")
 def two_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = tmp_path_factory.mktemp("queue") / "cpr_runs"
-    ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        controller = controller_handle("cpr-queue-test", detached=False)
+    with local_pool("cpr-queue-test") as controller:
         first, _ = plan(compose_job([*COMMON, "name=first", f"runs_dir={runs}"]))
         second, _ = plan(compose_job([*COMMON, "name=second", "train.max_tokens=20480", f"runs_dir={runs}"]))
         first.send(controller)
@@ -36,18 +34,14 @@ def two_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         duplicate, _ = plan(compose_job([*COMMON, "name=second", f"runs_dir={runs}"]))
         with pytest.raises(InputError) as refused:
             duplicate.send(controller)
-        seen_queued = []
-        result = {}
-        deadline = time.monotonic() + 600
-        while len(result) < 3 and time.monotonic() < deadline:
+        seen_queued: list[str] = []
+
+        def watch() -> None:
             view = ray.get(controller.view.remote(second.job_id))
             if view["state"] == "queued":
                 seen_queued.append(view["schedule"])
-            for sub in (first, second, third):
-                if sub.job_id not in result:
-                    done = ray.get(controller.wait.remote(sub.job_id, 0.5))
-                    if done is not None:
-                        result[sub.job_id] = done
+
+        result, _ = wait_all(controller, [first.job_id, second.job_id, third.job_id], watch=watch)
         yield {
             "runs": runs,
             "first": first,
@@ -57,8 +51,6 @@ def two_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "seen_queued": seen_queued,
             "refused": refused.value,
         }
-    finally:
-        ray.shutdown()
 
 
 def test_the_second_job_waits_then_gets_the_slots_the_first_stop_frees(two_jobs: dict) -> None:
