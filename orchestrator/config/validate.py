@@ -95,6 +95,13 @@ def world_sizes(job: JobConfig) -> list[int]:
     return list(range(lo, hi + 1))
 
 
+def slot_unit(job: JobConfig) -> tuple[str, int]:
+    """The pool a job's ranks draw from and the slots one rank takes: GPUs when its ranks use GPUs (a GPU is the
+    scarce slot there), else CPUs."""
+    c = job.cluster
+    return ("GPU", c.gpus_per_worker) if c.gpus_per_worker > 0 else ("CPU", c.cpus_per_worker)
+
+
 def resized(job: JobConfig, world: int) -> JobConfig:
     """The job at another data-parallel size with the same global batch: grad_accum absorbs the change, so the
     tokens per optimizer step, the step count and the LR schedule stay as they were."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.config.compose import job_from_dict, job_to_yaml
 from orchestrator.config.schema import JobConfig
-from orchestrator.config.validate import stop_rule_config
+from orchestrator.config.validate import slot_unit, stop_rule_config
 from orchestrator.controller.store import JobStore
 from orchestrator.core.decisions import StopReason
 from orchestrator.core.flops import FlopsModel
@@ -89,8 +89,10 @@ class Controller:
         self._pool_lock = threading.Lock()  # the queue and the pool: submissions, ticks, job endings
         self._scheduler: threading.Thread | None = None
         self._schedule_log: Path | None = None
-        self._idle_note = ""
-        self._pool = 0
+        self._idle_notes: dict[str, str] = {}
+        """Per pool, the last IDLE reason recorded (a change is recorded, not every tick)."""
+        self._pools: dict[str, int] = {}
+        """Slots per pool ("CPU", "GPU") at the last tick."""
         self._next_stop_poll = 0.0
 
     # -- job submission -------------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class Controller:
 
         c = h.job.cluster
         sizes = world_sizes(h.job)
+        _, step = slot_unit(h.job)
         ratio, eta, tokens = self._figures(h)
         status = (
             JobStatus.RUNNING
@@ -207,10 +210,10 @@ class Controller:
             submitted_t=h.submitted_t,
             status=status,
             slots=h.slots,
-            requested_slots=c.num_workers * c.cpus_per_worker,
-            min_slots=sizes[0] * c.cpus_per_worker,
-            max_slots=sizes[-1] * c.cpus_per_worker,
-            slot_step=c.cpus_per_worker,
+            requested_slots=c.num_workers * step,
+            min_slots=sizes[0] * step,
+            max_slots=sizes[-1] * step,
+            slot_step=step,
             # A restart under way counts as a resize just now: no second one until it has come back and cooled.
             last_resize_t=time.time() if h.restart_to is not None else h.last_resize_t,
             resize_cooldown_s=c.resize_cooldown_s,
@@ -234,10 +237,9 @@ class Controller:
         return last.get("ratio"), last.get("eta"), train.tokens if train else 0
 
     def _tick(self) -> None:
-        """One scheduling round: the pure policy decides, this applies and records (DESIGN.md §2)."""
+        """One scheduling round: the pure policy decides, this applies and records (DESIGN.md §2). Jobs whose ranks
+        use GPUs share the cluster's GPUs; the others its CPUs: one policy tick per pool."""
         import ray
-
-        from orchestrator.core.scheduling import PolicyConfig, SlotAction, tick
 
         with self._pool_lock:
             # Waiting jobs, and running ones still holding slots (one whose STOP was decided has given them back:
@@ -250,73 +252,85 @@ class Controller:
             ]
             if not live:
                 return
-            pool = int(ray.cluster_resources().get("CPU", 0))
-            # Nodes come and go: never tell the policy the pool is smaller than what running jobs hold, and keep
-            # a job larger than today's pool waiting (with a note) instead of letting it block every tick.
-            pool = self._pool = max(pool, sum(h.slots for h in live))
-            if pool < 1:  # the cluster reports no CPU right now (a node restarting): try again next tick
-                return
-            states = [self._job_state(h) for h in live]
-            need = {st.job_id: st.requested_slots for st in states}
-            too_big = {job_id: n for job_id, n in need.items() if n > pool}
-            for h in live:
-                if h.job_id in too_big:
-                    note = f"queued: needs {too_big[h.job_id]} slots, the pool has {pool}"
-                    if h.schedule != note:
-                        h.schedule = note
-                        h.writer.set_tags({"cpr.schedule": note})
-            live = [h for h in live if h.job_id not in too_big]
-            decisions = (
-                tick(
-                    pool,
-                    [st for st in states if st.job_id not in too_big],
-                    now=time.time(),
-                    config=PolicyConfig(),
-                    ended_best=self._ended_best(),
-                )
-                if live
-                else []
-            )
-            for d in decisions:
-                h = self.jobs[d.job_id] if d.job_id is not None else None
-                if d.action is SlotAction.IDLE:
-                    if d.reason != self._idle_note:  # record a change, not every tick
-                        self._idle_note = d.reason
-                        self._record(d, None, pool)
-                    continue
-                assert h is not None
-                self._record(d, h, pool)
-                if d.action is SlotAction.START:
-                    h.slots = d.to_slots
-                    self._set_state(h, "starting")
-                    threading.Thread(target=self._run_job, args=(h,), name=f"job-{h.job_id}", daemon=True).start()
-                elif d.action is SlotAction.STOP:
-                    h.slots = 0
-                    if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
-                        threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
-                    if h.state not in RUNNING_STATES:  # stopped while queued or paused: it ends without starting
-                        self._set_state(h, "stopping")
-                        threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
-                elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
-                    # The ranks see it in their next report's answer, checkpoint and return; `_run_job` restarts
-                    # the job at the new size (or leaves it paused). The slots count as moved from now on.
-                    h.slots = d.to_slots
-                    h.restart_to = d.to_slots // h.job.cluster.cpus_per_worker
-                    h.last_resize_t = time.time()
+            have = ray.cluster_resources()
+            for kind in ("CPU", "GPU"):
+                mine = [h for h in live if slot_unit(h.job)[0] == kind]
+                if mine:
+                    self._tick_pool(kind, mine, int(have.get(kind, 0)))
             waiting = [h for h in live if h.state in ("queued", "paused") and not h.tracker.halted]
-            if time.monotonic() >= self._next_stop_poll:  # `cpr stop` of a queued job: its ranks poll nothing yet
-                from orchestrator.tracking.runs import is_stop_requested
+        # `cpr stop` of a waiting job (no ranks poll for it): an MLflow query each, so outside the pool's lock.
+        if waiting and time.monotonic() >= self._next_stop_poll:
+            from orchestrator.tracking.runs import is_stop_requested
 
-                self._next_stop_poll = time.monotonic() + STOP_POLL_S
-                for h in waiting:
-                    if is_stop_requested(h.writer.client, h.writer.run_id):
-                        threading.Thread(target=self.request_stop, args=(h.job_id,), daemon=True).start()
-            free = pool - sum(h.slots for h in self.jobs.values())
+            self._next_stop_poll = time.monotonic() + STOP_POLL_S
             for h in waiting:
-                note = f"queued: needs {need[h.job_id]} slots, {free} of {pool} free"
-                if h.schedule != note:
-                    h.schedule = note
-                    h.writer.set_tags({"cpr.schedule": note})
+                if is_stop_requested(h.writer.client, h.writer.run_id):
+                    threading.Thread(target=self.request_stop, args=(h.job_id,), daemon=True).start()
+
+    def _tick_pool(self, kind: str, live: list[JobHandle], pool: int) -> None:
+        """One policy tick over one pool (its lock held): decide, apply, record; notes for the jobs that wait."""
+        from orchestrator.core.scheduling import PolicyConfig, SlotAction, tick
+
+        # Nodes come and go: never tell the policy the pool is smaller than what running jobs hold, and keep a job
+        # larger than today's pool waiting (with a note) instead of letting it block every tick.
+        pool = self._pools[kind] = max(pool, sum(h.slots for h in live))
+        if pool < 1:  # the cluster reports none right now (a node restarting): try again next tick
+            return
+        states = [self._job_state(h) for h in live]
+        need = {st.job_id: st.requested_slots for st in states}
+        too_big = {job_id: n for job_id, n in need.items() if n > pool}
+        for h in live:
+            if h.job_id in too_big:
+                self._note(h, f"queued: needs {too_big[h.job_id]} {kind} slots, the pool has {pool}")
+        live = [h for h in live if h.job_id not in too_big]
+        decisions = (
+            tick(
+                pool,
+                [st for st in states if st.job_id not in too_big],
+                now=time.time(),
+                config=PolicyConfig(),
+                ended_best=self._ended_best(),
+            )
+            if live
+            else []
+        )
+        for d in decisions:
+            h = self.jobs[d.job_id] if d.job_id is not None else None
+            if d.action is SlotAction.IDLE:
+                if d.reason != self._idle_notes.get(kind):
+                    self._idle_notes[kind] = d.reason
+                    self._record(d, None, pool)
+                continue
+            assert h is not None
+            self._record(d, h, pool)
+            if d.action is SlotAction.START:
+                h.slots = d.to_slots
+                self._set_state(h, "starting")
+                threading.Thread(target=self._run_job, args=(h,), name=f"job-{h.job_id}", daemon=True).start()
+            elif d.action is SlotAction.STOP:
+                h.slots = 0
+                if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
+                    threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
+                if h.state not in RUNNING_STATES:  # stopped while queued or paused: it ends without starting
+                    self._set_state(h, "stopping")
+                    threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
+            elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
+                # The ranks see it in their next report's answer, checkpoint and return; `_run_job` restarts the
+                # job at the new size (or leaves it paused). The slots count as moved from now on.
+                h.slots = d.to_slots
+                h.restart_to = d.to_slots // slot_unit(h.job)[1]
+                h.last_resize_t = time.time()
+        free = pool - sum(h.slots for h in self.jobs.values() if slot_unit(h.job)[0] == kind)
+        for h in live:
+            if h.state in ("queued", "paused") and not h.tracker.halted:
+                self._note(h, f"queued: needs {need[h.job_id]} {kind} slots, {free} of {pool} free")
+
+    @staticmethod
+    def _note(h: JobHandle, note: str) -> None:
+        """The scheduler's word on a waiting job, on its run when it changes."""
+        if h.schedule != note:
+            h.schedule = note
+            h.writer.set_tags({"cpr.schedule": note})
 
     def _ended_best(self) -> dict[str, tuple[float, str]]:
         """Per group, the best Ψ (and whose) among its jobs that have ended."""
@@ -366,7 +380,7 @@ class Controller:
                 ratio=ratio,
                 eta=eta,
             )
-            self._record(d, h, self._pool)
+            self._record(d, h, self._pools.get(slot_unit(h.job)[0], 0))
             h.slots = 0
 
     def _end_unstarted(self, h: JobHandle) -> None:
@@ -390,7 +404,7 @@ class Controller:
         paused = False
         try:
             while True:
-                world = h.slots // h.job.cluster.cpus_per_worker
+                world = h.slots // slot_unit(h.job)[1]
                 job = resized(h.job, world)
                 h.group = WorkerGroup(
                     job_id=h.job_id,

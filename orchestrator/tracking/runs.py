@@ -28,7 +28,7 @@ class JobRow:
     end_time: int | None = None
     stop_requested: bool = False
     schedule: str | None = None
-    """The scheduler's last decision on the job (tag cpr.schedule), e.g. "queued: needs 2 slots, 0 of 2 free"."""
+    """The scheduler's last decision on the job (tag cpr.schedule), e.g. "queued: needs 2 CPU slots, 0 of 2 free"."""
     slots: int | None = None
     """Pool slots it holds (tag cpr.slots): it changes with a resize or a pause."""
 

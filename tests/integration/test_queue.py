@@ -57,7 +57,7 @@ def test_the_second_job_waits_then_gets_the_slots_the_first_stop_frees(two_jobs:
     first, second, result = two_jobs["first"], two_jobs["second"], two_jobs["result"]
     assert result[first.job_id]["summary"]["reason"] == "marginal_return"
     assert result[second.job_id]["summary"]["reason"] == "budget"
-    assert any(s.startswith("queued: needs 2 slots, 0 of 2 free") for s in two_jobs["seen_queued"])
+    assert any(s.startswith("queued: needs 2 CPU slots, 0 of 2 free") for s in two_jobs["seen_queued"])
     log = [json.loads(line) for line in (two_jobs["runs"] / "scheduler" / "decisions.jsonl").read_text().splitlines()]
     third = two_jobs["third"].job_id
     moves = [(d["action"], d["job_id"]) for d in log if d["action"] != "idle" and d["job_id"] != third]
