@@ -758,6 +758,7 @@ class Controller:
             h.store.save("summary.json", summary)
             self._set_state(h, "finished" if reason == "budget" else "stopped")
             self._release(h)  # before the run closes: its tags record the STOP
+            self._log_schedule(h)
             h.writer.close("FINISHED")
 
     def _fail(self, h: JobHandle) -> None:
@@ -771,7 +772,15 @@ class Controller:
             finally:
                 self._set_state(h, "failed")
                 self._release(h)
+                self._log_schedule(h)
                 h.writer.close("FAILED")
+
+    @staticmethod
+    def _log_schedule(h: JobHandle) -> None:
+        """The scheduler's decisions on the job, its STOP included, as an artifact of its run."""
+        path = h.store.path("schedule.jsonl")
+        if path.exists():
+            h.writer.log_file(str(path))
 
     def _artifacts(self, h: JobHandle) -> None:
         import json

@@ -94,3 +94,6 @@ def test_the_slots_are_on_the_run_and_in_the_job_log(grown: dict) -> None:
     assert [m.value for m in history] == [1.0, 2.0, 0.0]
     schedule = grown["runs"] / "jobs" / grown["grower"].job_id / "schedule.jsonl"
     assert [json.loads(x)["action"] for x in schedule.read_text().splitlines()] == ["start", "resize", "stop"]
+    # and the same log, its STOP included, is an artifact of the run
+    logged = Path(client.download_artifacts(run_id, "schedule.jsonl", str(grown["runs"].parent)))
+    assert logged.read_text() == schedule.read_text()
