@@ -45,16 +45,20 @@ def probe_metrics(report: ProbeReport, top_k: float) -> dict[str, float]:
     share of its gradient mass in its top-k fraction of entries, m(k) (grad/topk_share/<id>; §4.1), and m(k) of
     the whole model."""
     out: dict[str, float] = {}
-    merged: MagnitudeHistogram | None = None
+    hists = []
     for gid in report.ids:
         norms = report.batch_norms[gid]
         out[f"grad/norm/{gid}"] = math.fsum(norms) / len(norms)
         h = MagnitudeHistogram.from_dict(report.histograms[gid])
         if h.count:
             out[f"grad/topk_share/{gid}"] = float(h.retained_mass(top_k))
-        merged = h if merged is None else merged.merge(h)
-    if merged is not None and merged.count:
-        out["grad/topk_share"] = float(merged.retained_mass(top_k))
+        hists.append(h)
+    if hists:
+        merged = MagnitudeHistogram.empty(hists[0].spec)
+        for h in hists:  # in place: one model-wide histogram, not one new one per submodule
+            merged.merge_in(h)
+        if merged.count:
+            out["grad/topk_share"] = float(merged.retained_mass(top_k))
     return out
 
 

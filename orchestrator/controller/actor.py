@@ -132,7 +132,7 @@ class Controller:
             max_tokens=cfg.train.max_tokens,
             flops_model=FlopsModel(**flops_model),
             carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh,
-            start_t=time.time(),
+            start_t=None,  # set when its ranks start: its time in the queue is not its wall-clock Γ
         )
         writer = RunWriter.create(
             tracking_uri,
@@ -311,7 +311,9 @@ class Controller:
                 h.slots = 0
                 if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
                     threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
-                if h.state not in RUNNING_STATES:  # stopped while queued or paused: it ends without starting
+                # Stopped while queued or paused (only this tick moves a job out of those states, so the test is
+                # safe while its own thread may be finishing it): it ends without starting.
+                if h.state in ("queued", "paused"):
                     self._set_state(h, "stopping")
                     threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
             elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
@@ -401,12 +403,12 @@ class Controller:
 
         _, prepared, checkpoint_dir = h.launch
         me = ray.get_runtime_context().current_actor
-        paused = False
+        paused, group = False, None
         try:
             while True:
                 world = h.slots // slot_unit(h.job)[1]
                 job = resized(h.job, world)
-                h.group = WorkerGroup(
+                h.group = group = WorkerGroup(
                     job_id=h.job_id,
                     job=job,
                     job_dict=job_to_dict(job),
@@ -416,7 +418,9 @@ class Controller:
                     resume=h.resume,
                     incarnation=h.incarnation,
                 )
-                refs = h.group.start()
+                refs = group.start()
+                with h.lock:
+                    h.tracker.started(time.time())
                 if h.restarts and "seconds" not in h.restarts[-1]:
                     h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("t_decided")
                 h.world = world
@@ -432,8 +436,8 @@ class Controller:
                         next_poll = time.monotonic() + STOP_POLL_S
                         if is_stop_requested(h.writer.client, h.writer.run_id):
                             self.request_stop(h.job_id)
-                h.group.shutdown()
-                h.group = None
+                group.shutdown()
+                h.group = group = None
                 rank0 = min(h.results, key=lambda r: r["rank"])
                 h.train_s += rank0["train_s"]
                 h.probe_s += rank0["probe_s"]
@@ -454,9 +458,10 @@ class Controller:
                 h.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
             self._fail(h)
         finally:
-            if h.group is not None:
-                h.group.shutdown()
-                h.group = None
+            if group is not None:  # this thread's gang only: after a pause, a START may already run the next one
+                group.shutdown()
+                if h.group is group:
+                    h.group = None
             if not paused:
                 self._release(h)
                 h.done.set()
@@ -788,7 +793,10 @@ class Controller:
         from orchestrator.core.numbers import json_safe
 
         h.writer.log_text(h.tracker.curve_csv(), "curve.csv")
-        h.writer.log_text("".join(json.dumps(json_safe(d)) + "\n" for d in h.tracker.decisions), "decisions.jsonl")
+        # Every decision of the job: the store's append-only log (the tracker keeps only the latest in memory).
+        decisions = h.store.path("decisions.jsonl")
+        if decisions.exists():
+            h.writer.log_file(str(decisions))
         if h.summary is not None:
             h.writer.log_text(json.dumps(json_safe(h.summary), indent=2), "summary.json")
         telemetry = h.store.path("telemetry.jsonl")

@@ -2,6 +2,11 @@
 
 Pure and serialisable: the controller actor feeds it worker reports and telemetry, writes what it returns to
 MLflow, and persists `to_dict()` after every check so a restarted controller continues without loss.
+
+Its memory does not grow with the number of steps: the ledger keeps a bounded tail per series, the rule's history
+is thinned (`stop_rule.HISTORY_MAX`), `decisions` keeps the last `DECISIONS_KEPT` plus the rule's own STOP (the
+full log is the controller's append-only decisions.jsonl), and the Ψ–Γ curve is thinned to at most `CURVE_MAX`
+rows, always with its first and latest row.
 """
 
 from __future__ import annotations
@@ -13,13 +18,29 @@ from typing import Any
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.forecast import fit_forecast
-from orchestrator.core.ledger import J_PER_KWH, Metric, ResourceLedger, TelemetrySample
+from orchestrator.core.ledger import J_PER_KWH, AddResult, Metric, ResourceLedger, TelemetrySample
 from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRule, StopRuleConfig
 
 TOKENS_SOURCE = "job/tokens"
 CURVE_KINDS = tuple(ResourceKind)
+DECISIONS_KEPT = 64
+"""Decision records kept in memory, the newest, plus the first STOP, which is never dropped (at most one more)."""
+CURVE_MAX = 1024
+"""Rows of the Ψ–Γ curve kept: beyond it every other row is dropped (first and latest kept), so curve.csv and
+`cpr replay` of it are exact for runs of up to this many checks and a thinned curve after."""
+
+
+# Enum values looked up once: `.value` costs ~0.1 µs a read, and these run per sample and per check for every job.
+_NAMES: dict[Any, str] = {k: k.value for k in (*ResourceKind, *AddResult)}
+_GAMMA_KEYS = {k: f"cpr/gamma/{k.value}" for k in ResourceKind}
+_STOP = Action.STOP.value
+
+
+def _thinned(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Half the rows: the first, and every other one counted back from the newest (as the rule's history)."""
+    return [rows[0], *rows[-1:0:-2][::-1]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,18 +66,17 @@ class JobTracker:
         max_tokens: int,
         flops_model: FlopsModel | None = None,
         carbon_intensity_kg_per_kwh: float | None = None,
-        start_t: float,
+        start_t: float | None,
     ) -> None:
+        """`start_t`: when its ranks started; None for a job still waiting in the queue (see `started`)."""
         self.job_id = job_id
         self.enforce = enforce
         self.max_tokens = int(max_tokens)
         self.rule = StopRule(rule_config)
         self.ledger = ResourceLedger(flops_model=flops_model, carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh)
-        # The token counter's baseline: 0 tokens at the job's start, so wall hours count from the start too.
-        self.ledger.add(
-            TelemetrySample(sample_id="tokens/0", source=TOKENS_SOURCE, metric=Metric.TOKENS, t_s=start_t, value=0.0)
-        )
-        self.start_t = start_t
+        self.start_t: float | None = None
+        if start_t is not None:
+            self.started(start_t)
         self.decisions: list[dict[str, Any]] = []
         self.curve: list[dict[str, float]] = []
         self.stop: Decision | None = None
@@ -65,9 +85,19 @@ class JobTracker:
         self._power_mark: tuple[float, dict[str, float]] | None = None
 
     # -- inputs ---------------------------------------------------------------------------------------------
+    def started(self, t_s: float) -> None:
+        """Its ranks started (the first time): the token counter's baseline, 0 tokens then, so wall hours count
+        from here and not from its time in the queue. Later calls (a restart) change nothing."""
+        if self.start_t is not None:
+            return
+        self.ledger.add(
+            TelemetrySample(sample_id="tokens/0", source=TOKENS_SOURCE, metric=Metric.TOKENS, t_s=t_s, value=0.0)
+        )
+        self.start_t = t_s
+
     def on_telemetry(self, samples: list[TelemetrySample]) -> dict[str, int]:
         counts = self.ledger.add_many(samples)
-        return {k.value: v for k, v in counts.items()}
+        return {_NAMES[k]: v for k, v in counts.items()}
 
     def _tokens(self, step: int, tokens: int, t_s: float) -> None:
         self.ledger.add(
@@ -114,10 +144,10 @@ class JobTracker:
         self.last_eval = report
         totals = self.ledger.totals()
         kind = self.rule.config.resource
-        row = {"step": float(report.step), "loss": report.val_loss, **{k.value: v for k, v in totals.items()}}
-        self.curve.append(row)
+        row = {"step": float(report.step), "loss": report.val_loss, **{_NAMES[k]: v for k, v in totals.items()}}
+        self._add_row(row)
         metrics: dict[str, float] = {"val/loss": report.val_loss, "cpr/psi": report.psi}
-        metrics.update({f"cpr/gamma/{k.value}": v for k, v in totals.items()})
+        metrics.update({_GAMMA_KEYS[k]: v for k, v in totals.items()})
         if self.rule.stopped is not None:  # shadow mode after the rule's STOP: keep the curve, no more decisions
             return CheckOutcome(decision=None, metrics=metrics, halt=False)
         if kind not in totals:
@@ -228,6 +258,7 @@ class JobTracker:
                 "added": self.ledger.n_added,
                 "duplicates": self.ledger.n_duplicates,
                 "rejected": self.ledger.n_rejected,
+                "late": self.ledger.n_late,
             },
         }
 
@@ -250,6 +281,16 @@ class JobTracker:
 
     def _record(self, decision: Decision, t_s: float) -> None:
         self.decisions.append({"job_id": self.job_id, "t_s": t_s, **decision.to_dict()})
+        # Keep the newest DECISIONS_KEPT, and the first STOP before them (`rule_decision` must find that one).
+        pinned = self.decisions[0]["action"] == _STOP
+        if len(self.decisions) > DECISIONS_KEPT + pinned:
+            del self.decisions[1 if pinned else 0]
+
+    def _add_row(self, row: dict[str, float]) -> None:
+        """Append a curve row; past CURVE_MAX keep the first row and every other one back from the newest."""
+        self.curve.append(row)
+        if len(self.curve) > CURVE_MAX:
+            self.curve = _thinned(self.curve)  # a new list: a reader holding the old one sees it whole
 
     def _last_psi(self) -> float:
         return -self.curve[-1]["loss"] if self.curve else math.nan
@@ -280,8 +321,15 @@ class JobTracker:
         tracker.start_t = data["start_t"]
         tracker.rule = rule
         tracker.ledger = ResourceLedger.from_dict(data["ledger"])
-        tracker.decisions = list(data["decisions"])
+        # A state saved before these bounds existed may hold more: bound it as the live path would have.
+        decisions = list(data["decisions"])
+        first_stop = next((d for d in decisions if d["action"] == Action.STOP.value), None)
+        kept = decisions[-DECISIONS_KEPT:]
+        pinned = first_stop is None or any(d is first_stop for d in kept)
+        tracker.decisions = kept if pinned else [first_stop, *kept]
         tracker.curve = list(data["curve"])
+        while len(tracker.curve) > CURVE_MAX:
+            tracker.curve = _thinned(tracker.curve)
         tracker.stop = Decision.from_dict(data["stop"]) if data["stop"] else None
         tracker.last_train = TrainReport.from_dict(data["last_train"]) if data["last_train"] else None
         tracker.last_eval = EvalReport.from_dict(data["last_eval"]) if data["last_eval"] else None

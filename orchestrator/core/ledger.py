@@ -16,6 +16,14 @@ Every sample carries an id: a repeated id is ignored (idempotent), and series ar
 so the exact totals do not depend on arrival order. A late sample inside an already-integrated interval can
 lower the trapezoid estimate; the reported Γ (`totals`) never decreases: it holds its previous value until
 the exact total passes it again. A kind with no source is absent from `totals`, never zero-filled.
+
+Memory is bounded (the controller holds one ledger per job for the whole run): a series keeps only its newest
+`TAIL_POINTS` points, with the running total at each of them, so the total of everything older is folded into the
+oldest kept point. Within that tail all of the above holds exactly. A sample older than the whole tail is rejected
+as late (`n_late`, also counted in `n_rejected`), never folded in: it may well be a replay of a sample already
+dropped from the tail (its id is no longer remembered), and rejecting keeps the totals idempotent. A genuinely new
+one that late would change little: a counter reading between two counted ones adds nothing their difference does
+not already count (unless the counter reset in between), a power reading only refines the trapezoid.
 """
 
 from __future__ import annotations
@@ -31,6 +39,11 @@ from orchestrator.core.resources import ResourceKind
 
 J_PER_KWH = 3.6e6
 S_PER_HOUR = 3600.0
+TAIL_POINTS = 32
+"""Points kept per (source, metric) series: how far back a late sample may still be placed in order, and how far
+back a repeated id is still recognised; older ones are rejected as late. At one reading a second per source that is
+half a minute of reordering; the controller holds (and persists after every check) this many points for every
+rank's every meter, ~35 MiB at 1,024 ranks × 3 meters (benchmarks/scale)."""
 
 
 class Metric(StrEnum):
@@ -43,12 +56,19 @@ class Metric(StrEnum):
 
 INSTANT = frozenset({Metric.POWER_W, Metric.MEMORY_GB, Metric.GPU_COUNT})
 COUNTERS = frozenset({Metric.ENERGY_J, Metric.TOKENS})
+_METRICS = {m.value: m for m in Metric}
 
 
 class AddResult(StrEnum):
     ADDED = "added"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+
+
+# Module-level aliases for the per-sample path: an Enum member read through its class costs a lookup each time.
+_ADDED, _DUPLICATE, _REJECTED = AddResult.ADDED, AddResult.DUPLICATE, AddResult.REJECTED
+_RESULTS = tuple(AddResult)
+_ENERGY_J, _POWER_W = Metric.ENERGY_J, Metric.POWER_W
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +98,8 @@ class TelemetrySample:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TelemetrySample:
-        return cls(**{**data, "metric": Metric(data["metric"])})
+        metric = data["metric"]
+        return cls(**{**data, "metric": _METRICS.get(metric) or Metric(metric)})  # the lookup: one per sample
 
 
 def counter_increment(old: float, new: float, wrap: float | None) -> float:
@@ -91,36 +112,80 @@ def counter_increment(old: float, new: float, wrap: float | None) -> float:
 
 
 class _Series:
-    """One (source, metric) series, sorted by (t, id), with its running integral or counter total."""
+    """One (source, metric) series: its newest points sorted by (t, id), each with the series' total up to it."""
+
+    __slots__ = ("cum", "ids", "instant", "metric", "points", "total", "trimmed", "wrap")
 
     def __init__(self, metric: Metric, wrap: float | None) -> None:
         self.metric = metric
+        self.instant = metric in INSTANT
         self.wrap = wrap
-        self.points: list[tuple[float, str, float]] = []  # (t_s, sample_id, value)
-        self.ids: set[str] = set()
-        self.total = 0.0
+        self.points: list[tuple[float, str, float]] = []  # (t_s, sample_id, value), at most TAIL_POINTS
+        self.cum: list[float] = []  # cum[i]: the series' total from its first sample ever up to points[i]
+        self.total = 0.0  # cum[-1]
+        self.ids: set[str] = set()  # ids of `points` only
+        self.trimmed = False  # older points were dropped: nothing may go before points[0] any more
 
     def _piece(self, a: tuple[float, str, float], b: tuple[float, str, float]) -> float:
-        if self.metric in INSTANT:
+        if self.instant:
             return 0.5 * (a[2] + b[2]) * (b[0] - a[0])  # trapezoid rule
         return counter_increment(a[2], b[2], self.wrap)
 
-    def add(self, t: float, sample_id: str, value: float) -> bool:
+    def _recompute(self, start: int) -> None:
+        """cum from `start` on, left to right as the in-order path adds: the same floats whatever the order."""
+        points, cum = self.points, self.cum
+        for i in range(max(start, 1), len(points)):
+            cum[i] = cum[i - 1] + self._piece(points[i - 1], points[i])
+
+    def add(self, t: float, sample_id: str, value: float) -> AddResult:
         if sample_id in self.ids:
-            return False
-        self.ids.add(sample_id)
+            return _DUPLICATE
         point = (t, sample_id, value)
-        if not self.points or point[:2] >= self.points[-1][:2]:
-            if self.points:
-                self.total += self._piece(self.points[-1], point)
-            self.points.append(point)
-        else:  # late arrival: insert in order and recompute, left to right as the incremental path does
-            bisect.insort(self.points, point)
-            total = 0.0
-            for a, b in zip(self.points, self.points[1:], strict=False):
-                total += self._piece(a, b)
-            self.total = total
-        return True
+        points, cum = self.points, self.cum
+        if not points:
+            cum.append(0.0)
+            points.append(point)
+        elif (t, sample_id) >= points[-1][:2]:
+            cum.append(cum[-1] + self._piece(points[-1], point))
+            points.append(point)
+        else:  # late arrival: insert in order and recompute the totals after it
+            if self.trimmed and (t, sample_id) < points[0][:2]:
+                return _REJECTED  # late: before the kept tail, whose cum[0] already folds its interval in
+            i = bisect.bisect(points, point)
+            points.insert(i, point)
+            cum.insert(i, 0.0)
+            self._recompute(i)
+        self.ids.add(sample_id)
+        if len(points) > TAIL_POINTS:  # one point more than the tail: fold the oldest in (cum[0] carries it)
+            self.ids.discard(points.pop(0)[1])
+            del cum[0]
+            self.trimmed = True
+        self.total = cum[-1]
+        return _ADDED
+
+    def to_dict(self, source: str) -> dict[str, Any]:
+        return {
+            "source": source,
+            "metric": self.metric.value,
+            "wrap": self.wrap,
+            "points": list(self.points),
+            "prefix": self.cum[0] if self.cum else 0.0,
+            "trimmed": self.trimmed,
+        }
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> _Series:
+        """The series `to_dict` wrote: the same points, and the same totals (recomputed from the folded prefix)."""
+        series = cls(Metric(entry["metric"]), entry["wrap"])
+        series.points = [(float(t), str(sid), float(v)) for t, sid, v in entry["points"]]
+        series.ids = {p[1] for p in series.points}
+        series.cum = [0.0] * len(series.points)
+        if series.cum:
+            series.cum[0] = float(entry["prefix"])
+            series._recompute(1)
+        series.total = series.cum[-1] if series.cum else 0.0
+        series.trimmed = bool(entry["trimmed"])
+        return series
 
 
 class ResourceLedger:
@@ -145,6 +210,8 @@ class ResourceLedger:
         self.n_added = 0
         self.n_duplicates = 0
         self.n_rejected = 0
+        self.n_late = 0
+        """Of `n_rejected`, the samples older than their series' kept tail (`TAIL_POINTS`)."""
 
     def add(self, sample: TelemetrySample) -> AddResult:
         """Take one sample. Non-finite or negative readings are rejected (counted, not raised): hardware lies."""
@@ -156,24 +223,36 @@ class ResourceLedger:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(sample.metric, sample.counter_wrap)
-        if not series.add(t, sample.sample_id, value):
+        result = series.add(t, sample.sample_id, value)
+        if result is _DUPLICATE:
             self.n_duplicates += 1
-            return AddResult.DUPLICATE
+            return result
+        if result is _REJECTED:  # older than the series' kept tail
+            self.n_rejected += 1
+            self.n_late += 1
+            return result
         self.n_added += 1
-        self._t_min = t if self._t_min is None else min(self._t_min, t)
-        self._t_max = t if self._t_max is None else max(self._t_max, t)
-        return AddResult.ADDED
+        if self._t_min is None or t < self._t_min:
+            self._t_min = t
+        if self._t_max is None or t > self._t_max:
+            self._t_max = t
+        return _ADDED
 
     def add_many(self, samples: list[TelemetrySample]) -> dict[AddResult, int]:
-        counts = dict.fromkeys(AddResult, 0)
+        counts = dict.fromkeys(_RESULTS, 0)
         for sample in samples:
             counts[self.add(sample)] += 1
         return counts
 
     def energy_j_by_source(self) -> dict[str, float]:
         """Energy per source: its counter where it has one, else its integrated power."""
-        counters = {src: s.total for (src, m), s in self._series.items() if m is Metric.ENERGY_J}
-        powers = {src: s.total for (src, m), s in self._series.items() if m is Metric.POWER_W}
+        counters: dict[str, float] = {}
+        powers: dict[str, float] = {}
+        for (src, m), s in self._series.items():
+            if m is _ENERGY_J:
+                counters[src] = s.total
+            elif m is _POWER_W:
+                powers[src] = s.total
         return {**{src: e for src, e in powers.items() if src not in counters}, **counters}
 
     def _sum(self, metric: Metric) -> float | None:
@@ -219,16 +298,15 @@ class ResourceLedger:
         return {
             "carbon_intensity_kg_per_kwh": self.carbon_intensity_kg_per_kwh,
             "flops_model": None if self.flops_model is None else vars(self.flops_model),
-            "series": [
-                {"source": src, "metric": m.value, "wrap": s.wrap, "points": s.points}
-                for (src, m), s in self._series.items()
-            ],
+            "series": [s.to_dict(src) for (src, _), s in self._series.items()],
+            "t_range": [self._t_min, self._t_max],
             "reported": {k.value: v for k, v in self._reported.items()},
-            "counts": [self.n_added, self.n_duplicates, self.n_rejected],
+            "counts": [self.n_added, self.n_duplicates, self.n_rejected, self.n_late],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResourceLedger:
+        """The ledger `to_dict` wrote; a state from before the bounded tail (every point, no prefix) is replayed."""
         fm = data["flops_model"]
         ledger = cls(
             flops_model=FlopsModel(**fm) if fm else None,
@@ -236,7 +314,10 @@ class ResourceLedger:
         )
         for entry in data["series"]:
             metric = Metric(entry["metric"])
-            for t, sid, value in entry["points"]:
+            if "prefix" in entry:
+                ledger._series[(entry["source"], metric)] = _Series.from_dict(entry)
+                continue
+            for t, sid, value in entry["points"]:  # the older format: every point ever, replayed in order
                 ledger.add(
                     TelemetrySample(
                         sample_id=sid,
@@ -247,6 +328,10 @@ class ResourceLedger:
                         counter_wrap=entry["wrap"],
                     )
                 )
+        if "t_range" in data:
+            ledger._t_min, ledger._t_max = data["t_range"]
         ledger._reported = {ResourceKind(k): v for k, v in data["reported"].items()}
-        ledger.n_added, ledger.n_duplicates, ledger.n_rejected = data["counts"]
+        counts = list(data["counts"])
+        ledger.n_added, ledger.n_duplicates, ledger.n_rejected = counts[:3]
+        ledger.n_late = counts[3] if len(counts) > 3 else 0
         return ledger

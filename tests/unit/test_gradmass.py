@@ -392,8 +392,8 @@ def test_k_star_maximises_gain(gamma: float, cf: float, cp: float) -> None:
     assert ks.interior == (gamma < cp / (cf + cp))
     grid = np.linspace(1e-6, 1.0, 2001)
     assert np.all(partial_update_gain(grid, gamma, cf, cp) <= ks.gain_at_k_star * (1 + 1e-9))
-    if ks.interior:
-        assert ks.gain_at_k_star > ks.gain_full
+    if ks.interior:  # never worse than the full update (equal at the boundary γ ≈ c_p/(c_f + c_p), where k* → 1)
+        assert ks.gain_at_k_star >= ks.gain_full
 
 
 @pytest.mark.parametrize(

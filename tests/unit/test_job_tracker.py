@@ -158,3 +158,18 @@ def test_power_metrics_are_the_mean_power_between_calls() -> None:
     m = t.resource_metrics(T0 + 20)
     assert m["power/total_w"] == pytest.approx(POWER_W)
     assert m["energy/n/rank0/cpu_kwh"] == pytest.approx(POWER_W * 20 / 3.6e6)
+
+
+def test_wall_hours_count_from_the_ranks_start_not_from_the_queue() -> None:
+    t = JobTracker(
+        job_id="queued",
+        rule_config=StopRuleConfig(resource=ResourceKind.WALL_HOURS, window=3, patience=2, eta_rel=0.2),
+        max_tokens=100_000,
+        start_t=None,
+    )
+    assert t.start_t is None and t.ledger.totals() == {}  # waiting: no Γ yet
+    t.started(T0 + 7200.0)  # two hours in the queue
+    t.started(T0 + 9000.0)  # a restart: the start stays the first one
+    t.on_train(TrainReport(step=10, tokens=1000, loss=5.0, lr=1e-3, tokens_per_s=1.0, t_s=T0 + 10800.0))
+    assert t.start_t == T0 + 7200.0
+    assert t.ledger.totals()[ResourceKind.WALL_HOURS] == pytest.approx(1.0)
