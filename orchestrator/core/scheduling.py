@@ -12,9 +12,8 @@ group nothing — and is stopped (as ASHA stops a trial below its rung's cutoff,
 curve can still go by its budget rather than on a quantile of others' current Ψ).
 
 Order within a tick: STOP what its rule (or a user) halted, then dominated jobs; start waiting jobs by priority,
-then submission time,
-making room for one by pausing lower-priority jobs or shrinking the least meritorious ones; give what is left to
-the running jobs that pay the most above η; leave the rest idle and say why.
+then submission time, making room for one by pausing lower-priority jobs or shrinking the least meritorious ones;
+give what is left to the running jobs that pay the most above η; leave the rest idle and say why.
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ class JobState:
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyConfig:
-    """Switches and guards of the policy; the defaults grow, shrink and preempt."""
+    """Switches and guards of the policy; the defaults grow, shrink, preempt and stop dominated jobs."""
 
     grow: bool = True
     shrink: bool = True
