@@ -22,7 +22,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -68,7 +68,6 @@ class SimJob:
     psi_at_budget: float | None = None
     last_resize_t: float | None = None
     slot_s: float = 0.0
-    hits: dict[str, float] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -114,7 +113,7 @@ def rule_config(rho: float) -> StopRuleConfig:
 
 def simulate(policy: str, jobs: list[SimJob], slots: int, rho: float, restart: float) -> dict[str, Any]:
     """Run every job to its end under `policy`; returns per-job outcomes and the tick latencies."""
-    jobs = [replace(j, hits={}) for j in jobs]
+    jobs = [replace(j) for j in jobs]  # fresh per-policy state
     by_id = {j.job_id: j for j in jobs}
     ours = policy == "ours"
     config = (
@@ -154,16 +153,11 @@ def simulate(policy: str, jobs: list[SimJob], slots: int, rho: float, restart: f
                 k = j.checks
                 j.checks += 1
                 j.psi = j.curve.psi[k]
-                j.hits.setdefault("t", now)
-                j.hits[str(j.checks)] = now
                 if ours:
                     d = j.rule.observe(psi=j.psi, gamma=j.curve.energy[k], step=j.checks)
                     j.halted, j.ratio = j.halted or d.stopped, d.ratio
-                    # as the controller does: over checks (steps), the last eight
-                    lo = max(0, j.checks - 8)
-                    j.psi_at_budget = optimistic_psi_at(
-                        list(range(lo + 1, j.checks + 1)), j.curve.psi[lo : j.checks], float(n)
-                    )
+                    # as the controller does: in checks (steps), not in Γ
+                    j.psi_at_budget = optimistic_psi_at(range(1, j.checks + 1), j.curve.psi[: j.checks], float(n))
                 elif policy == "asha" and j.checks < n:
                     said = asha[j.group].on_trial_result(
                         None, SimpleNamespace(trial_id=j.job_id), {"training_iteration": j.checks, "psi": j.psi}

@@ -40,7 +40,6 @@ import numpy as np
 
 from orchestrator.blueprints.publish import probe_metrics, report_groups
 from orchestrator.core.flops import FlopsModel
-from orchestrator.core.forecast import optimistic_psi_at
 from orchestrator.core.gradmass import HistogramSpec
 from orchestrator.core.job_tracker import CURVE_MAX, DECISIONS_KEPT, JobTracker
 from orchestrator.core.ledger import TAIL_POINTS, Metric, TelemetrySample
@@ -277,8 +276,7 @@ def run_round(
         outcome = j.tracker.on_eval(EvalReport.from_dict(r))
         if outcome.halt:
             raise RuntimeError(f"{j.job_id} stopped at round {k}: the simulation keeps every job running")
-        rows = j.tracker.curve[-8:]  # the actor's `_forecast_at_budget` for a grouped job
-        j.psi_at_budget = optimistic_psi_at([r["step"] for r in rows], [-r["loss"] for r in rows], TOTAL_STEPS)
+        j.psi_at_budget = j.tracker.psi_bound_at(TOTAL_STEPS)  # as the actor does for a grouped job
     out["eval"] = time.perf_counter() - c
 
     c = time.perf_counter()

@@ -28,6 +28,7 @@ from orchestrator.config.compose import CONFIG_NAME, GROUPS, compose_job, config
 from orchestrator.config.schema import JobConfig
 from orchestrator.config.validate import domain_configs, probe_domains, validate_job
 from orchestrator.errors import InputError
+from orchestrator.tracking.runs import LIVE_STATES
 
 POLL_S = 0.5
 SWEEP_OUTCOME: dict[str, Any] = {}
@@ -433,7 +434,7 @@ def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:
 
 
 def progress_info(v: dict[str, Any]) -> str:
-    if v.get("state") in ("queued", "starting", "restarting", "pausing", "paused") and v.get("schedule"):
+    if v.get("state") in LIVE_STATES and v["state"] != "running" and v.get("schedule"):  # waiting, (re)starting
         return f"{v['state']}: {v['schedule']}"
     kind = v["resource"]
     gamma = v["gamma"].get(kind)

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.config.compose import job_from_dict, job_to_yaml
 from orchestrator.config.schema import JobConfig
-from orchestrator.config.validate import slot_unit, stop_rule_config
+from orchestrator.config.validate import slot_unit, stop_rule_config, tokens_per_step
 from orchestrator.controller.store import JobStore
 from orchestrator.core.decisions import StopReason
 from orchestrator.core.flops import FlopsModel
@@ -31,6 +31,8 @@ STOP_POLL_S = 2.0
 SCHEDULER_TICK_S = 0.5
 RUNNING_STATES = ("starting", "running", "restarting")
 """States in which a job holds pool slots ("restarting": checkpointed, coming back at another size)."""
+WAITING_STATES = ("queued", "paused")
+"""States in which a job waits for the scheduler's START (only a tick moves it out of them)."""
 
 
 @dataclass
@@ -59,7 +61,7 @@ class JobHandle:
     slots: int = 0
     """Pool slots the scheduler gave this job (0 while queued, and again once its STOP is decided)."""
     launch: tuple[Any, ...] = ()
-    """What `_run_job` needs once the scheduler starts the job: (job dict, prepared, checkpoint dir)."""
+    """What `_run_job` needs once the scheduler starts the job: (prepared data, checkpoint dir)."""
     schedule: str = ""
     """The scheduler's last word on this job, as `cpr status` shows it."""
     world: int = 0
@@ -153,7 +155,7 @@ class Controller:
             blueprint_store=LocalBlueprintStore(blueprint_dir),
             # Both before the job is registered: the scheduler thread may start it at its next tick.
             submitted_t=time.time(),
-            launch=(job, prepared, checkpoint_dir),
+            launch=(prepared, checkpoint_dir),
         )
         self.jobs[job_id] = handle
         writer.log_params(params)
@@ -247,8 +249,7 @@ class Controller:
             live = [
                 h
                 for h in self.jobs.values()
-                if (h.state in ("queued", "paused") and not h.done.is_set())
-                or (h.state in RUNNING_STATES and h.slots > 0)
+                if (h.state in WAITING_STATES and not h.done.is_set()) or (h.state in RUNNING_STATES and h.slots > 0)
             ]
             if not live:
                 return
@@ -257,7 +258,7 @@ class Controller:
                 mine = [h for h in live if slot_unit(h.job)[0] == kind]
                 if mine:
                     self._tick_pool(kind, mine, int(have.get(kind, 0)))
-            waiting = [h for h in live if h.state in ("queued", "paused") and not h.tracker.halted]
+            waiting = [h for h in live if h.state in WAITING_STATES and not h.tracker.halted]
         # `cpr stop` of a waiting job (no ranks poll for it): an MLflow query each, so outside the pool's lock.
         if waiting and time.monotonic() >= self._next_stop_poll:
             from orchestrator.tracking.runs import is_stop_requested
@@ -311,9 +312,9 @@ class Controller:
                 h.slots = 0
                 if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
                     threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
-                # Stopped while queued or paused (only this tick moves a job out of those states, so the test is
-                # safe while its own thread may be finishing it): it ends without starting.
-                if h.state in ("queued", "paused"):
+                # Stopped while waiting (only a tick moves a job out of WAITING_STATES, so the test is safe while
+                # its own thread may be finishing it): it ends without starting.
+                if h.state in WAITING_STATES:
                     self._set_state(h, "stopping")
                     threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
             elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
@@ -324,7 +325,7 @@ class Controller:
                 h.last_resize_t = time.time()
         free = pool - sum(h.slots for h in self.jobs.values() if slot_unit(h.job)[0] == kind)
         for h in live:
-            if h.state in ("queued", "paused") and not h.tracker.halted:
+            if h.state in WAITING_STATES and not h.tracker.halted:
                 self._note(h, f"queued: needs {need[h.job_id]} {kind} slots, {free} of {pool} free")
 
     @staticmethod
@@ -401,7 +402,7 @@ class Controller:
         from orchestrator.tracking.runs import is_stop_requested
         from orchestrator.worker.group import WorkerGroup
 
-        _, prepared, checkpoint_dir = h.launch
+        prepared, checkpoint_dir = h.launch
         me = ray.get_runtime_context().current_actor
         paused, group = False, None
         try:
@@ -421,8 +422,8 @@ class Controller:
                 refs = group.start()
                 with h.lock:
                     h.tracker.started(time.time())
-                if h.restarts and "seconds" not in h.restarts[-1]:
-                    h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("t_decided")
+                if h.restarts and "seconds" not in h.restarts[-1]:  # a resize: from its decision to this start
+                    h.restarts[-1]["seconds"] = time.time() - (h.last_resize_t or time.time())
                 h.world = world
                 self._set_state(h, "running")
                 h.results = []
@@ -493,19 +494,12 @@ class Controller:
         if next_world != h.world and h.job.deepspeed.zero_stage > 0:
             h.resume = to_universal(ckpt)
         h.incarnation += 1
-        h.restarts.append(
-            {
-                "step": rank0["step"],
-                "from_workers": h.world,
-                "to_workers": target,
-                "t_decided": h.last_resize_t or time.time(),
-            }
-        )
+        h.restarts.append({"step": rank0["step"], "from_workers": h.world, "to_workers": target})
         with self._pool_lock:
             h.restart_to = None
             if target:
                 return False
-            h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("t_decided")
+            h.restarts[-1]["seconds"] = time.time() - (h.last_resize_t or time.time())  # a pause: until it is paused
             self._set_state(h, "paused")
             h.schedule = f"paused at step {rank0['step']}: waits for {h.job.cluster.num_workers} ranks' slots"
             h.writer.set_tags({"cpr.schedule": h.schedule})
@@ -553,7 +547,7 @@ class Controller:
         with h.lock:
             outcome = h.tracker.on_eval(r)
             if h.job.group is not None:
-                h.psi_at_budget = self._forecast_at_budget(h)
+                h.psi_at_budget = h.tracker.psi_bound_at(h.job.train.max_tokens // tokens_per_step(h.job))
                 if h.psi_at_budget is not None:
                     outcome.metrics["cpr/psi_at_budget"] = h.psi_at_budget
             h.writer.log_metrics(outcome.metrics, step=r.step)
@@ -571,19 +565,6 @@ class Controller:
             answer = self._answer(h, halt=outcome.halt)
             answer["decision"] = outcome.decision.to_dict() if outcome.decision else None
             return answer
-
-    @staticmethod
-    def _forecast_at_budget(h: JobHandle) -> float | None:
-        """An optimistic Ψ at the job's last step from its Ψ at its recent checks (None: too few checks yet).
-
-        In steps, not in the rule's Γ: the global batch is fixed, so steps are tokens, and unlike measured energy
-        they carry no start-up offset that would bend the curve in log scale."""
-        from orchestrator.config.validate import tokens_per_step
-        from orchestrator.core.forecast import optimistic_psi_at
-
-        rows = h.tracker.curve[-8:]
-        total_steps = h.job.train.max_tokens // tokens_per_step(h.job)
-        return optimistic_psi_at([r["step"] for r in rows], [-r["loss"] for r in rows], float(total_steps))
 
     @staticmethod
     def _answer(h: JobHandle, *, halt: bool = False) -> dict[str, Any]:
@@ -709,7 +690,6 @@ class Controller:
                 "run_id": h.writer.run_id,
                 "done": h.done.is_set(),
                 "slots": h.slots,
-                "world": h.world,
                 "schedule": h.schedule,
                 "eval_step": h.tracker.last_eval.step if h.tracker.last_eval else 0,
             }

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import optimize
 
 B_BOUNDS = (1e-3, 5.0)
+OPTIMISTIC_WINDOW = 8
+"""Checks the optimistic bound fits its line to (`optimistic_psi_at`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +149,12 @@ def fit_forecast(
 
 
 def optimistic_psi_at(
-    gammas: Sequence[float], psis: Sequence[float], budget: float, *, window: int = 8, min_points: int = 4
+    gammas: Sequence[float],
+    psis: Sequence[float],
+    budget: float,
+    *,
+    window: int = OPTIMISTIC_WINDOW,
+    min_points: int = 4,
 ) -> float | None:
     """An upper bound on Ψ at Γ = `budget` for a run on a saturating curve: its recent trend in log Γ, extended.
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.flops import FlopsModel
-from orchestrator.core.forecast import fit_forecast
+from orchestrator.core.forecast import OPTIMISTIC_WINDOW, fit_forecast, optimistic_psi_at
 from orchestrator.core.ledger import J_PER_KWH, AddResult, Metric, ResourceLedger, TelemetrySample
 from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.core.resources import ResourceKind
@@ -291,6 +291,13 @@ class JobTracker:
         self.curve.append(row)
         if len(self.curve) > CURVE_MAX:
             self.curve = _thinned(self.curve)  # a new list: a reader holding the old one sees it whole
+
+    def psi_bound_at(self, step: int) -> float | None:
+        """An optimistic Ψ at `step` (its last) from its recent checks, in steps rather than the rule's Γ: steps are
+        tokens at a fixed global batch and, unlike measured energy, carry no start-up offset that would bend the
+        curve in log scale (`forecast.optimistic_psi_at`; None while it has too few checks)."""
+        rows = self.curve[-OPTIMISTIC_WINDOW:]
+        return optimistic_psi_at([r["step"] for r in rows], [-r["loss"] for r in rows], float(step))
 
     def _last_psi(self) -> float:
         return -self.curve[-1]["loss"] if self.curve else math.nan
