@@ -20,6 +20,7 @@ from orchestrator.core.stop_rule import StopRule, StopRuleConfig
 from orchestrator.errors import InputError
 
 MAX_CURVE_BYTES = 64 * 1024 * 1024
+MAX_MAGNITUDE = 1e30  # beyond any real loss or resource total; squares and sums of such values stay finite
 PSI_COLUMNS = ("psi", "loss")
 PREFERRED_RESOURCES = (ResourceKind.ENERGY_KWH, ResourceKind.GPU_HOURS, ResourceKind.FLOPS, ResourceKind.TOKENS)
 
@@ -47,13 +48,18 @@ class Curve:
 
 
 def _number(text: str, where: str, *, integer: bool = False) -> float:
+    shown = repr(text.strip()[:40])
     try:
         value = float(text)
     except ValueError:
-        raise InputError(where, f"{text.strip()[:40]!r} is not a number", "every cell must be numeric") from None
+        raise InputError(where, f"{shown} is not a number", "every cell must be numeric") from None
+    if math.isfinite(value) and abs(value) > MAX_MAGNITUDE:
+        raise InputError(where, f"{shown} is beyond ±{MAX_MAGNITUDE:g}", "losses, Ψ and resources of a real run")
     if integer:
         if not value.is_integer():
-            raise InputError(where, f"{text.strip()!r} is not an integer", "steps are whole optimizer steps")
+            raise InputError(where, f"{shown} is not an integer", "steps are whole optimizer steps")
+        if value < 0:
+            raise InputError(where, f"{shown} is negative", "steps count optimizer steps from 0")
         return int(value)
     return value
 
@@ -71,7 +77,7 @@ def read_curve(path: str | Path) -> Curve:
     if size > MAX_CURVE_BYTES:
         raise InputError(name, f"is {size} bytes, over the {MAX_CURVE_BYTES} byte cap", "thin the curve first")
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
             rows = list(csv.reader(fh))
     except (UnicodeDecodeError, csv.Error) as err:
         raise InputError(name, f"is not a UTF-8 CSV file ({err})", "save it as comma-separated UTF-8 text") from None

@@ -190,7 +190,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 # --------------------------------------------------------------------------------------------- errors
 
 _FIXES: dict[str, str] = {
-    "model_id": "name the model, e.g. foundation-7b",
+    "model_id": "name the model, e.g. foundation-7b (no control characters)",
     "training_checkpoint": "the fraction of the training budget processed, in [0, 1], e.g. 0.8",
     "layers": "a non-empty list of layer entries, each with an id and a gradient_norm",
     "id": "ids look like attn.0 or ffn.12: letters, digits and _ . : - only (no slashes), at most 128 characters",
@@ -239,6 +239,8 @@ def _json_path(parts: Iterable[str | int]) -> str:
     """JSON path in the form layers[2].gradient_norm."""
     out = ""
     for part in parts:
+        if isinstance(part, str) and len(part) > 64:  # a hostile key: keep the message one short line
+            part = part[:61] + "..."
         if isinstance(part, int):
             out += f"[{part}]"
         elif _SIMPLE_KEY.match(part):
@@ -270,6 +272,8 @@ def _show(value: Any) -> str:
 
 
 def _describe_type(value: Any) -> str:
+    if isinstance(value, _NonFinite):
+        return "a number"
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
@@ -341,7 +345,7 @@ class _NonFinite:
     __slots__ = ("text",)
 
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.text = text if len(text) <= 40 else f"{text[:20]}… ({len(text)} characters)"
 
 
 class _DuplicateKeys(dict):  # type: ignore[type-arg]
@@ -353,6 +357,23 @@ class _DuplicateKeys(dict):  # type: ignore[type-arg]
 def _parse_float(text: str) -> float | _NonFinite:
     value = float(text)
     return value if math.isfinite(value) else _NonFinite(text)
+
+
+def _parse_int(text: str) -> int | _NonFinite:
+    """An integer literal beyond a double's range is refused like 1e999 (and never meets Python's digit limit)."""
+    return _NonFinite(text) if len(text.lstrip("-")) > 309 else int(text)
+
+
+_UNICODE_FIX = "write the character itself, or a valid surrogate pair"
+
+
+def _unicode_ok(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON's "\\ud800"): no UTF-8 writer or terminal can take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -398,7 +419,14 @@ def _scan(doc: Any, source: str) -> None:
                     "keep one of the two; JSON readers disagree on which one wins",
                 )
             items = list(node.items())
+            for key, _ in items:
+                if not _unicode_ok(key):
+                    raise InputError(_field(source, (*parts, key)), "is a key with a lone surrogate", _UNICODE_FIX)
             stack.extend((value, (*parts, key)) for key, value in reversed(items))
+        elif isinstance(node, str) and not _unicode_ok(node):
+            raise InputError(
+                _field(source, parts), "holds a lone surrogate (an unpaired \\ud800-\\udfff)", _UNICODE_FIX
+            )
         elif isinstance(node, list):
             stack.extend((value, (*parts, i)) for i, value in reversed(list(enumerate(node))))
 
@@ -470,6 +498,7 @@ def _decode(data: bytes | str, source: str) -> Any:
             text,
             parse_constant=_NonFinite,
             parse_float=_parse_float,
+            parse_int=_parse_int,
             object_pairs_hook=_object_pairs,
         )
     except RecursionError:

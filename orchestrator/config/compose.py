@@ -5,8 +5,10 @@ Hydra reports a bad override as a multi-line traceback; users get one line namin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +42,27 @@ def options(group: str) -> list[str]:
 
 
 def _key_of(message: str) -> str | None:
-    for pattern in (r"full_key: ([\w.\-\[\]]+)", r"Key '([\w.\-]+)'", r"key '([\w.\-]+)'"):
+    for pattern in (r"full_key: ([\w.\-\[\]]+)", r"Key '([\w.\-]+)'", r"key '([\w.\-]+)'", r"argument '([\w.\-]+)="):
         if m := re.search(pattern, message):
             return m.group(1)
     return None
 
 
-def to_input_error(exc: BaseException) -> InputError:
+def _unparsable(overrides: list[str]) -> str | None:
+    """The key of the first override Hydra's grammar refuses on its own (its error does not say which)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except Exception:
+            key = override.partition("=")[0].lstrip("+~")
+            return key if len(key) <= 64 else key[:61] + "..."
+    return None
+
+
+def to_input_error(exc: BaseException, overrides: list[str] | None = None) -> InputError:
     """One line for any composition failure: which key, what is wrong, what to do."""
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
@@ -58,7 +74,9 @@ def to_input_error(exc: BaseException) -> InputError:
     first = text.split(" full_key:")[0]
     key = getattr(cause, "full_key", None) or _key_of(text)
     if isinstance(exc, OverrideParseException):
-        return InputError("overrides", first, "write overrides as key=value, e.g. stop.eta_rel=0.05")
+        culprit = _unparsable(overrides or [])
+        where = f"overrides: {culprit}" if culprit else "overrides"
+        return InputError(where, first, "write overrides as key=value, e.g. stop.eta_rel=0.05")
     if isinstance(exc, MissingConfigException):
         m = re.search(r"Could not find '([\w\-]+)/([\w.\-]+)'", text)
         if m:
@@ -80,6 +98,10 @@ def compose_dict(overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    for override in overrides:  # Python refuses to parse such an integer, and Hydra's error would not name the key
+        key, _, value = override.partition("=")
+        if re.search(r"\d{4000}", value):
+            raise InputError(key.lstrip("+~"), "has a number thousands of digits long", "give a value of sensible size")
     register_schema()
     conf = config_dir()
     GlobalHydra.instance().clear()
@@ -89,7 +111,7 @@ def compose_dict(overrides: list[str]) -> Any:
     except InputError:
         raise
     except Exception as exc:  # Hydra/OmegaConf raise many types; each becomes one line
-        raise to_input_error(exc) from None
+        raise to_input_error(exc, overrides) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -106,7 +128,29 @@ def to_job_config(cfg: Any) -> JobConfig:
         raise to_input_error(exc) from None
     if not isinstance(obj, JobConfig):  # config.yaml must start from job_schema
         raise InputError("config", "conf/config.yaml does not extend job_schema", "keep `job_schema` in its defaults")
+    check_keys(cfg, JobConfig)
     return obj
+
+
+def check_keys(cfg: Any, schema: type, prefix: str = "") -> None:
+    """Every key of the schema and no other: `+key=…`/`++key=…` can add keys a structured config would refuse, and
+    `~key` can drop one; to_object ignores the first and fills defaults for the second, so both are refused here."""
+    from omegaconf import DictConfig
+
+    fields = [f.name for f in dataclasses.fields(schema)]  # type: ignore[arg-type]
+    hints = typing.get_type_hints(schema)
+    keys = [str(k) for k in cfg]
+    for key in keys:
+        if key not in fields:
+            raise InputError(
+                prefix + key, "unknown config key", "check the spelling; `cpr submit --cfg` prints every key"
+            )
+    for name in fields:
+        if name not in keys:
+            raise InputError(prefix + name, "was removed by an override", f"set a value instead of ~{prefix}{name}")
+        node = cfg._get_node(name)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(node, DictConfig) and not node._is_none():
+            check_keys(node, hints[name], f"{prefix}{name}.")
 
 
 def compose_job(overrides: list[str]) -> JobConfig:

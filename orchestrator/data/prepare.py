@@ -170,6 +170,13 @@ def encode(tok: Any, texts: list[str], eos_id: int, dtype: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+def check_data(cfg: Any) -> None:
+    """The corpus a DataConfig names is there (files listed, a memmap's meta.json read); nothing is written."""
+    corpus = open_corpus(cfg)
+    if corpus.source == "memmap":
+        _memmap_source(corpus)
+
+
 def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> PreparedData:
     """The corpus of a DataConfig as token memmaps, from the cache when nothing changed."""
     say = log or (lambda _line: None)
