@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+ENERGY_COUNTER_WRAP_MJ = float(2**64)
+"""Modulus of the total-energy counter: NVML returns it as an unsigned long long (mJ). It would take 585,000
+years at 1 kW to wrap; declared all the same so the ledger tells a wrap from a reset by rule, not by luck."""
+
 
 class CounterUnsupported(Exception):
     """The device has no total-energy counter."""

@@ -2,19 +2,22 @@
 
 It never blocks a training step: it runs in its own thread and its sink (in production a Ray `.remote()` call)
 returns at once. A source that is absent (no GPU, no NVML) is listed as absent with the reason and emits no
-samples — never zeros. A failed reading is counted and kept in `errors`; the thread goes on.
+samples — never zeros. A failed reading is counted and kept in `errors`; the thread goes on, and survives any other
+`Exception` the same way. Should it die all the same, `ensure_alive()` (called at every report) restarts it with the
+same sources and sequence numbers, so the cumulative counters span the gap. Samples are stamped by a step-free clock
+(`SteadyClock`): a wall-clock step can neither reorder a counter series nor inflate wall hours.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.core.ledger import Metric, TelemetrySample
-from orchestrator.telemetry.nvml import CounterUnsupported, GpuBackend, open_gpu_backend
+from orchestrator.telemetry.clock import steady_time
+from orchestrator.telemetry.nvml import ENERGY_COUNTER_WRAP_MJ, CounterUnsupported, GpuBackend, open_gpu_backend
 
 MAX_ERRORS_KEPT = 20
 
@@ -47,8 +50,9 @@ class TelemetrySampler:
         country_iso_code: str,
         codecarbon_measure_s: float,
         gpu_backend: GpuBackend | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady_time,
     ) -> None:
+        """`clock` stamps the samples: this process's step-free wall time unless a test injects one."""
         self.prefix = source_prefix
         self.sink = sink
         self.interval_s = interval_s
@@ -56,6 +60,8 @@ class TelemetrySampler:
         self.errors: list[str] = []
         self.n_errors = 0
         self.readings_sent = 0
+        self.restarts = 0
+        """Times `ensure_alive` found the thread dead and started it again."""
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,12 +117,19 @@ class TelemetrySampler:
         return [f"{s.name}: {s.detail}" for s in self._statuses if s.present and s.method != "counter"]
 
     # -- readings --------------------------------------------------------------------------------------------
-    def _sample(self, source: str, metric: Metric, t: float, value: float) -> TelemetrySample:
+    def _sample(
+        self, source: str, metric: Metric, t: float, value: float, wrap: float | None = None
+    ) -> TelemetrySample:
         return TelemetrySample(
-            sample_id=f"{source}/{metric.value}/{self._seq}", source=source, metric=metric, t_s=t, value=value
+            sample_id=f"{source}/{metric.value}/{self._seq}",
+            source=source,
+            metric=metric,
+            t_s=t,
+            value=value,
+            counter_wrap=wrap,
         )
 
-    def _error(self, what: str, exc: Exception) -> None:
+    def _error(self, what: str, exc: BaseException) -> None:
         self.n_errors += 1
         self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
         del self.errors[:-MAX_ERRORS_KEPT]
@@ -132,7 +145,8 @@ class TelemetrySampler:
                     src = f"{self.prefix}/gpu{i}"
                     try:
                         if has_counter:
-                            out.append(self._sample(src, Metric.ENERGY_J, t, self.gpu.total_energy_mj(i) / 1000.0))
+                            energy_j = self.gpu.total_energy_mj(i) / 1000.0
+                            out.append(self._sample(src, Metric.ENERGY_J, t, energy_j, ENERGY_COUNTER_WRAP_MJ / 1000.0))
                         else:
                             out.append(self._sample(src, Metric.POWER_W, t, self.gpu.power_mw(i) / 1000.0))
                         out.append(self._sample(src, Metric.MEMORY_GB, t, self.gpu.memory_used_bytes(i) / 1e9))
@@ -158,13 +172,31 @@ class TelemetrySampler:
             self._error("sink", exc)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._send(self.read())
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self._send(self.read())
+                except Exception as exc:  # not one source's reading (read() keeps those): still not a reason to die
+                    self._error("sampler", exc)
+        except BaseException as exc:  # SystemExit and the like: the thread ends, saying why; ensure_alive() restarts it
+            self._error("sampler thread died", exc)
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"telemetry-{self.prefix}", daemon=True)
+        self._thread.start()
 
     def start(self) -> None:
         self._send(self.read())  # the baseline of every counter, at the job's start
-        self._thread = threading.Thread(target=self._loop, name=f"telemetry-{self.prefix}", daemon=True)
-        self._thread.start()
+        self._start_thread()
+
+    def ensure_alive(self) -> bool:
+        """Restart the thread if it died; True when it did. Same sources, sequence numbers going on: the next
+        reading of every cumulative counter spans the gap, so no energy is lost or counted twice."""
+        if self._stopped or self._thread is None or self._thread.is_alive():
+            return False
+        self.restarts += 1
+        self._start_thread()
+        return True
 
     def stop(self) -> None:
         """Stop the thread, then take and send one final reading (idempotent)."""
