@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from orchestrator.errors import InputError
 from orchestrator.tracking.runs import LIVE_STATES
 
 POLL_S = 0.5
+MAX_SWEEP_JOBS = 1000
 SWEEP_OUTCOME: dict[str, Any] = {}
 """What cpr's Hydra launcher did with the last sweep: {"jobs": [(job id, run id, overrides)]} or {"error": ...}."""
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg:
         sys.stdout.write(job_to_yaml(job))
         return 0
+    preflight(job)  # before Hydra makes its output folder: a refused job leaves nothing behind
     return run_hydra_app(overrides)
 
 
@@ -105,6 +107,7 @@ def run_hydra_app(overrides: list[str]) -> int:
 
 def run_sweep(overrides: list[str]) -> int:
     """`cpr submit -m …`: Hydra expands the sweep, cpr's launcher queues every job on the cluster (detached)."""
+    check_sweep(overrides)  # before Hydra writes its sweep folder or prints a multi-line error
     import hydra
     import ray
 
@@ -144,6 +147,32 @@ def run_sweep(overrides: list[str]) -> int:
     return 0
 
 
+def check_sweep(overrides: list[str]) -> None:
+    """Expand the sweep as Hydra's basic sweeper will and check every job (composition, values, pre-flight), so a
+    bad one is refused in one line before Hydra writes anything. The launcher checks them again, with their names."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from orchestrator.config.compose import to_input_error
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        jobs = [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception as exc:  # Hydra's parse errors: one line naming the override
+        raise to_input_error(exc, overrides) from None
+    if len(jobs) > MAX_SWEEP_JOBS:
+        raise InputError("--multirun", f"the sweep expands to {len(jobs)} jobs", f"sweep at most {MAX_SWEEP_JOBS}")
+    for idx, job_overrides in enumerate(jobs):
+        try:
+            job = compose_job([o for o in job_overrides if not o.lstrip("+~").startswith("hydra")])
+            validate_job(job)
+            preflight(job)
+        except InputError as err:
+            shown = " ".join(job_overrides)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            raise InputError(f"job #{idx} ({shown}): {err.field}", err.problem, err.fix) from None
+
+
 # -- checks that need the outside world ---------------------------------------------------------------------
 def _tcp_reachable(address: str, timeout_s: float = 3.0) -> bool:
     host, _, port = address.rpartition(":")
@@ -172,8 +201,15 @@ def init_ray(job: JobConfig, *, start_head: bool) -> str:
         check_capacity(job, {"CPU": float(c.num_cpus or os.cpu_count() or 1)})
         address = start_local_head(job)
     if address is None:
-        # address="local": a fresh instance even when a `ray start` head runs on this machine.
-        ray.init(address="local", num_cpus=c.num_cpus or os.cpu_count(), include_dashboard=False, **kwargs)
+        # address="local": a fresh instance even when a `ray start` head runs on this machine. Its dashboard (off
+        # unless cluster.dashboard) binds to cluster.dashboard_host, 127.0.0.1 by default: it has no authentication.
+        ray.init(
+            address="local",
+            num_cpus=c.num_cpus or os.cpu_count(),
+            include_dashboard=c.dashboard,
+            dashboard_host=c.dashboard_host,
+            **kwargs,
+        )
         return "local Ray (in this process)"
     if address not in ("auto", "local") and not address.startswith("ray://") and not _tcp_reachable(address):
         raise InputError(
@@ -193,7 +229,8 @@ def init_ray(job: JobConfig, *, start_head: bool) -> str:
 
 
 def start_local_head(job: JobConfig) -> str:
-    """For detach=true without a cluster: a local Ray head that outlives this command (stop it with `ray stop`)."""
+    """For detach=true without a cluster: a local Ray head that outlives this command (stop it with `ray stop`).
+    Its dashboard, if cluster.dashboard, binds to cluster.dashboard_host (127.0.0.1 by default)."""
     ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
     probe = subprocess.run([ray_bin, "status"], capture_output=True, text=True, timeout=60)
     if probe.returncode == 0:
@@ -203,7 +240,8 @@ def start_local_head(job: JobConfig) -> str:
         "start",
         "--head",
         f"--num-cpus={job.cluster.num_cpus or os.cpu_count()}",
-        "--include-dashboard=false",
+        f"--include-dashboard={str(job.cluster.dashboard).lower()}",
+        f"--dashboard-host={job.cluster.dashboard_host}",
         "--disable-usage-stats",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -236,6 +274,59 @@ def check_capacity(job: JobConfig, have: dict[str, float] | None = None) -> None
             "cluster.gpus_per_worker",
             f"{c.num_workers} workers need {need_gpu} GPUs, the cluster has {have.get('GPU', 0):g}",
             "lower cluster.num_workers, or gpus_per_worker=0 to train on CPU",
+        )
+
+
+def check_writable_dir(field: str, path: Path) -> None:
+    """`path` is a writable folder, or one that can be made: its nearest existing ancestor is a writable folder."""
+    probe = path.expanduser().absolute()
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        ok = probe.is_dir() and os.access(probe, os.W_OK)
+    except (OSError, ValueError):  # e.g. a NUL byte in the path
+        ok = False
+    if not ok:
+        raise InputError(
+            field, f"{path} cannot be created or written ({probe} is no writable folder)", "check the path"
+        )
+
+
+def preflight(job: JobConfig) -> None:
+    """The outside-world checks that take nothing and write nothing, run before Hydra makes its output folder: the
+    folders the job writes, the tracking store, the data (listed, not read), the cluster's address and, for local
+    Ray, its CPUs. `plan` and `init_ray` repeat what they need once the job goes ahead."""
+    from orchestrator.data.prepare import check_data
+    from orchestrator.data.sources import open_domain
+    from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
+
+    runs_dir = Path.cwd() / job.runs_dir
+    check_writable_dir("runs_dir", runs_dir)
+    for field, value in (("train.checkpoint_dir", job.train.checkpoint_dir), ("data.cache_dir", job.data.cache_dir)):
+        if value:
+            check_writable_dir(field, Path(value))
+    uri = job.tracking.uri or default_tracking_uri(runs_dir)
+    if uri.lower().startswith("sqlite:"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.exists() and folder.parent.is_dir() and os.access(folder.parent, os.W_OK):
+            uri = ""  # check_tracking_uri would create the folder: `plan` checks it when the job goes ahead
+    if uri:
+        check_tracking_uri(uri)
+    check_data(job.data)
+    if job.probe.enabled:
+        configs = domain_configs(job)
+        for name in probe_domains(job):
+            open_domain(name, configs[name])
+    c = job.cluster
+    if c.address is None:  # local Ray: its CPUs are known before it starts (its GPUs only once it runs)
+        check_capacity(
+            replace(job, cluster=replace(c, gpus_per_worker=0)), {"CPU": float(c.num_cpus or os.cpu_count() or 1)}
+        )
+    elif c.address not in ("auto", "local") and not c.address.startswith("ray://") and not _tcp_reachable(c.address):
+        raise InputError(
+            "cluster.address",
+            f"no Ray cluster answers at {c.address}",
+            "start one with `ray start --head`, or leave cluster.address=null for local Ray",
         )
 
 
@@ -304,6 +395,7 @@ def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> 
     """Every check that needs the outside world but no Ray: tracking store, carbon data, data, model memory."""
     from orchestrator.data.prepare import prepare_data, prepare_domains
     from orchestrator.models import count_parameters, flops_model
+    from orchestrator.tracking.secrets import mask_secrets
     from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
     from orchestrator.tracking.writer import flatten_config
 
@@ -343,7 +435,7 @@ def plan(job: JobConfig, *, output_dir: Path | None = None, log: Any = None) -> 
     job_id = new_job_id(job.name)
     job_dict = job_to_dict(job)
     job_dict["model"]["vocab_size"] = vocab
-    params = flatten_config(job_dict)
+    params = mask_secrets(flatten_config(job_dict))  # MLflow params are readable by anyone with the UI
     params.update({"cpr.n_params": str(counts.total), "cpr.hydra_output_dir": str(output_dir or "")})
     checkpoint_dir = Path(job.train.checkpoint_dir).resolve() if job.train.checkpoint_dir else runs_dir / "checkpoints"
     sub = Submission(

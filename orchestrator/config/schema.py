@@ -109,6 +109,12 @@ class TrainConfig:
     """Optimizer steps between training reports (loss, tokens) to the controller."""
     checkpoint_dir: str | None = None
     """None: <runs_dir>/checkpoints/<job id>."""
+    checkpoint_interval: int | None = None
+    """Optimizer steps between periodic DeepSpeed checkpoints (a multiple of eval_interval: one is taken only after
+    a finite evaluation check); a gang that loses a rank restarts from the latest. None: every 4th check (100 steps
+    by default); 0: only at the end."""
+    keep_checkpoints: int = 2
+    """Periodic checkpoints kept on disk (older ones are deleted); the final one is always kept."""
     threads_per_worker: int | None = None
     """torch intra-op threads per rank; None: cluster.cpus_per_worker."""
 
@@ -131,6 +137,8 @@ class StopConfig:
     """Cap on Γ of `resource`, in its units; None: only the token budget (train.max_tokens) caps the job."""
     estimator: str = "lstsq"
     max_nonfinite: int = 3
+    """The tolerance for non-finite training: this many successive NaN/Inf validation losses (Ψ), or training-loss
+    reports, stop the job as `diverged` (it keeps its last checkpoint of a finite state)."""
 
 
 @dataclass
@@ -217,6 +225,13 @@ class ClusterConfig:
     num_cpus: int | None = None
     """Local Ray only: logical CPUs to declare (None: this machine's count)."""
     namespace: str = "cpr"
+    dashboard: bool = False
+    """Start the Ray dashboard (local Ray or a detached head only); it has no authentication."""
+    dashboard_host: str = "127.0.0.1"
+    """Address the Ray dashboard listens on; 127.0.0.1 keeps it on this machine."""
+    max_restarts: int = 3
+    """Times a job's gang may lose a rank (a killed or crashed process, a lost node) and be restarted from its last
+    checkpoint before the job fails; a rank's Python exception fails the job at once."""
 
 
 @dataclass

@@ -31,19 +31,39 @@ BACKENDS = ("gloo", "nccl")
 GPU_KINDS = (ResourceKind.GPU_HOURS, ResourceKind.VRAM_GB_HOURS)
 ENERGY_KINDS = (ResourceKind.ENERGY_KWH, ResourceKind.CO2_KG)
 MAX_HISTOGRAM_BINS = 4096  # the probe all-reduces groups × bins numbers: keep that small
+MAX_COUNT = 10**15  # the largest count, interval or token budget a job may name (more is a typo or an attack)
+MAX_SEED = 2**32 - 1
+MAX_MODEL_DIM = 1 << 20  # hidden, MLP and vocabulary widths, positions
+MAX_MODEL_DEPTH = 4096  # layers, heads
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def _check(field: str, value: Any, ok: bool, requirement: str, fix: str) -> None:
     if not ok:
-        raise InputError(field, f"{requirement}, got {value!r}", fix)
+        raise InputError(field, f"{requirement}, got {_shown(value)}", fix)
 
 
-def _int_at_least(field: str, value: Any, minimum: int, fix: str) -> None:
+def _int_at_least(field: str, value: Any, minimum: int, fix: str, maximum: int = MAX_COUNT) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     _check(field, value, ok, f"must be an integer ≥ {minimum}", fix)
+    _check(field, value, value <= maximum, f"must be at most {maximum:,}", fix)
+
+
+def _optional_int(field: str, value: Any, minimum: int, maximum: int, fix: str) -> None:
+    if value is not None:
+        _int_at_least(field, value, minimum, fix, maximum)
 
 
 def _number_in(field: str, value: Any, lo: float, hi: float, fix: str, *, lo_open: bool = False) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**1000) < value < 2**1000:
+        value = math.copysign(math.inf, value)  # beyond float range: refused below like inf, without OverflowError
     ok = isinstance(value, int | float) and math.isfinite(value) and (value > lo if lo_open else value >= lo)
     ok = ok and value <= hi
     bracket = "(" if lo_open else "["
@@ -114,6 +134,12 @@ def resized(job: JobConfig, world: int) -> JobConfig:
     )
 
 
+def checkpoint_interval(job: JobConfig) -> int:
+    """Steps between periodic checkpoints: train.checkpoint_interval, or every 4th evaluation check (0: none)."""
+    t = job.train
+    return 4 * t.eval_interval if t.checkpoint_interval is None else t.checkpoint_interval
+
+
 def validate_world_sizes(job: JobConfig) -> None:
     """min_workers ≤ num_workers ≤ max_workers, and the global batch splits evenly at every size in between."""
     c, t = job.cluster, job.train
@@ -172,6 +198,8 @@ def domain_configs(job: JobConfig) -> dict[str, DomainConfig]:
         _check(
             f"{where}.source", d.source, d.source in SOURCES, f"must be one of {', '.join(SOURCES)}", "e.g. text_dir"
         )
+        if d.source != "stdlib" and not (d.path and d.path.strip()):
+            raise InputError(f"{where}.path", f"is required for source={d.source}", f"e.g. {where}.path=/data/code")
         out[name] = d
     return out
 
@@ -208,6 +236,40 @@ def histogram_spec(job: JobConfig) -> HistogramSpec:
         "fewer bins per decade or a narrower range",
     )
     return spec
+
+
+def validate_model_shape(job: JobConfig) -> None:
+    """The model's sizes are positive, bounded and fit together (heads divide the width): checked here, before the
+    data is prepared, rather than when the model is first built."""
+    m = job.model
+    for name, most in (
+        ("hidden_size", MAX_MODEL_DIM),
+        ("num_layers", MAX_MODEL_DEPTH),
+        ("num_heads", MAX_MODEL_DEPTH),
+        ("max_position_embeddings", MAX_MODEL_DIM),
+    ):
+        _int_at_least(f"model.{name}", getattr(m, name), 1, "use a positive integer", most)
+    _optional_int("model.num_kv_heads", m.num_kv_heads, 1, m.num_heads, "a divisor of model.num_heads, or null")
+    _optional_int("model.intermediate_size", m.intermediate_size, 1, 4 * MAX_MODEL_DIM, "or null for the default")
+    _optional_int("model.vocab_size", m.vocab_size, 2, MAX_MODEL_DIM, "or null for the tokenizer's size")
+    if m.hidden_size % m.num_heads:
+        raise InputError(
+            "model.num_heads",
+            f"hidden_size {m.hidden_size} is not divisible by {m.num_heads} heads",
+            "pick num_heads that divides hidden_size",
+        )
+    if m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
+        raise InputError("model.num_kv_heads", f"{m.num_kv_heads} does not divide num_heads {m.num_heads}", None)
+
+
+def validate_data(job: JobConfig) -> None:
+    """The `data` group's values (that its path is set and its files exist is checked at submit, before anything is
+    written: a shipped config leaves data.path for the command line)."""
+    d = job.data
+    _check("data.source", d.source, d.source in SOURCES, f"must be one of {', '.join(SOURCES)}", "e.g. data=text_dir")
+    _int_at_least("data.val_every", d.val_every, 2, "e.g. 20: every 20th document is held out")
+    _optional_int("data.max_files", d.max_files, 2, MAX_COUNT, "or null for all files")
+    _int_at_least("data.tokenizer_vocab", d.tokenizer_vocab, 257, "e.g. 4096", MAX_MODEL_DIM)
 
 
 def validate_probe(job: JobConfig) -> None:
@@ -251,7 +313,7 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         "must be 1-64 letters, digits, '_', '.', '-'",
         "e.g. name=llama-sweep",
     )
-    _int_at_least("seed", job.seed, 0, "use a non-negative integer")
+    _int_at_least("seed", job.seed, 0, "use a non-negative 32-bit integer", MAX_SEED)
     _check(
         "priority",
         job.priority,
@@ -273,9 +335,9 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
     _check(
         "model.arch", m.arch, m.arch in ("llama", "gpt2"), "must be llama or gpt2", "model=llama-2m or model=gpt2-small"
     )
-    for name in ("hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
-        _int_at_least(f"model.{name}", getattr(m, name), 1, "use a positive integer")
+    validate_model_shape(job)
     _number_in("model.dropout", m.dropout, 0.0, 0.9, "0 for pretraining on small data")
+    validate_data(job)
 
     d = job.deepspeed
     _check(
@@ -320,6 +382,17 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
     _int_at_least("train.eval_interval", t.eval_interval, 1, "optimizer steps between evaluations, e.g. 25")
     _int_at_least("train.eval_sequences", t.eval_sequences, 1, "held-out sequences per evaluation, e.g. 64")
     _int_at_least("train.report_interval", t.report_interval, 1, "optimizer steps between reports, e.g. 5")
+    if t.checkpoint_interval is not None:
+        _int_at_least("train.checkpoint_interval", t.checkpoint_interval, 0, "0 checkpoints only at the end")
+    if checkpoint_interval(job) % t.eval_interval:
+        raise InputError(
+            "train.checkpoint_interval",
+            f"{t.checkpoint_interval} is not a multiple of train.eval_interval ({t.eval_interval}): a checkpoint is "
+            "taken after a finite evaluation check",
+            f"e.g. train.checkpoint_interval={4 * t.eval_interval}",
+        )
+    _int_at_least("train.keep_checkpoints", t.keep_checkpoints, 1, "periodic checkpoints kept, e.g. 2")
+    _int_at_least("cluster.max_restarts", job.cluster.max_restarts, 0, "0 fails the job when a rank dies")
     _int_at_least("cluster.num_workers", job.cluster.num_workers, 1, "data-parallel ranks, e.g. 2")
     validate_world_sizes(job)
     per_step = tokens_per_step(job)
@@ -330,6 +403,7 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         f"must cover at least one evaluation interval ({per_step * t.eval_interval} tokens)",
         "raise train.max_tokens or lower train.eval_interval",
     )
+    _int_at_least("train.max_tokens", t.max_tokens, 1, "the job's token budget, e.g. 4194304")
     if t.threads_per_worker is not None:
         _int_at_least("train.threads_per_worker", t.threads_per_worker, 1, "or null for cluster.cpus_per_worker")
 
@@ -367,6 +441,15 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
 
     validate_probe(job)
 
+    for name in ("window", "patience", "min_checks", "max_nonfinite"):  # their lower bounds: StopRuleConfig's
+        value = getattr(job.stop, name)
+        _check(
+            f"stop.{name}",
+            value,
+            not isinstance(value, int) or value <= MAX_COUNT,
+            f"must be ≤ {MAX_COUNT:,}",
+            "use a smaller value",
+        )
     rule = stop_rule_config(job.stop)
     kind = rule.resource
     energy_measured = tel.enabled and (tel.codecarbon or (tel.nvml and c.gpus_per_worker > 0))

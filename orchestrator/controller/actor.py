@@ -4,6 +4,12 @@ It launches each job's worker gang, feeds worker reports and telemetry into the 
 stop rule, pure code), answers every evaluation check with CONTINUE or a halt, logs metrics/tags/artifacts to
 the job's MLflow run, and persists the tracker after every check (`JobStore`). A threaded actor: reports from
 many ranks are handled concurrently, each job's state behind its own lock.
+
+Faults (docs/reliability.md): a gang that loses a rank is restarted from its last periodic checkpoint (up to
+`cluster.max_restarts` times). The actor itself is restartable: Ray brings it back after its process dies, and
+`__init__` rebuilds every job from its store folder (registered in Ray's internal KV), re-adopts the running gangs
+(detached, named), and answers the reports the ranks retried meanwhile. A report seen before (a retry, or a step
+redone after a restart) is answered but not counted or logged again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.errors import InputError
 
 CONTROLLER_NAME = "cpr-controller"
+KV_PREFIX = "cpr/job/"
+"""Ray internal-KV keys naming each job's store folder: how a restarted controller finds its jobs."""
+ENDED_STATES = ("finished", "stopped", "failed")
 STOP_POLL_S = 2.0
 SCHEDULER_TICK_S = 0.5
 RUNNING_STATES = ("starting", "running", "restarting")
@@ -81,6 +90,38 @@ class JobHandle:
     train_s: float = 0.0
     probe_s: float = 0.0
     """Rank 0's training and probe seconds summed over its gangs."""
+    checkpoint: dict[str, Any] | None = None
+    """Its latest complete periodic checkpoint since its gang started: {"step", "tokens", "path", "world_size"}."""
+    failures: int = 0
+    """Gangs lost to a dead rank (each restarted from a checkpoint while ≤ cluster.max_restarts)."""
+    telemetry_lines: int = 0
+    """Samples in its telemetry.jsonl: those past what tracker.json counted are replayed after a controller restart."""
+
+
+HANDLE_FIELDS = (
+    "state",
+    "submitted_t",
+    "slots",
+    "schedule",
+    "world",
+    "restart_to",
+    "resume",
+    "incarnation",
+    "last_resize_t",
+    "restarts",
+    "psi_at_budget",
+    "train_s",
+    "probe_s",
+    "checkpoint",
+    "failures",
+    "error",
+    "input_error",
+)
+"""What `handle.json` keeps of a `JobHandle` (the rest is rebuilt from job.json, tracker.json and the logs)."""
+
+
+class GangLost(RuntimeError):
+    """A rank of the job's gang died (its process killed or crashed, its node lost)."""
 
 
 class Controller:
@@ -96,6 +137,81 @@ class Controller:
         self._pools: dict[str, int] = {}
         """Slots per pool ("CPU", "GPU") at the last tick."""
         self._next_stop_poll = 0.0
+        import os
+
+        # An unreachable MLflow must fail a call at once: the run writers retry with their own backoff, and the stop
+        # polls skip a round, instead of a thread blocking for minutes inside MLflow's HTTP retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._restore()
+
+    # -- restart -----------------------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """After a restart of this actor: every registered job from its store, running gangs adopted again."""
+        from ray.experimental import internal_kv
+
+        keys = internal_kv._internal_kv_list(self._kv_prefix()) if internal_kv._internal_kv_initialized() else []
+        for key in keys:
+            root = Path(internal_kv._internal_kv_get(key).decode())
+            try:
+                h = self._load(root)
+            except Exception:  # one broken folder must not keep the others down
+                traceback.print_exc()
+                continue
+            self.jobs[h.job_id] = h
+            self._schedule_log = root.parent.parent / "scheduler" / "decisions.jsonl"
+        live = [h for h in self.jobs.values() if not h.done.is_set()]
+        for h in live:
+            if h.state not in WAITING_STATES:  # its gang was running (or starting, restarting, stopping)
+                threading.Thread(target=self._run_job, args=(h, True), name=f"job-{h.job_id}", daemon=True).start()
+        if live:
+            print(f"controller restarted: {len(live)} live jobs restored", flush=True)
+            self._scheduler = threading.Thread(target=self._schedule_loop, name="scheduler", daemon=True)
+            self._scheduler.start()
+
+    @staticmethod
+    def _kv_prefix() -> str:
+        """This controller's keys (one controller per Ray namespace)."""
+        import ray
+
+        return f"{KV_PREFIX}{ray.get_runtime_context().namespace}/"
+
+    @staticmethod
+    def _load(root: Path) -> JobHandle:
+        """A job as its store folder left it: config, tracker (plus telemetry since), handle, run writer."""
+        from orchestrator.blueprints.store import LocalBlueprintStore
+        from orchestrator.tracking.writer import RunWriter
+
+        store = JobStore(root)
+        meta = store.load("job.json")
+        saved = store.load("tracker.json")
+        tracker = JobTracker.from_dict(saved)
+        samples = store.read_lines("telemetry.jsonl")
+        tracker.on_telemetry([TelemetrySample.from_dict(x) for x in samples[saved.get("telemetry_lines", 0) :]])
+        # Decisions the tracker holds that its append-only log missed (the process died between the two writes).
+        logged = store.read_lines("decisions.jsonl")
+        store.append("decisions.jsonl", [d for d in tracker.decisions if d not in logged[-len(tracker.decisions) :]])
+        writer = RunWriter.attach(meta["tracking_uri"], meta["run_id"], meta["experiment_id"], journal_dir=root)
+        h = JobHandle(
+            job_id=meta["job_id"],
+            job=job_from_dict(meta["job"]),
+            tracker=tracker,
+            store=store,
+            writer=writer,
+            blueprint_store=LocalBlueprintStore(meta["blueprint_dir"]),
+            launch=(meta["prepared"], meta["checkpoint_dir"]),
+            telemetry_lines=len(samples),
+            blueprints=[b for b in store.read_lines("blueprints.jsonl") if "version" in b],
+        )
+        for name, value in (store.load("handle.json") if store.path("handle.json").exists() else {}).items():
+            setattr(h, name, value)
+        if h.state in ENDED_STATES:
+            h.summary = store.load("summary.json") if store.path("summary.json").exists() else None
+            h.done.set()
+        return h
+
+    def _save_handle(self, h: JobHandle) -> None:
+        h.store.save("handle.json", {name: getattr(h, name) for name in HANDLE_FIELDS})
 
     # -- job submission -------------------------------------------------------------------------------------
     def submit(
@@ -142,6 +258,7 @@ class Controller:
             job_id,
             {"cpr.job_id": job_id, "cpr.state": "queued", "cpr.model": cfg.model.name, "cpr.data": cfg.data.name},
             artifact_location=artifact_location,
+            journal_dir=state_dir,
         )
         from orchestrator.blueprints.store import LocalBlueprintStore
 
@@ -159,7 +276,9 @@ class Controller:
         )
         self.jobs[job_id] = handle
         writer.log_params(params)
-        writer.log_text(job_to_yaml(cfg), "config.yaml")
+        from orchestrator.tracking.secrets import mask_config
+
+        writer.log_text(job_to_yaml(job_from_dict(mask_config(job))), "config.yaml")  # secrets masked, as the params
         store.save(
             "job.json",
             {
@@ -167,6 +286,7 @@ class Controller:
                 "job": job,
                 "prepared": prepared,
                 "run_id": writer.run_id,
+                "experiment_id": writer.experiment_id,
                 "tracking_uri": tracking_uri,
                 "checkpoint_dir": checkpoint_dir,
                 "blueprint_dir": blueprint_dir,
@@ -175,6 +295,10 @@ class Controller:
             },
         )
         self._persist(handle)
+        self._save_handle(handle)
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(self._kv_prefix() + job_id, str(Path(state_dir).resolve()))
         with self._pool_lock:
             self._schedule_log = Path(state_dir).parent.parent / "scheduler" / "decisions.jsonl"
             if self._scheduler is None:
@@ -261,11 +385,9 @@ class Controller:
             waiting = [h for h in live if h.state in WAITING_STATES and not h.tracker.halted]
         # `cpr stop` of a waiting job (no ranks poll for it): an MLflow query each, so outside the pool's lock.
         if waiting and time.monotonic() >= self._next_stop_poll:
-            from orchestrator.tracking.runs import is_stop_requested
-
             self._next_stop_poll = time.monotonic() + STOP_POLL_S
             for h in waiting:
-                if is_stop_requested(h.writer.client, h.writer.run_id):
+                if _stop_requested(h):
                     threading.Thread(target=self.request_stop, args=(h.job_id,), daemon=True).start()
 
     def _tick_pool(self, kind: str, live: list[JobHandle], pool: int) -> None:
@@ -303,7 +425,6 @@ class Controller:
                     self._record(d, None, pool)
                 continue
             assert h is not None
-            self._record(d, h, pool)
             if d.action is SlotAction.START:
                 h.slots = d.to_slots
                 self._set_state(h, "starting")
@@ -323,6 +444,9 @@ class Controller:
                 h.slots = d.to_slots
                 h.restart_to = d.to_slots // slot_unit(h.job)[1]
                 h.last_resize_t = time.time()
+            # Applied and persisted before it is recorded: a controller restarted in between must not decide it again.
+            self._save_handle(h)
+            self._record(d, h, pool)
         free = pool - sum(h.slots for h in self.jobs.values() if slot_unit(h.job)[0] == kind)
         for h in live:
             if h.state in WAITING_STATES and not h.tracker.halted:
@@ -392,14 +516,14 @@ class Controller:
         finally:
             h.done.set()
 
-    def _run_job(self, h: JobHandle) -> None:
+    def _run_job(self, h: JobHandle, adopt: bool = False) -> None:
         """Run the job's gangs until it ends: a decided resize restarts it from its checkpoint at the new size, a
-        pause leaves it waiting for slots (the scheduler's START runs this again, from that checkpoint)."""
+        pause leaves it waiting for slots (the scheduler's START runs this again, from that checkpoint), a lost rank
+        restarts the gang from its last checkpoint. `adopt`: a restarted controller takes over the running gang."""
         import ray
 
         from orchestrator.config.compose import job_to_dict
         from orchestrator.config.validate import resized
-        from orchestrator.tracking.runs import is_stop_requested
         from orchestrator.worker.group import WorkerGroup
 
         prepared, checkpoint_dir = h.launch
@@ -407,7 +531,8 @@ class Controller:
         paused, group = False, None
         try:
             while True:
-                world = h.slots // slot_unit(h.job)[1]
+                # Adopting: the size it runs at (or was starting at, if it died before saying so).
+                world = (h.world if adopt else 0) or h.slots // slot_unit(h.job)[1]
                 job = resized(h.job, world)
                 h.group = group = WorkerGroup(
                     job_id=h.job_id,
@@ -419,26 +544,27 @@ class Controller:
                     resume=h.resume,
                     incarnation=h.incarnation,
                 )
-                refs = group.start()
-                with h.lock:
-                    h.tracker.started(time.time())
-                if h.restarts and "seconds" not in h.restarts[-1]:  # a resize: from its decision to this start
-                    h.restarts[-1]["seconds"] = time.time() - (h.last_resize_t or time.time())
-                h.world = world
-                self._set_state(h, "running")
-                h.results = []
-                pending = list(refs)
-                next_poll = time.monotonic() + STOP_POLL_S
-                while pending:
-                    done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-                    for ref in done:
-                        h.results.append(ray.get(ref))  # a failed rank raises here
-                    if pending and time.monotonic() >= next_poll and not h.tracker.halted:
-                        next_poll = time.monotonic() + STOP_POLL_S
-                        if is_stop_requested(h.writer.client, h.writer.run_id):
-                            self.request_stop(h.job_id)
+                if adopt:
+                    adopt, refs, lost = False, group.adopt(), None
+                    if refs is None:  # gone (it was starting or restarting, or died meanwhile): not its fault
+                        self._recover(h, "its gang was gone when the controller restarted", failure=False)
+                        continue
+                else:
+                    refs, lost = group.start(), None
+                    with h.lock:
+                        h.tracker.started(time.time())
+                    if h.restarts and "seconds" not in h.restarts[-1]:  # from its decision to this start
+                        h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("since")
+                    h.world = world
+                    h.checkpoint = None  # the gang's own periodic checkpoints come after `resume`
+                    self._set_state(h, "running")
+                if refs is not None:
+                    lost = self._await(h, refs)
                 group.shutdown()
                 h.group = group = None
+                if lost is not None:
+                    self._recover(h, lost)  # raises GangLost past cluster.max_restarts
+                    continue
                 rank0 = min(h.results, key=lambda r: r["rank"])
                 h.train_s += rank0["train_s"]
                 h.probe_s += rank0["probe_s"]
@@ -448,7 +574,7 @@ class Controller:
                 paused = self._restart(h, rank0)
                 if paused:
                     return
-        except Exception as exc:  # a rank died or raised: the job fails with the reason on its run
+        except Exception as exc:  # a rank raised, or its gang was lost too often: the job fails with the reason
             cause = getattr(exc, "cause", None)  # a rank's own exception inside Ray's RayTaskError
             if isinstance(cause, InputError):  # bad input met at run time (e.g. a histogram range): one line
                 h.error, h.input_error = (
@@ -466,6 +592,68 @@ class Controller:
             if not paused:
                 self._release(h)
                 h.done.set()
+
+    def _await(self, h: JobHandle, refs: list[Any]) -> str | None:
+        """Wait for the gang's results (into `h.results`), polling `cpr stop`; returns why the gang was lost (a rank
+        died), or None when every rank returned. A rank's own exception is raised."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        h.results = []
+        pending = list(refs)
+        next_poll = time.monotonic() + STOP_POLL_S
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            for ref in done:
+                try:
+                    result = ray.get(ref)
+                except RayActorError as exc:
+                    return f"a rank died: {' '.join(str(exc).split())[:300]}"
+                except Exception:
+                    # A peer's death often reaches the survivors first, as a gloo/NCCL error in a collective: if a
+                    # rank of the gang died, the gang was lost; otherwise the rank's error is the job's.
+                    try:
+                        ray.get(pending, timeout=10)
+                    except RayActorError as exc:
+                        return f"a rank died: {' '.join(str(exc).split())[:300]}"
+                    except Exception:
+                        pass
+                    raise
+                if result is None:  # adopted, but its `run` never ran (the controller died starting it)
+                    return "its ranks never ran"
+                h.results.append(result)
+            if pending and time.monotonic() >= next_poll and not h.tracker.halted:
+                next_poll = time.monotonic() + STOP_POLL_S
+                if _stop_requested(h):
+                    self.request_stop(h.job_id)
+        return None
+
+    def _recover(self, h: JobHandle, why: str, *, failure: bool = True) -> None:
+        """The gang was lost: point the job at its latest checkpoint for a new gang of the same size, or raise
+        `GangLost` once it has been lost more than cluster.max_restarts times. Steps redone after the checkpoint
+        are not counted or logged again (the reports' steps say so); their energy, really spent again, is."""
+        with h.lock:
+            h.failures += failure
+            step = h.tracker.last_train.step if h.tracker.last_train else 0
+            if h.failures > h.job.cluster.max_restarts:
+                raise GangLost(f"{why} (lost {h.failures} times; cluster.max_restarts={h.job.cluster.max_restarts})")
+            if h.checkpoint is not None:  # else: the checkpoint it started from, or from scratch
+                ckpt = Path(h.checkpoint["path"])
+                h.resume = {"dir": str(ckpt.parent), "tag": ckpt.name, "universal": False}
+            h.incarnation += 1
+            h.restarts.append(
+                {
+                    "step": step,
+                    "from_workers": h.world,
+                    "to_workers": h.world,
+                    "reason": why,
+                    "resumed_from": h.checkpoint["step"] if h.checkpoint else None,
+                    "since": time.time(),
+                }
+            )
+            h.writer.set_tags({"cpr.restarts": str(len(h.restarts)), "cpr.last_restart": why[:500]})
+            print(f"{h.job_id}: {why}; restarting from {h.resume and h.resume['tag']}", flush=True)
+        self._set_state(h, "restarting")
 
     def _restarting(self, h: JobHandle) -> bool:
         """The gang returned for a decided resize or pause (not for a STOP, nor at the end of its budget)."""
@@ -494,12 +682,19 @@ class Controller:
         if next_world != h.world and h.job.deepspeed.zero_stage > 0:
             h.resume = to_universal(ckpt)
         h.incarnation += 1
-        h.restarts.append({"step": rank0["step"], "from_workers": h.world, "to_workers": target})
+        h.restarts.append(
+            {
+                "step": rank0["step"],
+                "from_workers": h.world,
+                "to_workers": target,
+                "since": h.last_resize_t or time.time(),
+            }
+        )
         with self._pool_lock:
             h.restart_to = None
             if target:
                 return False
-            h.restarts[-1]["seconds"] = time.time() - (h.last_resize_t or time.time())  # a pause: until it is paused
+            h.restarts[-1]["seconds"] = time.time() - h.restarts[-1].pop("since")  # a pause: until it is paused
             self._set_state(h, "paused")
             h.schedule = f"paused at step {rank0['step']}: waits for {h.job.cluster.num_workers} ranks' slots"
             h.writer.set_tags({"cpr.schedule": h.schedule})
@@ -531,26 +726,36 @@ class Controller:
         with h.lock:
             h.tracker.on_telemetry(parsed)
             h.store.append("telemetry.jsonl", samples)
+            h.telemetry_lines += len(samples)
 
     def train(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
         h = self.jobs[job_id]
         r = TrainReport.from_dict(report)
         with h.lock:
             metrics = h.tracker.on_train(r)
-            metrics.update(h.tracker.resource_metrics(r.t_s))
-            h.writer.log_metrics(metrics, step=r.step)
+            if r.step > (h.writer.mark("train") or 0):  # else a retried report, or a step redone after a restart
+                metrics.update(h.tracker.resource_metrics(r.t_s))
+                h.writer.log_metrics(metrics, step=r.step, mark="train")
+            if (d := h.tracker.train_diverged()) is not None:
+                self._persist(h)
+                h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": StopReason.DIVERGED.value})
             return self._answer(h)
 
     def eval(self, job_id: str, report: dict[str, Any]) -> dict[str, Any]:
         h = self.jobs[job_id]
         r = EvalReport.from_dict(report)
         with h.lock:
+            if h.tracker.last_eval is not None and r.step <= h.tracker.last_eval.step:
+                return {**self._answer(h), "decision": None}  # checked before: a retry, or a step redone
             outcome = h.tracker.on_eval(r)
             if h.job.group is not None:
                 h.psi_at_budget = h.tracker.psi_bound_at(h.job.train.max_tokens // tokens_per_step(h.job))
                 if h.psi_at_budget is not None:
                     outcome.metrics["cpr/psi_at_budget"] = h.psi_at_budget
-            h.writer.log_metrics(outcome.metrics, step=r.step)
+            if r.step > (h.writer.mark("eval") or 0):  # else logged before the controller restarted
+                h.writer.log_metrics(outcome.metrics, step=r.step, mark="eval")
+            self._persist(h)
             if outcome.decision is not None:
                 d = outcome.decision
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
@@ -561,7 +766,6 @@ class Controller:
                         "cpr.check": str(d.check),
                     }
                 )
-            self._persist(h)
             answer = self._answer(h, halt=outcome.halt)
             answer["decision"] = outcome.decision.to_dict() if outcome.decision else None
             return answer
@@ -582,10 +786,12 @@ class Controller:
         parsed = [ProbeReport.from_dict(r) for r in reports]
         general = next(r for r in parsed if r.domain == "general")
         with h.lock:
+            if general.step <= (h.writer.mark("probe") or 0):  # a retry, or a step redone after a restart
+                return
             if any(r.nonfinite for r in parsed):
                 h.writer.set_tags({"cpr.probe_warning": f"non-finite gradients at step {general.step}; no blueprint"})
                 return
-            h.writer.log_metrics(probe_metrics(general, h.job.probe.top_k), step=general.step)
+            h.writer.log_metrics(probe_metrics(general, h.job.probe.top_k), step=general.step, mark="probe")
             if general.label is not None:
                 try:
                     self._publish(h, parsed)
@@ -593,6 +799,14 @@ class Controller:
                     msg = f"step {general.step} ({general.label}): {type(exc).__name__}: {exc}"
                     h.writer.set_tags({"cpr.blueprint_error": msg[:5000]})
                     h.store.append("blueprints.jsonl", [{"error": msg, "step": general.step}])
+
+    def checkpointed(self, job_id: str, record: dict[str, Any]) -> None:
+        """Rank 0: every rank's part of a periodic checkpoint is on disk; a lost gang restarts from it."""
+        h = self.jobs[job_id]
+        with h.lock:
+            h.checkpoint = record
+            self._save_handle(h)
+            h.writer.set_tags({"cpr.checkpoint": record["path"]})
 
     def _publish(self, h: JobHandle, reports: list[Any]) -> None:
         """Build, validate and publish one blueprint version: local store first (immutable), then MLflow."""
@@ -674,10 +888,10 @@ class Controller:
             step = h.tracker.last_train.step if h.tracker.last_train else 0
             fresh = not h.tracker.halted
             d = h.tracker.user_stop(step=step, t_s=time.time(), reason=reason)
+            self._persist(h)
             if fresh:
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
                 h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": d.reason.value if d.reason else ""})
-            self._persist(h)
             return {"ok": True, "decision": d.to_dict()}
 
     def view(self, job_id: str) -> dict[str, Any]:
@@ -710,10 +924,11 @@ class Controller:
     # -- endings -------------------------------------------------------------------------------------------
     def _set_state(self, h: JobHandle, state: str) -> None:
         h.state = state
+        self._save_handle(h)
         h.writer.set_tags({"cpr.state": state})
 
     def _persist(self, h: JobHandle) -> None:
-        h.store.save("tracker.json", h.tracker.to_dict())
+        h.store.save("tracker.json", {**h.tracker.to_dict(), "telemetry_lines": h.telemetry_lines})
 
     def _finish(self, h: JobHandle) -> None:
         with h.lock:
@@ -721,11 +936,13 @@ class Controller:
             last_step = max((r["step"] for r in h.results), default=0)
             if not t.halted:
                 t.budget_reached(step=last_step, t_s=time.time())
+                self._persist(h)
                 h.store.append("decisions.jsonl", [t.decisions[-1]])
             summary = t.summary()
             summary.update(
                 run_id=h.writer.run_id,
                 checkpoint=h.results[0]["checkpoint"] if h.results else None,
+                diverged_state_not_saved=any(not r.get("finite", True) for r in h.results),
                 absent_sources=sorted({s["name"] for st in h.sources.values() for s in st if not s["present"]}),
                 telemetry_errors=[e for r in h.results for e in r.get("telemetry_errors", [])],
                 workers=sorted(h.results, key=lambda r: r["rank"]),
@@ -735,7 +952,6 @@ class Controller:
                 blueprints=list(h.blueprints),
             )
             h.summary = summary
-            h.writer.log_metrics(t.resource_metrics(time.time()), step=last_step)
             reason = summary["reason"] or "budget"
             h.writer.set_tags({"cpr.decision": "stop", "cpr.reason": reason})
             self._artifacts(h)
@@ -784,6 +1000,16 @@ class Controller:
             h.writer.log_file(str(telemetry))
 
 
+def _stop_requested(h: JobHandle) -> bool:
+    """`cpr stop` asked for this job (its run's tag); False while MLflow cannot be reached (asked again later)."""
+    from orchestrator.tracking.runs import is_stop_requested
+
+    try:
+        return is_stop_requested(h.writer.client, h.writer.run_id)
+    except Exception:
+        return False
+
+
 def to_universal(ckpt: Path) -> dict[str, Any]:
     """Convert a DeepSpeed ZeRO checkpoint (`<dir>/<tag>`) to a universal one (`<dir>/universal/<tag>`), loadable at
     any world size; returns it as a resume point."""
@@ -822,6 +1048,10 @@ def controller_handle(namespace: str, *, detached: bool) -> Any:
         "get_if_exists": True,
         "num_cpus": 0,
         "max_concurrency": 64,
+        # Restartable: Ray brings it back after its process dies (it restores its jobs), and calls made to it
+        # meanwhile (the ranks' reports) are retried on the new process rather than lost.
+        "max_restarts": -1,
+        "max_task_retries": -1,
     }
     if detached:
         options["lifetime"] = "detached"

@@ -82,6 +82,8 @@ class JobTracker:
         self.stop: Decision | None = None
         self.last_train: TrainReport | None = None
         self.last_eval: EvalReport | None = None
+        self.nonfinite_train = 0
+        """Successive training reports with a NaN/Inf loss."""
         self._power_mark: tuple[float, dict[str, float]] | None = None
 
     # -- inputs ---------------------------------------------------------------------------------------------
@@ -110,6 +112,7 @@ class JobTracker:
         """Metrics to log at the report's step."""
         self._tokens(report.step, report.tokens, report.t_s)
         self.last_train = report
+        self.nonfinite_train = 0 if math.isfinite(report.loss) else self.nonfinite_train + 1
         return {
             "train/loss": report.loss,
             "train/lr": report.lr,
@@ -163,6 +166,15 @@ class JobTracker:
         if decision.stopped and halt:
             self.stop = decision
         return CheckOutcome(decision=decision, metrics=metrics, halt=halt)
+
+    def train_diverged(self) -> Decision | None:
+        """A STOP `diverged` once `max_nonfinite` training reports in a row had a non-finite loss (None otherwise, or
+        when already stopped). The rule's own test sees only Ψ; a ZeRO optimizer that skips non-finite steps keeps
+        the weights, and so Ψ, finite while every step is lost, which only the training loss shows."""
+        if self.stop is not None or self.nonfinite_train < self.rule.config.max_nonfinite:
+            return None
+        assert self.last_train is not None
+        return self.user_stop(step=self.last_train.step, t_s=self.last_train.t_s, reason=StopReason.DIVERGED)
 
     def user_stop(self, *, step: int | None, t_s: float, reason: StopReason = StopReason.USER) -> Decision:
         """A STOP from outside the rule: a person's or script's (`user`) or the scheduler's (`dominated`); the
@@ -316,6 +328,7 @@ class JobTracker:
             "stop": self.stop.to_dict() if self.stop else None,
             "last_train": self.last_train.to_dict() if self.last_train else None,
             "last_eval": self.last_eval.to_dict() if self.last_eval else None,
+            "nonfinite_train": self.nonfinite_train,
         }
 
     @classmethod
@@ -340,5 +353,6 @@ class JobTracker:
         tracker.stop = Decision.from_dict(data["stop"]) if data["stop"] else None
         tracker.last_train = TrainReport.from_dict(data["last_train"]) if data["last_train"] else None
         tracker.last_eval = EvalReport.from_dict(data["last_eval"]) if data["last_eval"] else None
+        tracker.nonfinite_train = int(data.get("nonfinite_train", 0))
         tracker._power_mark = None
         return tracker

@@ -2,7 +2,11 @@
 
 Writes go through `MlflowClient` (not the fluent API: the controller writes many runs from many threads) via one
 ordered queue per run and a background thread that flushes it with `log_batch`. If the store fails, the queue
-keeps the operations and the thread retries with backoff, in order (`pending()`, `last_error` say so).
+keeps the operations and the thread retries with backoff, in order (`pending()`, `last_error` say so). Given a
+journal folder, every write is first appended to a write-ahead log on local disk (`journal.Journal`): an MLflow
+outage, or a controller killed with writes still queued, loses nothing; a restarted writer sends what is owed.
+A write sent twice (the store took it, then the process died before recording so) is harmless: a metric point is
+(key, value, timestamp, step), which the store keeps once, and params, tags and artifacts are overwritten alike.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import re
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
+
+from orchestrator.tracking.journal import Journal
 
 MAX_PARAM_LEN = 6000
 PARAMS_PER_BATCH = 100
@@ -40,15 +47,23 @@ def flatten_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class RunWriter:
-    def __init__(self, client: Any, run_id: str, experiment_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, experiment_id: str, journal_dir: str | Path | None = None) -> None:
+        """`journal_dir`: where the write-ahead log lives (the job's state folder); None: memory only."""
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.last_error: str | None = None
-        self._ops: deque[tuple[str, Any]] = deque()
+        self._ops: deque[tuple[int, str, Any]] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._busy = False
+        self._seq = self._acked = 0
+        self._marks: dict[str, int] = {}
+        self._journal = Journal(journal_dir) if journal_dir is not None else None
+        if self._journal is not None:  # a restart: what the last writer of this run still owed goes first
+            self._acked, self._marks, owed = self._journal.recover()
+            self._ops.extend((r["seq"], r["op"], _payload(r["op"], r["payload"])) for r in owed)
+            self._seq = owed[-1]["seq"] if owed else self._acked
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{run_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -60,6 +75,7 @@ class RunWriter:
         run_name: str,
         tags: dict[str, str],
         artifact_location: str | None = None,
+        journal_dir: str | Path | None = None,
     ) -> RunWriter:
         from mlflow.tracking import MlflowClient
 
@@ -73,29 +89,45 @@ class RunWriter:
         else:
             exp_id = exp.experiment_id
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
-        return cls(client, run.info.run_id, exp_id)
+        return cls(client, run.info.run_id, exp_id, journal_dir)
 
     @classmethod
-    def attach(cls, tracking_uri: str, run_id: str) -> RunWriter:
+    def attach(
+        cls, tracking_uri: str, run_id: str, experiment_id: str, journal_dir: str | Path | None = None
+    ) -> RunWriter:
+        """A writer for an existing run (a restarted controller's): no call to the store, which may be down."""
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri)
-        run = client.get_run(run_id)
-        return cls(client, run_id, run.info.experiment_id)
+        return cls(MlflowClient(tracking_uri), run_id, experiment_id, journal_dir)
 
     # -- queued writes -----------------------------------------------------------------------------------------
-    def _put(self, op: str, payload: Any) -> None:
+    def _put(self, op: str, payload: Any, mark: tuple[str, int] | None = None) -> None:
         with self._cv:
-            self._ops.append((op, payload))
+            self._seq += 1
+            if self._journal is not None:
+                self._journal.append({"seq": self._seq, "op": op, "payload": payload, "mark": mark})
+            if mark is not None:
+                key, step = mark
+                self._marks[key] = max(self._marks.get(key, step), step)
+            self._ops.append((self._seq, op, payload))
             if len(self._ops) >= 500:
                 self._cv.notify()
+
+    def mark(self, key: str) -> int | None:
+        """The highest step journaled under `key` (see `log_metrics`), None if none: what a retried report skips."""
+        with self._cv:
+            return self._marks.get(key)
 
     def log_params(self, params: dict[str, str]) -> None:
         self._put("params", {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        self._put("metrics", [(metric_name(k), float(v), ts, int(step)) for k, v in metrics.items()])
+    def log_metrics(
+        self, metrics: dict[str, float], step: int, *, mark: str | None = None, t_s: float | None = None
+    ) -> None:
+        """Points at `step`, stamped `t_s` (default now); `mark`: record this step under that key (`mark()`)."""
+        ts = int((time.time() if t_s is None else t_s) * 1000)
+        points = [(metric_name(k), float(v), ts, int(step)) for k, v in metrics.items()]
+        self._put("metrics", points, None if mark is None else (mark, int(step)))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._put("tags", {k: str(v) for k, v in tags.items()})
@@ -122,37 +154,37 @@ class RunWriter:
                 self._cv.wait(min(left, 0.1))
         return True
 
-    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
-        self.flush(timeout_s)
+    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> bool:
+        """End the run with `status` after everything queued. False when the store did not take it all within
+        timeout_s: the thread keeps retrying, and with a journal a restarted writer would finish the job."""
+        self._put("terminate", status)
         with self._cv:
             self._closed = True
-            self._cv.notify()
-        self._thread.join(timeout=5)
-        self.client.set_terminated(self.run_id, status=status)
+        return self.flush(timeout_s)
 
     # -- the writer thread -----------------------------------------------------------------------------------
-    def _take(self) -> list[tuple[str, Any]]:
+    def _take(self) -> list[tuple[int, str, Any]]:
         """The next batch: consecutive metric ops merged (≤ METRICS_PER_BATCH points), else one op."""
-        op, payload = self._ops[0]
+        _, op, payload = self._ops[0]
         if op != "metrics":
             return [self._ops.popleft()]
         batch, n = [], 0
         while (
             self._ops
-            and self._ops[0][0] == "metrics"
-            and n + len(self._ops[0][1]) <= max(METRICS_PER_BATCH, len(payload))
+            and self._ops[0][1] == "metrics"
+            and n + len(self._ops[0][2]) <= max(METRICS_PER_BATCH, len(payload))
         ):
             item = self._ops.popleft()
             batch.append(item)
-            n += len(item[1])
+            n += len(item[2])
         return batch
 
-    def _write(self, batch: list[tuple[str, Any]]) -> None:
+    def _write(self, batch: list[tuple[int, str, Any]]) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        op, payload = batch[0]
+        _, op, payload = batch[0]
         if op == "metrics":
-            points = [Metric(k, v, ts, step) for _, pts in batch for (k, v, ts, step) in pts]
+            points = [Metric(k, v, ts, step) for _, _, pts in batch for (k, v, ts, step) in pts]
             self.client.log_batch(self.run_id, metrics=points)
         elif op == "params":
             items = list(payload.items())
@@ -164,6 +196,8 @@ class RunWriter:
             self.client.log_text(self.run_id, payload[0], payload[1])
         elif op == "file":
             self.client.log_artifact(self.run_id, payload[0], payload[1])
+        elif op == "terminate":
+            self.client.set_terminated(self.run_id, status=payload)
 
     def _loop(self) -> None:
         backoff = 0.5
@@ -180,6 +214,9 @@ class RunWriter:
                 self._write(batch)
                 backoff = 0.5
                 with self._cv:
+                    self._acked = batch[-1][0]
+                    if self._journal is not None:
+                        self._journal.ack(self._acked, dict(self._marks), drained=not self._ops)
                     self._busy = False
                     self._cv.notify_all()
             except Exception as exc:  # store unreachable: put the batch back at the front, retry later
@@ -188,7 +225,14 @@ class RunWriter:
                     self._ops.extendleft(reversed(batch))
                     self._busy = False
                     self._cv.notify_all()
-                if self._closed:
-                    return
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def _payload(op: str, payload: Any) -> Any:
+    """A journaled payload as the writer queues it (JSON turned the tuples into lists)."""
+    if op == "metrics":
+        return [tuple(p) for p in payload]
+    if op in ("text", "file"):
+        return tuple(payload)
+    return payload

@@ -1,5 +1,8 @@
 """A job's gang of training ranks: one placement group, one Ray actor per rank, a gloo/NCCL rendezvous.
 
+The ranks and their placement group are *detached* from the controller that creates them: a controller killed and
+restarted by Ray finds them again by name (`adopt`) while they train on, instead of losing them with its process.
+
 Why our own actor group rather than Ray Train's TorchTrainer: the controller must talk to the ranks at every
 evaluation check and grow or shrink the gang through a checkpoint-restart, while Ray Train v2 runs its
 own controller that owns the worker lifecycle and failure handling. An actor group keeps one owner: ours.
@@ -49,12 +52,14 @@ class WorkerGroup:
         from orchestrator.worker.trainer import TrainWorker
 
         c = self.job.cluster
-        suffix = f"-{self.incarnation}" if self.incarnation else ""  # a restart's names, apart from the last one's
         bundle: dict[str, float] = {"CPU": float(c.cpus_per_worker)}
         if c.gpus_per_worker:
             bundle["GPU"] = float(c.gpus_per_worker)
         self.pg = placement_group(
-            [dict(bundle) for _ in range(c.num_workers)], strategy="PACK", name=f"cpr-{self.job_id}{suffix}"
+            [dict(bundle) for _ in range(c.num_workers)],
+            strategy="PACK",
+            name=self.names()[0],
+            lifetime="detached",
         )
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
@@ -75,7 +80,9 @@ class WorkerGroup:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=rank
                 ),
-                name=f"cpr-{self.job_id}-rank{rank}{suffix}",
+                name=self.names()[1][rank],
+                lifetime="detached",
+                max_restarts=0,  # a rank that dies is not brought back alone: its gang restarts from a checkpoint
             ).remote(
                 rank=rank,
                 world_size=c.num_workers,
@@ -91,6 +98,31 @@ class WorkerGroup:
             self.actors.append(actor)
         addr, port = ray.get(self.actors[0].address.remote())
         return [a.run.remote(addr, port) for a in self.actors]
+
+    def names(self) -> tuple[str, list[str]]:
+        """Its placement group's and its ranks' Ray names (a restart's apart from the last one's)."""
+        suffix = f"-{self.incarnation}" if self.incarnation else ""
+        ranks = [f"cpr-{self.job_id}-rank{r}{suffix}" for r in range(self.job.cluster.num_workers)]
+        return f"cpr-{self.job_id}{suffix}", ranks
+
+    def adopt(self) -> list[Any] | None:
+        """Find this gang's live ranks by name (a restarted controller's view of a running job); returns refs to
+        their results (see `TrainWorker.result`), or None when the gang is not all there (then it is shut down)."""
+        import ray
+        from ray.util import get_placement_group
+
+        pg_name, rank_names = self.names()
+        try:
+            self.pg = get_placement_group(pg_name)
+        except ValueError:
+            self.pg = None
+        for name in rank_names:
+            try:
+                self.actors.append(ray.get_actor(name))
+            except ValueError:
+                self.shutdown()
+                return None
+        return [a.result.remote() for a in self.actors]
 
     def shutdown(self) -> None:
         import ray

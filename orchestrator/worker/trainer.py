@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import threading
 import time
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.compose import job_from_dict
+
+INJECT_NONFINITE = "CPR_INJECT_NONFINITE_AT_STEP"
+"""Fault injection for drills and tests: from this optimizer step on, every rank's loss is multiplied by NaN before
+its backward pass, so NaN gradients really flow through DeepSpeed into the weights (unset: off)."""
 
 
 def free_port() -> int:
@@ -74,6 +79,12 @@ class TrainWorker:
         self.incarnation = incarnation
         self._pending: list[Any] = []
         self._lock = threading.Lock()
+        self._result: dict[str, Any] | None = None
+
+    def result(self) -> dict[str, Any] | None:
+        """What `run` returned. A restarted controller (which lost `run`'s reference) calls this: the actor runs one
+        call at a time, so it waits until `run` has returned."""
+        return self._result
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port: rank 0 hosts the process group's rendezvous."""
@@ -112,10 +123,12 @@ class TrainWorker:
         torch.set_num_threads(job.train.threads_per_worker or job.cluster.cpus_per_worker)
         import deepspeed
 
+        from orchestrator.config.validate import checkpoint_interval
         from orchestrator.core.reports import EvalReport, TrainReport
         from orchestrator.data.batches import TrainBatches, val_batches
         from orchestrator.data.prepare import PreparedData
         from orchestrator.models import build_model
+        from orchestrator.telemetry.clock import steady_time  # report stamps on the telemetry's step-free clock
         from orchestrator.worker.engine import build_engine, current_lr, evaluate, token_loss
 
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
@@ -198,27 +211,54 @@ class TrainWorker:
             """The controller's answer as the number the ranks all-reduce: 0 go on, 1 stop, 2 restart."""
             return 2.0 if answer.get("restart") else 1.0 if answer["halt"] else 0.0
 
-        def check(step: int, tokens: int, final: bool) -> float:
+        def check(step: int, tokens: int, final: bool) -> tuple[float, bool]:
+            """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite)."""
             loss_sum, n = evaluate(engine, my_val)
             total, count = all_reduce([loss_sum, float(n)])
+            finite = math.isfinite(total)
             halt = 0.0
             if bare:
-                return 0.0
+                return 0.0, finite
             if self.rank == 0:
-                report = EvalReport(step=step, tokens=tokens, val_loss=total / count, t_s=time.time(), final=final)
+                report = EvalReport(step=step, tokens=tokens, val_loss=total / count, t_s=steady_time(), final=final)
                 halt = flag(ray.get(self.controller.eval.remote(self.job_id, report.to_dict())))
-            return all_reduce([halt])[0]
+            return all_reduce([halt])[0], finite
+
+        def save(step: int, tokens: int) -> Path:
+            tag = f"step{step}"
+            engine.save_checkpoint(
+                self.checkpoint_dir,
+                tag=tag,
+                client_state={
+                    "step": step,
+                    "tokens": tokens,
+                    "batches": batches.state_dict(),
+                    # Lets `ds_to_universal` convert it, so a later run can resume at another world size.
+                    "universal_checkpoint_info": {"universal_checkpoint_version": 0.2},
+                },
+            )
+            dist.barrier()  # every rank's part is on disk before anyone calls it a checkpoint
+            return Path(self.checkpoint_dir) / tag
+
+        # The latest checkpoint of a finite state: a periodic one, else the one this gang started from.
+        every = checkpoint_interval(job)
+        finite_ckpt = str(Path(resume["dir"]) / resume["tag"]) if resume is not None else None
+        periodic: list[Path] = []
+        finite = True  # the latest train report's loss and evaluation check were finite
 
         reason = "budget"
         start_tokens = tokens
         interval_loss, interval_steps, t_mark, tokens_mark = 0.0, 0, time.perf_counter(), tokens
         last_answer: Any = None
+        poison_from = int(os.environ.get(INJECT_NONFINITE) or 0)
         engine.train()
         t_loop = time.perf_counter()
         while step < total_steps:
             for _ in range(t.grad_accum):
                 x, y = next(batches)
                 loss = token_loss(engine, x.to(engine.device), y.to(engine.device))
+                if poison_from and step + 1 >= poison_from:
+                    loss = loss * math.nan
                 engine.backward(loss)
                 engine.step()
                 interval_loss = interval_loss + loss.detach() / t.grad_accum  # no host sync per step
@@ -233,6 +273,9 @@ class TrainWorker:
                     if ready:
                         user_halt = flag(ray.get(ready[0]))
                 loss_sum, said = all_reduce([float(interval_loss), user_halt])
+                finite = math.isfinite(loss_sum)
+                if sampler is not None and sampler.ensure_alive():
+                    print(f"rank {self.rank}: telemetry sampler restarted at step {step}", flush=True)
                 if self.rank == 0:
                     now = time.perf_counter()
                     report = TrainReport(
@@ -241,7 +284,7 @@ class TrainWorker:
                         loss=loss_sum / (self.world_size * interval_steps),
                         lr=current_lr(engine),
                         tokens_per_s=(tokens - tokens_mark) / max(now - t_mark, 1e-9),
-                        t_s=time.time(),
+                        t_s=steady_time(),
                     )
                     last_answer = self.controller.train.remote(self.job_id, report.to_dict())
                     self._send(last_answer)
@@ -251,9 +294,20 @@ class TrainWorker:
                     halt, reason = True, "restart" if said > 1 else "user"
             # A restart still takes this step's check: the rule's window must not lose a point to a resize.
             if (not halt or reason == "restart") and (step % t.eval_interval == 0 or step == total_steps):
-                said = check(step, tokens, final=step == total_steps)
+                said, checked_finite = check(step, tokens, final=step == total_steps)
+                finite = finite and checked_finite
                 if said > 0:
                     halt, reason = True, "restart" if said > 1 else "controller"
+                elif every and step % every == 0 and finite and not bare:
+                    # A periodic checkpoint, of a state the check just found finite: what a lost rank restarts from.
+                    periodic.append(save(step, tokens))
+                    finite_ckpt = str(periodic[-1])
+                    if self.rank == 0:
+                        record = {"step": step, "tokens": tokens, "path": finite_ckpt, "world_size": self.world_size}
+                        self._send(self.controller.checkpointed.remote(self.job_id, record))
+                        for old in periodic[: -job.train.keep_checkpoints]:
+                            shutil.rmtree(old, ignore_errors=True)
+                    del periodic[: -job.train.keep_checkpoints]
             if probe is not None:
                 # A STOP's blueprint ("stop"); a restart is not an end and publishes nothing.
                 label = probe_steps.get(step) or ("stop" if halt and reason != "restart" else None)
@@ -263,33 +317,26 @@ class TrainWorker:
                 break
         train_s = time.perf_counter() - t_loop
 
-        tag = f"step{step}"
-        engine.save_checkpoint(
-            self.checkpoint_dir,
-            tag=tag,
-            client_state={
-                "step": step,
-                "tokens": tokens,
-                "batches": batches.state_dict(),
-                # Lets `ds_to_universal` convert it, so a later run can resume at another world size.
-                "universal_checkpoint_info": {"universal_checkpoint_version": 0.2},
-            },
-        )
+        # A diverged state is not saved: the job keeps its last finite checkpoint (None if it never had one).
+        if finite and finite_ckpt != str(Path(self.checkpoint_dir) / f"step{step}"):
+            finite_ckpt = str(save(step, tokens))
         if sampler is not None:
             sampler.stop()  # one last reading, sent before we return
         with self._lock:
             pending, self._pending = self._pending, []
         ray.get(pending)
         dist.barrier()
-        return {
+        self._result = {
             "rank": self.rank,
             "step": step,
             "tokens": tokens,
             "ended_by": reason if step < total_steps else "budget",
-            "checkpoint": str(Path(self.checkpoint_dir) / tag),
+            "checkpoint": finite_ckpt,
+            "finite": finite,
             "train_s": train_s,
             "probe_s": probe_s,
             "world_size": self.world_size,
             "tokens_per_s": (tokens - start_tokens) / train_s if train_s > 0 else None,
             "telemetry_errors": list(sampler.errors) if sampler is not None else [],
         }
+        return self._result

@@ -22,9 +22,18 @@ SHORT_JOB = [
 
 
 @contextmanager
-def local_pool(namespace: str, slots: int = 2) -> Iterator[Any]:
-    """Ray on this machine with `slots` CPUs and a (non-detached) controller; shut down on exit."""
-    ray.init(num_cpus=slots, address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+def local_pool(namespace: str, slots: int = 2, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """Ray on this machine with `slots` CPUs and a (non-detached) controller; shut down on exit. `env`: environment
+    variables of every Ray worker (the ranks)."""
+    ray.init(
+        runtime_env={"env_vars": env or {}},
+        num_cpus=slots,
+        address="local",
+        namespace=namespace,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
     try:
         yield controller_handle(namespace, detached=False)
     finally:

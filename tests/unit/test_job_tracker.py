@@ -127,6 +127,20 @@ def test_nonfinite_evaluations_stop_as_diverged() -> None:
     assert reasons[-1].decision.reason is StopReason.DIVERGED
 
 
+def test_nonfinite_training_reports_stop_as_diverged_after_the_tolerance_and_a_finite_one_resets_it() -> None:
+    t = tracker(max_nonfinite=2)
+    report = {"tokens": 1, "lr": 1e-3, "tokens_per_s": 1.0}
+    losses = [math.nan, 3.0, math.inf, math.nan]  # the finite one in between restarts the count
+    seen = []
+    for i, loss in enumerate(losses, start=1):
+        t.on_train(TrainReport(step=5 * i, loss=loss, t_s=T0 + i, **report))
+        seen.append(t.train_diverged())
+    assert seen[:3] == [None, None, None]
+    assert seen[3] is not None and seen[3].reason is StopReason.DIVERGED and seen[3].step == 20 and t.halted
+    assert t.train_diverged() is None  # decided once
+    assert JobTracker.from_dict(json.loads(json.dumps(t.to_dict()))).nonfinite_train == 2
+
+
 def test_summary_reports_every_kind_saved_fraction_and_forecast() -> None:
     t = tracker()
     run_checks(t, 60)

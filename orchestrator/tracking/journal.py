@@ -1,0 +1,68 @@
+"""A write-ahead log of one run's MLflow writes on local disk: nothing queued is lost when the store is unreachable
+or the controller dies, and a replayed write is recognised.
+
+Each write is appended as one JSON line (fsynced) before it is queued; once the store has taken it, its sequence
+number is recorded in an acknowledgement file (atomic replace). On start-up the lines past that number are the
+writes still owed, in their order. A torn last line (a crash mid-append) was never queued: it is skipped.
+"Marks" ride on the writes: a caller tags a write with (key, step), e.g. ("train", 120), and after a restart asks
+for the highest step journaled under a key, so a report retried after a crash is not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.controller.store import write_json_atomic
+
+JOURNAL = "mlflow_journal.jsonl"
+ACK = "mlflow_ack.json"
+
+
+class Journal:
+    """The files of one run's write-ahead log, in the job's state folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / JOURNAL
+        self.ack_path = self.root / ACK
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One write, durable before it is queued (NaN metric values are legal in MLflow and in this JSON)."""
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def ack(self, seq: int, marks: dict[str, int], *, drained: bool) -> None:
+        """Everything up to `seq` is in the store; `drained`: nothing else is owed, so the log starts afresh."""
+        write_json_atomic(self.ack_path, {"seq": seq, "marks": marks})
+        if drained:
+            with self.path.open("w", encoding="utf-8") as fh:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def recover(self) -> tuple[int, dict[str, int], list[dict[str, Any]]]:
+        """(last acknowledged seq, marks of everything journaled, the writes still owed in order)."""
+        seq, marks = 0, {}
+        if self.ack_path.exists():
+            ack = json.loads(self.ack_path.read_text(encoding="utf-8"))
+            seq, marks = int(ack["seq"]), dict(ack["marks"])
+        owed: list[dict[str, Any]] = []
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a torn last line: that write was never queued
+                        break
+                    if record["seq"] > seq:
+                        owed.append(record)
+        for record in owed:
+            if record.get("mark"):
+                key, step = record["mark"]
+                marks[key] = max(marks.get(key, step), step)
+        return seq, marks, owed

@@ -1,0 +1,69 @@
+"""The run writer's write-ahead journal against a real SQLite MLflow store: writes a writer could not send (its
+store unreachable: a real refused connection) are sent, in order and once, by the next writer of the run; a torn
+last line is skipped; marks survive, so a retried report is recognised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking.journal import Journal
+from orchestrator.tracking.writer import RunWriter
+from orchestrator.worker.trainer import free_port
+
+
+def test_a_new_writer_sends_what_the_last_one_owed_once_and_in_order(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the controller sets it: fail fast, retry later
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    created = RunWriter.create(uri, "cpr", "job", {"cpr.job_id": "job"}, artifact_location=str(tmp_path / "a"))
+    assert created.flush(30)
+    run_id, exp_id = created.run_id, created.experiment_id
+    state = tmp_path / "jobs" / "job"
+    # the first writer's store is unreachable (nothing listens on that port): everything stays owed, on disk
+    down = RunWriter(MlflowClient(f"http://127.0.0.1:{free_port()}"), run_id, exp_id, state)
+    for step in (5, 10, 15):
+        down.log_metrics({"train/loss": 4.0 - step / 10, "lr": 1e-3}, step=step, mark="train")
+    down.set_tags({"cpr.state": "running"})
+    down.log_metrics({"val/loss": float("nan")}, step=10, mark="eval")
+    assert not down.flush(1.0) and down.pending() >= 1 and down.last_error is not None
+    owed = [json.loads(line) for line in (state / "mlflow_journal.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in owed] == [1, 2, 3, 4, 5]
+    # "the controller restarted": a second writer of the run, on the same journal, with the store reachable
+    up = RunWriter.attach(uri, run_id, exp_id, state)
+    assert up.mark("train") == 15 and up.mark("eval") == 10 and up.mark("probe") is None
+    up.log_metrics({"train/loss": 2.0}, step=20, mark="train")
+    assert up.close("FINISHED", timeout_s=30)
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == [
+        (5, 3.5),
+        (10, 3.0),
+        (15, 2.5),
+        (20, 2.0),
+    ]
+    (val,) = client.get_metric_history(run_id, "val/loss")
+    assert val.step == 10 and val.value != val.value  # NaN, journaled and sent as such
+    run = client.get_run(run_id)
+    assert run.data.tags["cpr.state"] == "running" and run.info.status == "FINISHED"
+    assert (state / "mlflow_journal.jsonl").read_text() == ""  # drained
+    assert json.loads((state / "mlflow_ack.json").read_text())["seq"] == 7
+    # sending the owed writes again (a writer that died after the store took them, before its ack) adds nothing
+    Journal(state).ack(0, {}, drained=False)
+    (state / "mlflow_journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in owed))
+    again = RunWriter.attach(uri, run_id, exp_id, state)
+    assert again.flush(30)
+    assert len(client.get_metric_history(run_id, "train/loss")) == 4
+
+
+def test_a_torn_last_line_is_skipped_and_marks_are_the_highest(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.append({"seq": 1, "op": "metrics", "payload": [["a", 1.0, 0, 5]], "mark": ["train", 5]})
+    journal.append({"seq": 2, "op": "metrics", "payload": [["a", 1.0, 0, 10]], "mark": ["train", 10]})
+    with journal.path.open("a") as fh:
+        fh.write('{"seq": 3, "op": "metr')  # the process died mid-append
+    seq, marks, owed = journal.recover()
+    assert seq == 0 and marks == {"train": 10} and [r["seq"] for r in owed] == [1, 2]
+    journal.ack(1, {"train": 5, "eval": 10}, drained=False)
+    seq, marks, owed = journal.recover()
+    assert seq == 1 and marks == {"train": 10, "eval": 10} and [r["seq"] for r in owed] == [2]
