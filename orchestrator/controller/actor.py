@@ -399,6 +399,9 @@ class Controller:
         pool = self._pools[kind] = max(pool, sum(h.slots for h in live))
         if pool < 1:  # the cluster reports none right now (a node restarting): try again next tick
             return
+        # Slots of a job that has ended but not yet handed them back (`_release` is on its way) are not free yet.
+        ids = {h.job_id for h in live}
+        ending = sum(h.slots for h in self.jobs.values() if h.job_id not in ids and slot_unit(h.job)[0] == kind)
         states = [self._job_state(h) for h in live]
         need = {st.job_id: st.requested_slots for st in states}
         too_big = {job_id: n for job_id, n in need.items() if n > pool}
@@ -408,7 +411,7 @@ class Controller:
         live = [h for h in live if h.job_id not in too_big]
         decisions = (
             tick(
-                pool,
+                pool - ending,
                 [st for st in states if st.job_id not in too_big],
                 now=time.time(),
                 config=PolicyConfig(),

@@ -62,7 +62,9 @@ def test_a_killed_rank_restarts_its_gang_from_the_last_checkpoint(killed: dict) 
     s = done["summary"]
     assert s["reason"] == "budget" and s["step"] == 80
     (restart,) = s["restarts"]
-    assert restart["reason"].startswith("a rank died") and restart["resumed_from"] == 40
+    assert restart["reason"].startswith("a rank died")
+    # from the last periodic checkpoint (every 20 steps) before the loss: 40, or 60 on a slow poll
+    assert restart["resumed_from"] % 20 == 0 and 40 <= restart["resumed_from"] <= restart["step"]
     assert restart["from_workers"] == restart["to_workers"] == 2
     assert 0 < restart["seconds"] < 120
     assert "restarting" in killed["states"]
