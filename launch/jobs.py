@@ -1,4 +1,5 @@
-"""`cpr status` and `cpr stop`: jobs as their MLflow runs record them, and a user STOP request.
+"""`cpr status`, `cpr stop` and `cpr sync`: jobs as their MLflow runs record them, a user STOP request, and the
+MLflow writes a job's journal still owes.
 
 Both read the tracking store, so they work for attached and detached jobs, on this machine or a cluster: the
 controller writes each job's state, last decision and reason as run tags, and polls its run for a stop request.
@@ -51,6 +52,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     s.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
     s.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for the job to end")
     s.set_defaults(func=stop)
+
+    y = verbs.add_parser(
+        "sync",
+        help="send MLflow writes still owed in the jobs' journals (after an outage outlived the cluster)",
+        description="Each job's MLflow writes are journaled under <runs_dir>/jobs/<job>/ until the store takes them. "
+        "The controller sends them itself; if Ray was shut down before the store came back, this sends them.",
+    )
+    y.add_argument("--runs-dir", default="cpr_runs", help="the jobs' runs_dir (default: ./cpr_runs)")
+    y.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up on a store after S seconds")
+    y.set_defaults(func=sync)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -106,3 +117,36 @@ def stop(args: argparse.Namespace) -> int:
             return 0
         time.sleep(1.0)
     return 0
+
+
+def sync(args: argparse.Namespace) -> int:
+    """Send the owed MLflow writes of every job that has ended, in order; exit 1 if a store still does not take them.
+    A live job's writes are its controller's to send (two writers would share one journal)."""
+    from orchestrator.controller.actor import ENDED_STATES
+    from orchestrator.controller.store import JobStore
+    from orchestrator.tracking.journal import Journal
+    from orchestrator.tracking.writer import RunWriter
+
+    jobs = Path(args.runs_dir) / "jobs"
+    if not jobs.is_dir():
+        raise InputError("--runs-dir", f"no jobs under {jobs}", "run it where `cpr submit` ran, or pass --runs-dir")
+    out, owed_jobs, left = console(), 0, 0
+    for folder in sorted(p for p in jobs.iterdir() if (p / "job.json").exists()):
+        store = JobStore(folder)
+        if not Journal(folder).recover()[2]:
+            continue
+        state = store.load("handle.json")["state"] if store.path("handle.json").exists() else "unknown"
+        if state not in ENDED_STATES:
+            out.print(f"{folder.name}: {state}, its controller sends its writes")
+            continue
+        owed_jobs += 1
+        meta = store.load("job.json")
+        writer = RunWriter.attach(meta["tracking_uri"], meta["run_id"], meta["experiment_id"], journal_dir=folder)
+        owed = writer.pending()
+        writer.flush(args.timeout)
+        still = writer.pending()
+        left += still
+        out.print(f"{folder.name}: {owed - still} of {owed} writes sent" + (f" ({writer.last_error})" if still else ""))
+    if not owed_jobs:
+        out.print("nothing owed by an ended job")
+    return 1 if left else 0

@@ -31,6 +31,7 @@ from orchestrator.errors import InputError
 from orchestrator.tracking.runs import LIVE_STATES
 
 POLL_S = 0.5
+DRAIN_S = 300.0
 MAX_SWEEP_JOBS = 1000
 SWEEP_OUTCOME: dict[str, Any] = {}
 """What cpr's Hydra launcher did with the last sweep: {"jobs": [(job id, run id, overrides)]} or {"error": ...}."""
@@ -479,6 +480,7 @@ def launch(job: JobConfig, *, output_dir: Path | None = None) -> int:
             )
             return 0
         result = follow(controller, sub.job_id, job)
+        drain(controller, sub.job_id, sub.state_dir)
         if result.get("input_error"):  # bad input only the run could meet: one line, exit 2, like any other
             raise InputError(**result["input_error"])
         print_summary(result, job)
@@ -486,6 +488,23 @@ def launch(job: JobConfig, *, output_dir: Path | None = None) -> int:
     finally:
         if not job.detach:
             ray.shutdown()
+
+
+def drain(controller: Any, job_id: str, state_dir: str, timeout_s: float = DRAIN_S) -> None:
+    """Before local Ray shuts down with the controller in it: let the run's MLflow writes reach the store (an
+    outage at the job's end), else say where they wait."""
+    import ray
+
+    owed = ray.get(controller.drain.remote(job_id, 1.0))
+    if owed:
+        out = console()
+        out.print(f"[yellow]MLflow has not taken {owed} writes yet: waiting up to {timeout_s:.0f} s…[/yellow]")
+        owed = ray.get(controller.drain.remote(job_id, timeout_s))
+        if owed:
+            out.print(
+                f"[yellow]{owed} MLflow writes stay in {state_dir}/mlflow_journal.jsonl: `cpr sync` sends them once "
+                "the store answers[/yellow]"
+            )
 
 
 def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:

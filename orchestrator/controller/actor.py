@@ -911,6 +911,13 @@ class Controller:
                 "eval_step": h.tracker.last_eval.step if h.tracker.last_eval else 0,
             }
 
+    def drain(self, job_id: str, timeout_s: float) -> int:
+        """Wait up to timeout_s for the job's MLflow writes to be in the store; returns how many are still owed
+        (they stay in its journal: a restarted controller, or `cpr sync`, sends them)."""
+        h = self.jobs[job_id]
+        h.writer.flush(timeout_s)
+        return h.writer.pending()
+
     def wait(self, job_id: str, timeout_s: float) -> dict[str, Any] | None:
         """The job's summary once it ended, else None after timeout_s."""
         h = self.jobs[job_id]

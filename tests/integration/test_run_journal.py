@@ -67,3 +67,30 @@ def test_a_torn_last_line_is_skipped_and_marks_are_the_highest(tmp_path: Path) -
     journal.ack(1, {"train": 5, "eval": 10}, drained=False)
     seq, marks, owed = journal.recover()
     assert seq == 1 and marks == {"train": 10, "eval": 10} and [r["seq"] for r in owed] == [2]
+
+
+def test_cpr_sync_sends_what_an_ended_job_still_owes(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Ray went down with the controller before the store came back: `cpr sync` sends the journal's writes."""
+    from launch.cli import main
+    from orchestrator.controller.store import JobStore
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    created = RunWriter.create(uri, "cpr", "job", {"cpr.job_id": "job"}, artifact_location=str(tmp_path / "a"))
+    assert created.flush(30)
+    ended, running = tmp_path / "cpr_runs" / "jobs" / "ended", tmp_path / "cpr_runs" / "jobs" / "running"
+    for folder, state in ((ended, "stopped"), (running, "running")):
+        store = JobStore(folder)
+        store.save("job.json", {"tracking_uri": uri, "run_id": created.run_id, "experiment_id": created.experiment_id})
+        store.save("handle.json", {"state": state})
+        down = RunWriter(MlflowClient(f"http://127.0.0.1:{free_port()}"), created.run_id, created.experiment_id, folder)
+        down.log_metrics({"train/loss": 1.0 if state == "stopped" else 9.0}, step=5)
+        down.close("FINISHED", timeout_s=0.5)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sync"]) == 0
+    printed = capsys.readouterr().out
+    assert "ended: 2 of 2 writes sent" in printed and "running: running, its controller sends its writes" in printed
+    client = MlflowClient(uri)
+    assert [m.value for m in client.get_metric_history(created.run_id, "train/loss")] == [1.0]
+    assert client.get_run(created.run_id).info.status == "FINISHED"
+    assert (running / "mlflow_journal.jsonl").read_text() != ""  # a live job's journal is left to its controller
