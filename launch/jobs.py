@@ -122,9 +122,9 @@ def stop(args: argparse.Namespace) -> int:
 def sync(args: argparse.Namespace) -> int:
     """Send the owed MLflow writes of every job that has ended, in order; exit 1 if a store still does not take them.
     A live job's writes are its controller's to send (two writers would share one journal)."""
-    from orchestrator.controller.actor import ENDED_STATES
     from orchestrator.controller.store import JobStore
     from orchestrator.tracking.journal import Journal
+    from orchestrator.tracking.runs import ENDED_STATES
     from orchestrator.tracking.writer import RunWriter
 
     jobs = Path(args.runs_dir) / "jobs"

@@ -31,11 +31,11 @@ from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.ledger import TelemetrySample
 from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.errors import InputError
+from orchestrator.tracking.runs import ENDED_STATES
 
 CONTROLLER_NAME = "cpr-controller"
 KV_PREFIX = "cpr/job/"
 """Ray internal-KV keys naming each job's store folder: how a restarted controller finds its jobs."""
-ENDED_STATES = ("finished", "stopped", "failed")
 STOP_POLL_S = 2.0
 SCHEDULER_TICK_S = 0.5
 RUNNING_STATES = ("starting", "running", "restarting")
