@@ -736,7 +736,7 @@ class Controller:
         r = TrainReport.from_dict(report)
         with h.lock:
             metrics = h.tracker.on_train(r)
-            if r.step > (h.writer.mark("train") or 0):  # else a retried report, or a step redone after a restart
+            if not h.writer.logged("train", r.step):  # else a retried report, or a step redone after a restart
                 metrics.update(h.tracker.resource_metrics(r.t_s))
                 h.writer.log_metrics(metrics, step=r.step, mark="train")
             if (d := h.tracker.train_diverged()) is not None:
@@ -756,7 +756,7 @@ class Controller:
                 h.psi_at_budget = h.tracker.psi_bound_at(h.job.train.max_tokens // tokens_per_step(h.job))
                 if h.psi_at_budget is not None:
                     outcome.metrics["cpr/psi_at_budget"] = h.psi_at_budget
-            if r.step > (h.writer.mark("eval") or 0):  # else logged before the controller restarted
+            if not h.writer.logged("eval", r.step):  # else logged before the controller restarted
                 h.writer.log_metrics(outcome.metrics, step=r.step, mark="eval")
             self._persist(h)
             if outcome.decision is not None:
@@ -789,7 +789,7 @@ class Controller:
         parsed = [ProbeReport.from_dict(r) for r in reports]
         general = next(r for r in parsed if r.domain == "general")
         with h.lock:
-            if general.step <= (h.writer.mark("probe") or 0):  # a retry, or a step redone after a restart
+            if h.writer.logged("probe", general.step):  # a retry, or a step redone after a restart
                 return
             if any(r.nonfinite for r in parsed):
                 h.writer.set_tags({"cpr.probe_warning": f"non-finite gradients at step {general.step}; no blueprint"})
@@ -807,6 +807,8 @@ class Controller:
         """Rank 0: every rank's part of a periodic checkpoint is on disk; a lost gang restarts from it."""
         h = self.jobs[job_id]
         with h.lock:
+            if h.checkpoint is not None and record["step"] < h.checkpoint["step"]:
+                return  # retried after a controller restart, after a newer one (the retries run concurrently)
             h.checkpoint = record
             self._save_handle(h)
             h.writer.set_tags({"cpr.checkpoint": record["path"]})

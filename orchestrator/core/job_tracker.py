@@ -111,7 +111,8 @@ class JobTracker:
     def on_train(self, report: TrainReport) -> dict[str, float]:
         """Metrics to log at the report's step."""
         self._tokens(report.step, report.tokens, report.t_s)
-        self.last_train = report
+        if self.last_train is None or report.step >= self.last_train.step:  # retries may arrive out of order
+            self.last_train = report
         self.nonfinite_train = 0 if math.isfinite(report.loss) else self.nonfinite_train + 1
         return {
             "train/loss": report.loss,

@@ -19,7 +19,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from orchestrator.tracking.journal import Journal
+from orchestrator.tracking.journal import Journal, Marks
 
 MAX_PARAM_LEN = 6000
 PARAMS_PER_BATCH = 100
@@ -58,7 +58,7 @@ class RunWriter:
         self._closed = False
         self._busy = False
         self._seq = self._acked = 0
-        self._marks: dict[str, int] = {}
+        self._marks = Marks()
         self._journal = Journal(journal_dir) if journal_dir is not None else None
         if self._journal is not None:  # a restart: what the last writer of this run still owed goes first
             self._acked, self._marks, owed = self._journal.recover()
@@ -107,16 +107,15 @@ class RunWriter:
             if self._journal is not None:
                 self._journal.append({"seq": self._seq, "op": op, "payload": payload, "mark": mark})
             if mark is not None:
-                key, step = mark
-                self._marks[key] = max(self._marks.get(key, step), step)
+                self._marks.add(*mark)
             self._ops.append((self._seq, op, payload))
             if len(self._ops) >= 500:
                 self._cv.notify()
 
-    def mark(self, key: str) -> int | None:
-        """The highest step journaled under `key` (see `log_metrics`), None if none: what a retried report skips."""
+    def logged(self, key: str, step: int) -> bool:
+        """Whether `step` was journaled under `key` (`log_metrics`): a retried report's points are not sent again."""
         with self._cv:
-            return self._marks.get(key)
+            return (key, step) in self._marks
 
     def log_params(self, params: dict[str, str]) -> None:
         self._put("params", {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()})
@@ -124,7 +123,7 @@ class RunWriter:
     def log_metrics(
         self, metrics: dict[str, float], step: int, *, mark: str | None = None, t_s: float | None = None
     ) -> None:
-        """Points at `step`, stamped `t_s` (default now); `mark`: record this step under that key (`mark()`)."""
+        """Points at `step`, stamped `t_s` (default now); `mark`: record this step under that key (`logged()`)."""
         ts = int((time.time() if t_s is None else t_s) * 1000)
         points = [(metric_name(k), float(v), ts, int(step)) for k, v in metrics.items()]
         self._put("metrics", points, None if mark is None else (mark, int(step)))
@@ -216,7 +215,7 @@ class RunWriter:
                 with self._cv:
                     self._acked = batch[-1][0]
                     if self._journal is not None:
-                        self._journal.ack(self._acked, dict(self._marks), drained=not self._ops)
+                        self._journal.ack(self._acked, self._marks, drained=not self._ops)
                     self._busy = False
                     self._cv.notify_all()
             except Exception as exc:  # store unreachable: put the batch back at the front, retry later
