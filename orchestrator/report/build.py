@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.report import figures as fg
 from orchestrator.report.data import RunData, load_run, load_runs
 from orchestrator.report.page import run_page, sweep_page
 
 HTML_NAME = "report.html"
+ARTIFACT_DIR = "report"
+"""Where the controller's copy goes among a run's artifacts (report/report.html, report/*.png)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +40,7 @@ _RUN_FIGURES = (
     ("gamma_kinds", fg.gamma_breakdown, "Γ by kind, with CO₂", "Cumulative Γ of every kind; energy per source."),
     ("forecast", fg.forecast, "Forecast", "Saturating power-law fit of Ψ(Γ) at the run's end."),
     ("gradient_mass", fg.mass_heatmap, "Gradient mass per submodule", "Share of ‖g‖² in each blueprint version."),
-    ("retained_mass", fg.retained_mass, "Retained mass m(k)", "m(k) ≈ k^γ of the latest blueprint; stars: k*."),
+    ("retained_mass", fg.retained_mass, "Retained mass m(k)", "m(k) ≈ k^γ (empirical γ), latest blueprint; stars: k*."),
 )
 
 
@@ -54,6 +60,25 @@ def render_run(run: RunData, out_dir: Path) -> ReportFiles:
 def write_run_report(tracking_uri: str, ref: str, out_dir: Path, *, experiment: str = "cpr") -> ReportFiles:
     """The report of one run (job id or run id), from the MLflow store alone."""
     return render_run(load_run(tracking_uri, ref, experiment=experiment), out_dir)
+
+
+def log_run_report(
+    writer: Any, tracking_uri: str, out_dir: Path, *, experiment: str = "cpr", timeout_s: float = 60.0
+) -> ReportFiles | None:
+    """For the controller at a run's end: wait for the run's writes, render its report into `out_dir` (which must
+    outlive the writer's queue: files are read when written) and queue them as artifacts under `report/`.
+    Never raises: a report that cannot be drawn is a warning, not a failed job; None then."""
+    try:
+        if not writer.flush(timeout_s):
+            log.warning("report of run %s not drawn: its MLflow writes are still pending", writer.run_id)
+            return None
+        files = write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment)
+    except Exception as exc:  # matplotlib, MLflow or a malformed artifact: the job's outcome stands
+        log.warning("report of run %s not drawn: %s: %s", writer.run_id, type(exc).__name__, exc)
+        return None
+    for path in files.all:
+        writer.log_file(str(path), ARTIFACT_DIR)
+    return files
 
 
 def sweep_kind(runs: Sequence[RunData]) -> str:

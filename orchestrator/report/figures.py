@@ -157,6 +157,7 @@ def gamma_breakdown(run: RunData, path: Path) -> Path | None:
         kwh = [run.energy_kwh[n] for n in names]
         ax.barh(names, kwh, color="#2471a3")
         ax.set_xlabel("kWh", fontsize=8)
+        ax.margins(x=0.6)  # room for the CO₂ labels right of the bars
         ax.tick_params(labelsize=7)
         final = run.gamma_final()
         if final.get("energy_kwh") and "co2_kg" in final:

@@ -165,6 +165,21 @@ def test_a_sweep_compares_its_jobs_on_one_plot_and_a_table(cli, store, tmp_path:
     assert "2 jobs" in (tmp_path / "f" / "report.html").read_text(encoding="utf-8")
 
 
+def test_the_controller_helper_logs_the_report_as_artifacts_of_the_run(store, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.report import log_run_report
+
+    uri = store["uri"]
+    w = RunWriter.create(uri, "cpr", "job-c", {"cpr.job_id": "job-c"}, artifact_location=str(store["root"] / "a"))
+    w.log_params({"stop.resource": "energy_kwh", "stop.patience": "2"})
+    _train(w, _tracker("job-c"), 12)
+    files = log_run_report(w, uri, tmp_path / "report")
+    assert files is not None and w.close("FINISHED", 60)
+    logged = {Path(a.path).name for a in MlflowClient(uri).list_artifacts(w.run_id, "report")}
+    assert logged == {p.name for p in files.all} and "report.html" in logged
+
+
 def test_bad_input_is_one_line_and_exit_2(cli, store, tmp_path: Path, capsys) -> None:
     uri = store["uri"]
     assert_one_line_error(cli("report", "no-such-job", "-o", str(tmp_path), "--tracking-uri", uri), "no-such-job")
