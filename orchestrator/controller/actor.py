@@ -970,6 +970,7 @@ class Controller:
             self._set_state(h, "finished" if reason == "budget" else "stopped")
             self._release(h)  # before the run closes: its tags record the STOP
             self._log_schedule(h)
+            self._report(h)
             h.writer.close("FINISHED")
 
     def _fail(self, h: JobHandle) -> None:
@@ -985,6 +986,15 @@ class Controller:
                 self._release(h)
                 self._log_schedule(h)
                 h.writer.close("FAILED")
+
+    @staticmethod
+    def _report(h: JobHandle) -> None:
+        """The run's CPR report (figures and one offline HTML page) as artifacts under `report/`, drawn from what
+        the store holds once the run's writes are in; its slots are already handed back."""
+        from orchestrator.report import log_run_report
+
+        meta = h.store.load("job.json")
+        log_run_report(h.writer, meta["tracking_uri"], h.store.path("report"), experiment=h.job.tracking.experiment)
 
     @staticmethod
     def _log_schedule(h: JobHandle) -> None:
