@@ -7,7 +7,7 @@ Ray's own metrics (`ray start --metrics-export-port`, targets listed in Ray's se
 `/tmp/ray/prom_metrics_service_discovery.json`). So no extra port to choose, open or secure, nothing to bind when the
 actor moves to another node after a restart, and one scrape config for cpr's and Ray's panels. The cost: Prometheus
 sees every name with Ray's `ray_` prefix (`cpr_ratio` is `ray_cpr_ratio`; `EXPORTED` lists them), with Ray's labels
-(`WorkerId`, `SessionName`, …) added, and values reach the agent at Ray's report interval (a few seconds).
+(`WorkerId`, `SessionName`, …) added, and values reach the agent at Ray's report interval (10 s by default).
 
 `ControllerMetrics` keeps the values it last set (`values()`: what the unit tests read, no Ray needed) and forwards
 each to a sink: Ray's metrics inside a Ray worker, nothing elsewhere. One cheap call per controller event, no I/O.
