@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from launch import blueprints, jobs, replay, submit, ui
+    from launch import blueprints, jobs, replay, report, submit, ui
 
     parser = OneLineParser(
         prog="cpr",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cpr {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    for module in (submit, jobs, replay, blueprints, ui):
+    for module in (submit, jobs, replay, blueprints, report, ui):
         module.register(verbs)
     return parser
 

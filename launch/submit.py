@@ -209,6 +209,7 @@ def init_ray(job: JobConfig, *, start_head: bool) -> str:
             num_cpus=c.num_cpus or os.cpu_count(),
             include_dashboard=c.dashboard,
             dashboard_host=c.dashboard_host,
+            _metrics_export_port=c.metrics_export_port,
             **kwargs,
         )
         return "local Ray (in this process)"
@@ -245,6 +246,8 @@ def start_local_head(job: JobConfig) -> str:
         f"--dashboard-host={job.cluster.dashboard_host}",
         "--disable-usage-stats",
     ]
+    if job.cluster.metrics_export_port is not None:
+        cmd.append(f"--metrics-export-port={job.cluster.metrics_export_port}")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise InputError(

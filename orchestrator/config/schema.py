@@ -229,6 +229,9 @@ class ClusterConfig:
     """Start the Ray dashboard (local Ray or a detached head only); it has no authentication."""
     dashboard_host: str = "127.0.0.1"
     """Address the Ray dashboard listens on; 127.0.0.1 keeps it on this machine."""
+    metrics_export_port: int | None = None
+    """Local Ray only: the port of this node's Ray metrics agent, where Prometheus scrapes Ray's and the controller's
+    metrics (`ray_cpr_*`); None: Ray picks one and lists it in /tmp/ray/prom_metrics_service_discovery.json."""
     max_restarts: int = 3
     """Times a job's gang may lose a rank (a killed or crashed process, a lost node) and be restarted from its last
     checkpoint before the job fails; a rank's Python exception fails the job at once."""

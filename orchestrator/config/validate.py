@@ -394,6 +394,9 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
     _int_at_least("train.keep_checkpoints", t.keep_checkpoints, 1, "periodic checkpoints kept, e.g. 2")
     _int_at_least("cluster.max_restarts", job.cluster.max_restarts, 0, "0 fails the job when a rank dies")
     _int_at_least("cluster.num_workers", job.cluster.num_workers, 1, "data-parallel ranks, e.g. 2")
+    _optional_int(
+        "cluster.metrics_export_port", job.cluster.metrics_export_port, 1, 65535, "a free TCP port, e.g. 8080, or null"
+    )
     validate_world_sizes(job)
     per_step = tokens_per_step(job)
     _check(

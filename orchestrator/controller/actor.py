@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator.config.compose import job_from_dict, job_to_yaml
 from orchestrator.config.schema import JobConfig
 from orchestrator.config.validate import slot_unit, stop_rule_config, tokens_per_step
+from orchestrator.controller.metrics import ControllerMetrics, default_sink
 from orchestrator.controller.store import JobStore
 from orchestrator.core.decisions import StopReason
 from orchestrator.core.flops import FlopsModel
@@ -42,6 +43,8 @@ RUNNING_STATES = ("starting", "running", "restarting")
 """States in which a job holds pool slots ("restarting": checkpointed, coming back at another size)."""
 WAITING_STATES = ("queued", "paused")
 """States in which a job waits for the scheduler's START (only a tick moves it out of them)."""
+GAMMA_PREFIX = "cpr/gamma/"
+"""A check's Γ-by-kind metrics (`JobTracker.on_eval`): what the live metrics take them from."""
 
 
 @dataclass
@@ -137,6 +140,8 @@ class Controller:
         self._pools: dict[str, int] = {}
         """Slots per pool ("CPU", "GPU") at the last tick."""
         self._next_stop_poll = 0.0
+        self.metrics = ControllerMetrics(default_sink())
+        """Live Prometheus metrics (through Ray's metrics agent): one call per event, no I/O."""
         import os
 
         # An unreachable MLflow must fail a call at once: the run writers retry with their own backoff, and the stop
@@ -159,6 +164,7 @@ class Controller:
                 traceback.print_exc()
                 continue
             self.jobs[h.job_id] = h
+            self.metrics.restore(h.job_id, h.state, h.tracker.view())
             self._schedule_log = root.parent.parent / "scheduler" / "decisions.jsonl"
         live = [h for h in self.jobs.values() if not h.done.is_set()]
         for h in live:
@@ -275,6 +281,7 @@ class Controller:
             launch=(prepared, checkpoint_dir),
         )
         self.jobs[job_id] = handle
+        self.metrics.job_state(job_id, handle.state)
         writer.log_params(params)
         from orchestrator.tracking.secrets import mask_config
 
@@ -739,9 +746,11 @@ class Controller:
             if not h.writer.logged("train", r.step):  # else a retried report, or a step redone after a restart
                 metrics.update(h.tracker.resource_metrics(r.t_s))
                 h.writer.log_metrics(metrics, step=r.step, mark="train")
+                self.metrics.train(job_id, r.tokens_per_s, metrics)
             if (d := h.tracker.train_diverged()) is not None:
                 self._persist(h)
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                self.metrics.decision(job_id, d.action.value, StopReason.DIVERGED.value)
                 h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": StopReason.DIVERGED.value})
             return self._answer(h)
 
@@ -759,9 +768,12 @@ class Controller:
             if not h.writer.logged("eval", r.step):  # else logged before the controller restarted
                 h.writer.log_metrics(outcome.metrics, step=r.step, mark="eval")
             self._persist(h)
-            if outcome.decision is not None:
-                d = outcome.decision
+            d = outcome.decision
+            gamma = {k[len(GAMMA_PREFIX) :]: v for k, v in outcome.metrics.items() if k.startswith(GAMMA_PREFIX)}
+            self.metrics.check(job_id, gamma, d.ratio if d else None, d.eta if d else None)
+            if d is not None:
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                self.metrics.decision(job_id, d.action.value, d.reason.value if d.reason else None)
                 h.writer.set_tags(
                     {
                         "cpr.decision": d.action.value,
@@ -896,6 +908,7 @@ class Controller:
             self._persist(h)
             if fresh:
                 h.store.append("decisions.jsonl", [h.tracker.decisions[-1]])
+                self.metrics.decision(job_id, d.action.value, d.reason.value if d.reason else None)
                 h.writer.set_tags({"cpr.decision": d.action.value, "cpr.reason": d.reason.value if d.reason else ""})
             return {"ok": True, "decision": d.to_dict()}
 
@@ -936,6 +949,7 @@ class Controller:
     # -- endings -------------------------------------------------------------------------------------------
     def _set_state(self, h: JobHandle, state: str) -> None:
         h.state = state
+        self.metrics.job_state(h.job_id, state)
         self._save_handle(h)
         h.writer.set_tags({"cpr.state": state})
 
@@ -947,9 +961,10 @@ class Controller:
             t = h.tracker
             last_step = max((r["step"] for r in h.results), default=0)
             if not t.halted:
-                t.budget_reached(step=last_step, t_s=time.time())
+                d = t.budget_reached(step=last_step, t_s=time.time())
                 self._persist(h)
                 h.store.append("decisions.jsonl", [t.decisions[-1]])
+                self.metrics.decision(h.job_id, d.action.value, d.reason.value if d.reason else None)
             summary = t.summary()
             summary.update(
                 run_id=h.writer.run_id,
@@ -972,6 +987,7 @@ class Controller:
             self._set_state(h, "finished" if reason == "budget" else "stopped")
             self._release(h)  # before the run closes: its tags record the STOP
             self._log_schedule(h)
+            self._report(h)
             h.writer.close("FINISHED")
 
     def _fail(self, h: JobHandle) -> None:
@@ -987,6 +1003,15 @@ class Controller:
                 self._release(h)
                 self._log_schedule(h)
                 h.writer.close("FAILED")
+
+    @staticmethod
+    def _report(h: JobHandle) -> None:
+        """The run's CPR report (figures and one offline HTML page) as artifacts under `report/`, drawn from what
+        the store holds once the run's writes are in; its slots are already handed back."""
+        from orchestrator.report import log_run_report
+
+        meta = h.store.load("job.json")
+        log_run_report(h.writer, meta["tracking_uri"], h.store.path("report"), experiment=h.job.tracking.experiment)
 
     @staticmethod
     def _log_schedule(h: JobHandle) -> None:

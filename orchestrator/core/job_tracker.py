@@ -267,6 +267,7 @@ class JobTracker:
             "gamma_projected_at_budget": projected,
             "gamma_saved_fraction": None if fraction_used is None else max(0.0, 1.0 - fraction_used),
             "forecast": forecast,
+            "energy_kwh_by_node": self.energy_kwh_by_node(),
             "ledger_counts": {
                 "added": self.ledger.n_added,
                 "duplicates": self.ledger.n_duplicates,
@@ -274,6 +275,14 @@ class JobTracker:
                 "late": self.ledger.n_late,
             },
         }
+
+    def energy_kwh_by_node(self) -> dict[str, float]:
+        """Energy per node (the first part of a source's name, `<node>/rank<r>/<meter>`), in kWh; their sum is the
+        job's energy Γ as the ledger computes it now."""
+        by_node: dict[str, list[float]] = {}
+        for source, joules in self.ledger.energy_j_by_source().items():
+            by_node.setdefault(source.split("/", 1)[0], []).append(joules)
+        return {node: math.fsum(parts) / J_PER_KWH for node, parts in sorted(by_node.items())}
 
     def curve_csv(self) -> str:
         """The Ψ–Γ curve in `cpr replay`'s CSV format (step, loss, one cumulative column per kind measured)."""

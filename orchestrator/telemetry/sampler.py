@@ -11,6 +11,7 @@ same sources and sequence numbers, so the cumulative counters span the gap. Samp
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +34,20 @@ class SourceStatus:
     detail: str
 
 
-def node_name() -> str:
-    """A short stable name for this node (its host name)."""
-    return socket.gethostname().split(".")[0] or "node"
+def ray_node_id() -> str | None:
+    """The Ray node id of this process, or None outside a Ray worker or driver (Ray is never imported here)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_name(node_id: str | None = None) -> str:
+    """A short stable name for this node: its host name, then the first 8 hex digits of its Ray node id when there
+    is one (`node_id`, else this process's), so that two Ray nodes on one host (`ray start` twice) stay apart."""
+    host = socket.gethostname().split(".")[0] or "node"
+    node_id = node_id or ray_node_id()
+    return f"{host}-{node_id[:8]}" if node_id else host
 
 
 class TelemetrySampler:

@@ -326,8 +326,12 @@ class TrainWorker:
             pending, self._pending = self._pending, []
         ray.get(pending)
         dist.barrier()
+        from orchestrator.telemetry.sampler import node_name
+
         self._result = {
             "rank": self.rank,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node": node_name(),  # the first part of this rank's telemetry sources' names
             "step": step,
             "tokens": tokens,
             "ended_by": reason if step < total_steps else "budget",

@@ -187,3 +187,18 @@ def test_wall_hours_count_from_the_ranks_start_not_from_the_queue() -> None:
     t.on_train(TrainReport(step=10, tokens=1000, loss=5.0, lr=1e-3, tokens_per_s=1.0, t_s=T0 + 10800.0))
     assert t.start_t == T0 + 7200.0
     assert t.ledger.totals()[ResourceKind.WALL_HOURS] == pytest.approx(1.0)
+
+
+def test_energy_is_summed_per_node_and_the_nodes_add_up_to_the_jobs_gamma() -> None:
+    t = tracker()
+    sources = {"a-1a2b3c4d/rank0/cpu": 100.0, "a-1a2b3c4d/rank0/ram": 20.0, "a-5e6f7a8b/rank1/cpu": 50.0}
+    t.on_telemetry(
+        [
+            TelemetrySample(sample_id=f"{src}/{s}", source=src, metric=Metric.ENERGY_J, t_s=T0 + s, value=w * s)
+            for src, w in sources.items()
+            for s in range(11)
+        ]
+    )
+    s = t.summary()
+    assert s["energy_kwh_by_node"] == pytest.approx({"a-1a2b3c4d": 1200 / 3.6e6, "a-5e6f7a8b": 500 / 3.6e6})
+    assert math.fsum(s["energy_kwh_by_node"].values()) == pytest.approx(s["gamma"]["energy_kwh"], rel=1e-12)

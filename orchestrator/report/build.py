@@ -1,0 +1,112 @@
+"""Write a report to a folder: the PNGs and `report.html`. The functions the CLI and the controller call."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.report import figures as fg
+from orchestrator.report.data import RunData, load_run, load_runs
+from orchestrator.report.page import run_page, sweep_page
+
+HTML_NAME = "report.html"
+ARTIFACT_DIR = "report"
+"""Where the controller's copy goes among a run's artifacts (report/report.html, report/*.png)."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportFiles:
+    """What was written: the page and the PNGs it embeds (in page order)."""
+
+    html: Path
+    pngs: tuple[Path, ...]
+
+    @property
+    def all(self) -> tuple[Path, ...]:
+        return (*self.pngs, self.html)
+
+
+# (file stem, drawing function, title, caption) of a run's figures, in page order.
+_RUN_FIGURES = (
+    ("psi_gamma", fg.psi_vs_gamma, "Ψ against Γ", "Ψ = −validation loss at each check against the stop rule's Γ."),
+    ("psi_gamma_kinds", fg.psi_vs_each_gamma, "Ψ against the other kinds of Γ", "The same checks, other Γ kinds."),
+    ("ratio_eta", fg.ratio_vs_eta, "Marginal return against η", "Shaded: successive checks below η (patience)."),
+    ("gamma_kinds", fg.gamma_breakdown, "Γ by kind, with CO₂", "Cumulative Γ of every kind; energy per source."),
+    ("forecast", fg.forecast, "Forecast", "Saturating power-law fit of Ψ(Γ) at the run's end."),
+    ("gradient_mass", fg.mass_heatmap, "Gradient mass per submodule", "Share of ‖g‖² in each blueprint version."),
+    ("retained_mass", fg.retained_mass, "Retained mass m(k)", "m(k) ≈ k^γ (empirical γ), latest blueprint; stars: k*."),
+)
+
+
+def render_run(run: RunData, out_dir: Path) -> ReportFiles:
+    """Draw a loaded run into `out_dir` (created)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for stem, draw, title, caption in _RUN_FIGURES:
+        path = draw(run, out_dir / f"{stem}.png")
+        if path is not None:
+            shown.append((title, caption, path))
+    page = out_dir / HTML_NAME
+    page.write_text(run_page(run, shown), encoding="utf-8")
+    return ReportFiles(html=page, pngs=tuple(p for _, _, p in shown))
+
+
+def write_run_report(tracking_uri: str, ref: str, out_dir: Path, *, experiment: str = "cpr") -> ReportFiles:
+    """The report of one run (job id or run id), from the MLflow store alone."""
+    return render_run(load_run(tracking_uri, ref, experiment=experiment), out_dir)
+
+
+def log_run_report(
+    writer: Any, tracking_uri: str, out_dir: Path, *, experiment: str = "cpr", timeout_s: float = 60.0
+) -> ReportFiles | None:
+    """For the controller at a run's end: wait for the run's writes, render its report into `out_dir` (which must
+    outlive the writer's queue: files are read when written) and queue them as artifacts under `report/`.
+    Never raises: a report that cannot be drawn is a warning, not a failed job; None then."""
+    try:
+        if not writer.flush(timeout_s):
+            log.warning("report of run %s not drawn: its MLflow writes are still pending", writer.run_id)
+            return None
+        files = write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment)
+    except Exception as exc:  # matplotlib, MLflow or a malformed artifact: the job's outcome stands
+        log.warning("report of run %s not drawn: %s: %s", writer.run_id, type(exc).__name__, exc)
+        return None
+    for path in files.all:
+        writer.log_file(str(path), ARTIFACT_DIR)
+    return files
+
+
+def sweep_kind(runs: Sequence[RunData]) -> str:
+    """The Γ kind to compare a sweep on: the one most of its jobs' rules used."""
+    return Counter(r.resource for r in runs).most_common(1)[0][0]
+
+
+def render_sweep(runs: Sequence[RunData], out_dir: Path, kind: str | None = None) -> ReportFiles:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = kind or sweep_kind(runs)
+    shown = []
+    path = fg.sweep_psi_vs_gamma(runs, kind, out_dir / "sweep_psi_gamma.png")
+    if path is not None:
+        shown.append(("Ψ against Γ, every job", f"Γ kind {kind}; circles mark each job's stop.", path))
+    page = out_dir / HTML_NAME
+    page.write_text(sweep_page(runs, kind, shown), encoding="utf-8")
+    return ReportFiles(html=page, pngs=tuple(p for _, _, p in shown))
+
+
+def write_sweep_report(
+    tracking_uri: str,
+    refs: Sequence[str] | None,
+    out_dir: Path,
+    *,
+    filter_string: str | None = None,
+    kind: str | None = None,
+    experiment: str = "cpr",
+) -> ReportFiles:
+    """One comparison report across a sweep's jobs (named, or selected by an MLflow filter)."""
+    runs = load_runs(tracking_uri, list(refs or []), filter_string=filter_string, experiment=experiment)
+    return render_sweep(runs, out_dir, kind)

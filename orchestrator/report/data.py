@@ -1,0 +1,209 @@
+"""A run as the report needs it, read from the MLflow store alone: metric histories, tags, params, summary.json
+and published blueprints, as plain dataclasses (no MLflow objects leak out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.blueprints import Blueprint, parse_blueprint
+from orchestrator.errors import InputError
+from orchestrator.tracking.published import VERSIONS_TAG, artifact_path
+
+GAMMA_PREFIX = "cpr/gamma/"
+ENERGY_PREFIX = "energy/"
+
+
+@dataclass(frozen=True)
+class Series:
+    """One metric's history: values at optimizer steps, in step order."""
+
+    steps: tuple[int, ...] = ()
+    values: tuple[float, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def at(self, step: int | None) -> float | None:
+        """The value at `step`, or at the last step before it (None before the first point or without a step)."""
+        if step is None:
+            return None
+        best = None
+        for s, v in zip(self.steps, self.values, strict=True):
+            if s > step:
+                break
+            best = v
+        return best
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopPoint:
+    """Where a STOP fell: its step, reason, and whether it ended the run or was the rule's shadow-mode verdict."""
+
+    step: int | None
+    reason: str | None
+    enforced: bool
+
+
+@dataclass(kw_only=True)
+class RunData:
+    """Everything the report draws for one run."""
+
+    run_id: str
+    job_id: str
+    run_name: str
+    status: str
+    resource: str
+    """The Γ kind the stop rule divided by (`stop.resource`)."""
+    patience: int | None
+    decision: str | None
+    reason: str | None
+    psi: Series
+    gamma: dict[str, Series]
+    ratio: Series
+    eta: Series
+    checks_below: Series
+    energy_kwh: dict[str, float] = field(default_factory=dict)
+    """Final cumulative kWh per telemetry source (energy/<source>_kwh), without the total."""
+    stop: StopPoint | None = None
+    rule_stop: StopPoint | None = None
+    """The rule's own STOP when it differs from `stop` (shadow mode, or a later budget/user stop)."""
+    forecast: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    blueprints: list[Blueprint] = field(default_factory=list)
+
+    def gamma_final(self) -> dict[str, float]:
+        return {k: s.values[-1] for k, s in self.gamma.items() if s}
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _history(client: Any, run_id: str, key: str) -> Series:
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    by_step = {int(m.step): float(m.value) for m in points}  # a step logged twice (a replay): the last one
+    steps = sorted(by_step)
+    return Series(tuple(steps), tuple(by_step[s] for s in steps))
+
+
+def _artifact(client: Any, run_id: str, path: str) -> bytes | None:
+    """An artifact's bytes, None when the run has none at that path (or the artifact store cannot be read)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+
+
+def _stop_point(d: dict[str, Any] | None, *, enforced: bool) -> StopPoint | None:
+    if not d or d.get("action") != "stop":
+        return None
+    step = d.get("step")
+    return StopPoint(step=None if step is None else int(step), reason=d.get("reason"), enforced=enforced)
+
+
+def _blueprints(client: Any, run: Any) -> list[Blueprint]:
+    versions = sorted(int(v) for v in run.data.tags.get(VERSIONS_TAG, "").split(",") if v.strip().isdigit())
+    out = []
+    for v in versions:
+        data = _artifact(client, run.info.run_id, artifact_path(v))
+        if data is not None:
+            out.append(parse_blueprint(data, source=f"run {run.info.run_id} {artifact_path(v)}"))
+    return out
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().lstrip("-").isdigit() else None
+
+
+def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
+    run_id, tags, params, metrics = run.info.run_id, run.data.tags, run.data.params, run.data.metrics
+    raw = _artifact(client, run_id, "summary.json")
+    summary = json.loads(raw) if raw else None
+    resource = params.get("stop.resource") or (summary or {}).get("resource") or "energy_kwh"
+    gamma = {k.removeprefix(GAMMA_PREFIX): _history(client, run_id, k) for k in metrics if k.startswith(GAMMA_PREFIX)}
+    energy = {
+        k.removeprefix(ENERGY_PREFIX).removesuffix("_kwh"): float(v)
+        for k, v in metrics.items()
+        if k.startswith(ENERGY_PREFIX) and k.endswith("_kwh") and k != "energy/total_kwh"
+    }
+    psi = _history(client, run_id, "cpr/psi")
+    stop = _stop_point((summary or {}).get("decision"), enforced=True)
+    if stop is None and tags.get("cpr.decision") == "stop":  # no summary.json (yet): the tags and the last check
+        stop = StopPoint(step=psi.steps[-1] if psi else None, reason=tags.get("cpr.reason") or None, enforced=True)
+    rule_stop = _stop_point((summary or {}).get("rule_decision"), enforced=bool((summary or {}).get("enforce", True)))
+    if rule_stop is not None and stop is not None and (rule_stop.step, rule_stop.reason) == (stop.step, stop.reason):
+        rule_stop = None
+    forecast = (summary or {}).get("forecast")
+    return RunData(
+        run_id=run_id,
+        job_id=tags.get("cpr.job_id", run_id),
+        run_name=run.info.run_name or "",
+        status=tags.get("cpr.state") or run.info.status,
+        resource=resource,
+        patience=_int(params.get("stop.patience")),
+        decision=tags.get("cpr.decision") or None,
+        reason=tags.get("cpr.reason") or None,
+        psi=psi,
+        gamma=dict(sorted(gamma.items())),
+        ratio=_history(client, run_id, "cpr/ratio"),
+        eta=_history(client, run_id, "cpr/eta"),
+        checks_below=_history(client, run_id, "cpr/checks_below"),
+        energy_kwh=dict(sorted(energy.items())),
+        stop=stop,
+        rule_stop=rule_stop,
+        forecast=forecast if isinstance(forecast, dict) and forecast.get("ok") else None,
+        summary=summary,
+        blueprints=_blueprints(client, run) if blueprints else [],
+    )
+
+
+def _cpr_runs(client: Any, experiment: str, extra_filter: str | None = None) -> list[Any]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    where = "tags.`cpr.job_id` != ''" + (f" and {extra_filter}" if extra_filter else "")
+    try:
+        return client.search_runs([exp.experiment_id], filter_string=where, max_results=1000)
+    except Exception as exc:  # MLflow's parser error for a bad --filter
+        problem = " ".join(str(exc).split())[:200]
+        raise InputError(
+            "--filter", f"MLflow cannot search with it: {problem}", "e.g. tags.`cpr.model` = 'x'"
+        ) from None
+
+
+def _match(runs: list[Any], ref: str, uri: str) -> Any:
+    for run in runs:
+        if ref in (run.info.run_id, run.data.tags.get("cpr.job_id")):
+            return run
+    raise InputError("RUN_OR_JOB_ID", f"no job or run {ref!r} in {uri}", "see `cpr status` for the jobs there")
+
+
+def load_run(uri: str, ref: str, *, experiment: str = "cpr", blueprints: bool = True) -> RunData:
+    """One run by job id (tag cpr.job_id) or run id; InputError when the store has neither."""
+    client = _client(uri)
+    return _read(client, _match(_cpr_runs(client, experiment), ref, uri), blueprints=blueprints)
+
+
+def load_runs(
+    uri: str, refs: list[str] | None = None, *, filter_string: str | None = None, experiment: str = "cpr"
+) -> list[RunData]:
+    """The runs of a sweep: the ones named (in that order), or every cpr run the MLflow filter selects (oldest
+    first); blueprints are not read (the comparison does not draw them)."""
+    client = _client(uri)
+    runs = _cpr_runs(client, experiment, filter_string)
+    if refs:
+        chosen = [_match(runs, ref, uri) for ref in refs]
+    else:
+        chosen = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if not chosen:
+        raise InputError("--filter", f"selects no cpr run in {uri}", "check it against `cpr status`")
+    return [_read(client, run, blueprints=False) for run in chosen]
