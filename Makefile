@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint test-slow clean
+.PHONY: install run test lint test-slow browser test-browser clean
 
 # Order matters: the CPU torch build first, then DeepSpeed built against it without build isolation
 # (DS_BUILD_OPS=0: ops are JIT-compiled on first use), then this package with its extras.
@@ -30,10 +30,20 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not browser"
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+# Debian's Chromium and its WebDriver (no browser download at run time); needs root or sudo.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+# The MLflow UI and a run's report opened in headless Chromium; screenshots land in artifacts/screenshots/.
+test-browser: $(STAMP) browser
+	$(BIN)/pytest -m browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from pathlib import Path
 
 from orchestrator.errors import InputError
@@ -19,7 +20,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Render the report of a job (or, with --sweep, a comparison of several jobs) from the MLflow "
         "store alone: PNG files and a self-contained report.html.",
     )
-    p.add_argument("ids", nargs="*", metavar="RUN_OR_JOB_ID", help="a job id or run id (several with --sweep)")
+    p.add_argument(
+        "ids",
+        nargs="*",
+        metavar="RUN_OR_JOB_ID",
+        help="a job id or run id (with --sweep: several, or the sweep id `cpr submit -m` printed)",
+    )
     p.add_argument("-o", "--out", default=None, help=f"output folder (default: ./{REPORTS_DIR}/<job or sweep>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the SQLite store in ./cpr_runs)")
     p.add_argument("--experiment", default="cpr", help="MLflow experiment (default: cpr)")
@@ -34,6 +40,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _sweep_name(ids: list[str], filter_string: str | None) -> str:
+    if len(ids) == 1 and not filter_string and re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", ids[0]):
+        return ids[0]  # a sweep id (or one job)
     key = "\n".join([*ids, filter_string or ""])
     return "sweep-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 

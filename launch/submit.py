@@ -145,6 +145,10 @@ def run_sweep(overrides: list[str]) -> int:
     out.print(
         f"{len(jobs)} jobs queued on the cluster's controller; `cpr status` follows them, `ray stop` ends the head"
     )
+    out.print(
+        f"sweep {SWEEP_OUTCOME['sweep']}: its last job to end logs the comparison report under sweep_report/; "
+        f"`cpr report --sweep {SWEEP_OUTCOME['sweep']}` draws it at any time"
+    )
     return 0
 
 
@@ -383,6 +387,8 @@ class Submission:
     blueprint_dir: str
     carbon_intensity_kg_per_kwh: float | None
     params: dict[str, str]
+    sweep: str | None = None
+    """The `cpr submit -m` it belongs to (tag `cpr.sweep`), None for a single job."""
 
     def send(self, controller: Any) -> dict[str, Any]:
         import ray

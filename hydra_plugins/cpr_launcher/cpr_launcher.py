@@ -7,8 +7,10 @@ them from its queue as the pool's slots allow. Each job is detached: `cpr status
 """
 
 import copy
+import secrets
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -37,6 +39,9 @@ class CprLauncher(Launcher):
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
+        # Tagged on every job's run (`cpr.sweep`): `cpr report --sweep <id>` compares them, and the controller logs
+        # that comparison with the sweep's last job to end.
+        self.sweep_id = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         # Hydra's plugin scan may load this module twice, so the outcome lives in launch.submit, loaded once.
@@ -46,6 +51,7 @@ class CprLauncher(Launcher):
         OUTCOME.clear()
         try:
             OUTCOME["jobs"] = self._queue(job_overrides, initial_job_idx)
+            OUTCOME["sweep"] = self.sweep_id
         except InputError as err:
             OUTCOME["error"] = err
             return []
@@ -89,7 +95,8 @@ class CprLauncher(Launcher):
         dupes = sorted({x for x in names if names.count(x) > 1})
         if dupes:
             raise InputError("name", f"the sweep gives several jobs the name {dupes[0]!r}", "sweep over name too")
-        planned = [(plan(job)[0], job, o) for job, o in jobs]  # data, memory, tracking: every check before queueing
+        # data, memory, tracking: every check before queueing
+        planned = [(replace(plan(job)[0], sweep=self.sweep_id), job, o) for job, o in jobs]
         first = jobs[0][0]
         init_ray(first, start_head=True)
         for job, _o in jobs:

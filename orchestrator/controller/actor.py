@@ -99,6 +99,8 @@ class JobHandle:
     """Gangs lost to a dead rank (each restarted from a checkpoint while ≤ cluster.max_restarts)."""
     telemetry_lines: int = 0
     """Samples in its telemetry.jsonl: those past what tracker.json counted are replayed after a controller restart."""
+    sweep: str | None = None
+    """The `cpr submit -m` it came from: the last of its jobs to end logs their comparison report."""
 
 
 HANDLE_FIELDS = (
@@ -140,6 +142,8 @@ class Controller:
         self._pools: dict[str, int] = {}
         """Slots per pool ("CPU", "GPU") at the last tick."""
         self._next_stop_poll = 0.0
+        self._sweeps_reported: set[str] = set()
+        """Sweeps whose comparison report was logged (by their last job to end)."""
         self.metrics = ControllerMetrics(default_sink())
         """Live Prometheus metrics (through Ray's metrics agent): one call per event, no I/O."""
         import os
@@ -208,6 +212,7 @@ class Controller:
             launch=(meta["prepared"], meta["checkpoint_dir"]),
             telemetry_lines=len(samples),
             blueprints=[b for b in store.read_lines("blueprints.jsonl") if "version" in b],
+            sweep=meta.get("sweep"),
         )
         for name, value in (store.load("handle.json") if store.path("handle.json").exists() else {}).items():
             setattr(h, name, value)
@@ -234,6 +239,7 @@ class Controller:
         blueprint_dir: str,
         carbon_intensity_kg_per_kwh: float | None,
         params: dict[str, str],
+        sweep: str | None = None,
     ) -> dict[str, Any]:
         """Open the job's MLflow run, persist its record, launch its workers; returns the run id at once."""
         from orchestrator.tracking.writer import RunWriter
@@ -262,7 +268,13 @@ class Controller:
             tracking_uri,
             cfg.tracking.experiment,
             job_id,
-            {"cpr.job_id": job_id, "cpr.state": "queued", "cpr.model": cfg.model.name, "cpr.data": cfg.data.name},
+            {
+                "cpr.job_id": job_id,
+                "cpr.state": "queued",
+                "cpr.model": cfg.model.name,
+                "cpr.data": cfg.data.name,
+                **({"cpr.sweep": sweep} if sweep else {}),
+            },
             artifact_location=artifact_location,
             journal_dir=state_dir,
         )
@@ -279,6 +291,7 @@ class Controller:
             # Both before the job is registered: the scheduler thread may start it at its next tick.
             submitted_t=time.time(),
             launch=(prepared, checkpoint_dir),
+            sweep=sweep,
         )
         self.jobs[job_id] = handle
         self.metrics.job_state(job_id, handle.state)
@@ -298,6 +311,7 @@ class Controller:
                 "checkpoint_dir": checkpoint_dir,
                 "blueprint_dir": blueprint_dir,
                 "flops_model": flops_model,
+                "sweep": sweep,
                 "carbon_intensity_kg_per_kwh": carbon_intensity_kg_per_kwh,
             },
         )
@@ -987,7 +1001,7 @@ class Controller:
             self._set_state(h, "finished" if reason == "budget" else "stopped")
             self._release(h)  # before the run closes: its tags record the STOP
             self._log_schedule(h)
-            self._report(h)
+            self._reports(h)
             h.writer.close("FINISHED")
 
     def _fail(self, h: JobHandle) -> None:
@@ -1002,16 +1016,25 @@ class Controller:
                 self._set_state(h, "failed")
                 self._release(h)
                 self._log_schedule(h)
+                self._reports(h)  # what it did before it failed is worth a look too
                 h.writer.close("FAILED")
 
-    @staticmethod
-    def _report(h: JobHandle) -> None:
-        """The run's CPR report (figures and one offline HTML page) as artifacts under `report/`, drawn from what
-        the store holds once the run's writes are in; its slots are already handed back."""
-        from orchestrator.report import log_run_report
+    def _reports(self, h: JobHandle) -> None:
+        """The run's CPR report (figures and one offline HTML page) under `report/`, drawn from what the store holds
+        once the run's writes are in (its slots are already handed back); and when it is the last of its sweep to
+        end, the sweep's comparison under `sweep_report/`. Never raises: the job's outcome stands."""
+        from orchestrator.report import log_run_report, log_sweep_report
 
-        meta = h.store.load("job.json")
-        log_run_report(h.writer, meta["tracking_uri"], h.store.path("report"), experiment=h.job.tracking.experiment)
+        uri, experiment = h.store.load("job.json")["tracking_uri"], h.job.tracking.experiment
+        log_run_report(h.writer, uri, h.store.path("report"), experiment=experiment)
+        if h.sweep is None:
+            return
+        with self._pool_lock:
+            jobs = [j for j in self.jobs.values() if j.sweep == h.sweep]
+            if any(j.state not in ENDED_STATES for j in jobs) or h.sweep in self._sweeps_reported:
+                return
+            self._sweeps_reported.add(h.sweep)
+        log_sweep_report(h.writer, uri, h.sweep, h.store.path("sweep_report"), experiment=experiment)
 
     @staticmethod
     def _log_schedule(h: JobHandle) -> None:

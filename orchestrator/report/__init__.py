@@ -6,7 +6,13 @@ matplotlib (Agg, no pyplot state), `page` embeds the PNGs in one HTML file with 
 
 from __future__ import annotations
 
-from orchestrator.report.build import ReportFiles, log_run_report, write_run_report, write_sweep_report
+from orchestrator.report.build import (
+    ReportFiles,
+    log_run_report,
+    log_sweep_report,
+    write_run_report,
+    write_sweep_report,
+)
 from orchestrator.report.data import RunData, Series, load_run, load_runs
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "log_run_report",
+    "log_sweep_report",
     "write_run_report",
     "write_sweep_report",
 ]

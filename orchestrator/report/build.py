@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from orchestrator.report.page import run_page, sweep_page
 HTML_NAME = "report.html"
 ARTIFACT_DIR = "report"
 """Where the controller's copy goes among a run's artifacts (report/report.html, report/*.png)."""
+SWEEP_ARTIFACT_DIR = "sweep_report"
+"""Where the sweep comparison goes among the artifacts of the sweep's last job to end."""
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +65,46 @@ def write_run_report(tracking_uri: str, ref: str, out_dir: Path, *, experiment: 
 
 
 def log_run_report(
-    writer: Any, tracking_uri: str, out_dir: Path, *, experiment: str = "cpr", timeout_s: float = 60.0
+    writer: Any, tracking_uri: str, out_dir: Path, *, experiment: str = "cpr", timeout_s: float = 10.0
 ) -> ReportFiles | None:
     """For the controller at a run's end: wait for the run's writes, render its report into `out_dir` (which must
     outlive the writer's queue: files are read when written) and queue them as artifacts under `report/`.
-    Never raises: a report that cannot be drawn is a warning, not a failed job; None then."""
+    Never raises: a report that cannot be drawn is a tag `cpr.report` saying why, not a failed job; None then."""
+    return _log(
+        writer,
+        ARTIFACT_DIR,
+        lambda: write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment),
+        timeout_s,
+    )
+
+
+def log_sweep_report(
+    writer: Any, tracking_uri: str, sweep: str, out_dir: Path, *, experiment: str = "cpr", timeout_s: float = 10.0
+) -> ReportFiles | None:
+    """For the controller when the last job of a sweep ends: the comparison of the sweep's runs (tag `cpr.sweep`)
+    as artifacts of that job's run, under `sweep_report/`. Never raises, as `log_run_report`."""
+    return _log(
+        writer,
+        SWEEP_ARTIFACT_DIR,
+        lambda: write_sweep_report(tracking_uri, [sweep], out_dir, experiment=experiment),
+        timeout_s,
+    )
+
+
+def _log(writer: Any, artifact_dir: str, draw: Callable[[], ReportFiles], timeout_s: float) -> ReportFiles | None:
+    tag = "cpr.report" if artifact_dir == ARTIFACT_DIR else "cpr.sweep_report"
     try:
-        if not writer.flush(timeout_s):
-            log.warning("report of run %s not drawn: its MLflow writes are still pending", writer.run_id)
-            return None
-        files = write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment)
+        if not writer.flush(timeout_s):  # the store is down: `cpr report` draws it later from the same store
+            raise RuntimeError(f"its MLflow writes were still pending after {timeout_s:g} s")
+        files = draw()
     except Exception as exc:  # matplotlib, MLflow or a malformed artifact: the job's outcome stands
-        log.warning("report of run %s not drawn: %s: %s", writer.run_id, type(exc).__name__, exc)
+        why = f"not drawn: {type(exc).__name__}: {exc}"
+        log.warning("%s of run %s %s", artifact_dir, writer.run_id, why)
+        writer.set_tags({tag: why[:500]})
         return None
     for path in files.all:
-        writer.log_file(str(path), ARTIFACT_DIR)
+        writer.log_file(str(path), artifact_dir)
+    writer.set_tags({tag: f"{artifact_dir}/{HTML_NAME}"})
     return files
 
 

@@ -196,14 +196,17 @@ def load_run(uri: str, ref: str, *, experiment: str = "cpr", blueprints: bool = 
 def load_runs(
     uri: str, refs: list[str] | None = None, *, filter_string: str | None = None, experiment: str = "cpr"
 ) -> list[RunData]:
-    """The runs of a sweep: the ones named (in that order), or every cpr run the MLflow filter selects (oldest
-    first); blueprints are not read (the comparison does not draw them)."""
+    """The runs of a sweep: the ones named (in that order; a sweep id, tag `cpr.sweep`, names all its runs), or
+    every cpr run the MLflow filter selects (oldest first); blueprints are not read (the comparison does not draw
+    them)."""
     client = _client(uri)
-    runs = _cpr_runs(client, experiment, filter_string)
+    runs = sorted(_cpr_runs(client, experiment, filter_string), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    chosen = runs
     if refs:
-        chosen = [_match(runs, ref, uri) for ref in refs]
-    else:
-        chosen = sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+        chosen = []
+        for ref in refs:
+            sweep = [run for run in runs if run.data.tags.get("cpr.sweep") == ref]
+            chosen += sweep or [_match(runs, ref, uri)]
     if not chosen:
         raise InputError("--filter", f"selects no cpr run in {uri}", "check it against `cpr status`")
     return [_read(client, run, blueprints=False) for run in chosen]

@@ -98,7 +98,8 @@ def store(tmp_path_factory):
     uri, art = default_tracking_uri(root), str(root / "artifacts")
     runs = {}
     for job_id, scale, enforce, blueprints in (("job-a", 3.0, True, True), ("job-b", 5.0, False, False)):
-        w = RunWriter.create(uri, "cpr", job_id, {"cpr.job_id": job_id}, artifact_location=art)
+        tags = {"cpr.job_id": job_id, "cpr.sweep": "sweep-x"}  # as `cpr submit -m` tags a sweep's jobs
+        w = RunWriter.create(uri, "cpr", job_id, tags, artifact_location=art)
         w.log_params({"stop.resource": "energy_kwh", "stop.patience": "2", "stop.window": "3"})
         t = _tracker(job_id, enforce=enforce)
         _train(w, t, 40, scale=scale)
@@ -163,21 +164,56 @@ def test_a_sweep_compares_its_jobs_on_one_plot_and_a_table(cli, store, tmp_path:
     )  # fmt: skip
     assert by_filter.code == 0, by_filter.err
     assert "2 jobs" in (tmp_path / "f" / "report.html").read_text(encoding="utf-8")
+    by_id = cli("report", "--sweep", "sweep-x", "--tracking-uri", store["uri"], "-o", str(tmp_path / "s"))
+    assert by_id.code == 0, by_id.err
+    text = (tmp_path / "s" / "report.html").read_text(encoding="utf-8")
+    assert "2 jobs" in text and "job-a" in text and "job-b" in text
 
 
 def test_the_controller_helper_logs_the_report_as_artifacts_of_the_run(store, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.report import log_run_report
+    from orchestrator.report import log_run_report, log_sweep_report
 
     uri = store["uri"]
     w = RunWriter.create(uri, "cpr", "job-c", {"cpr.job_id": "job-c"}, artifact_location=str(store["root"] / "a"))
     w.log_params({"stop.resource": "energy_kwh", "stop.patience": "2"})
     _train(w, _tracker("job-c"), 12)
     files = log_run_report(w, uri, tmp_path / "report")
-    assert files is not None and w.close("FINISHED", 60)
-    logged = {Path(a.path).name for a in MlflowClient(uri).list_artifacts(w.run_id, "report")}
+    sweep = log_sweep_report(w, uri, "sweep-x", tmp_path / "sweep_report")
+    assert files is not None and sweep is not None and w.close("FINISHED", 60)
+    client = MlflowClient(uri)
+    logged = {Path(a.path).name for a in client.list_artifacts(w.run_id, "report")}
     assert logged == {p.name for p in files.all} and "report.html" in logged
+    assert {Path(a.path).name for a in client.list_artifacts(w.run_id, "sweep_report")} == {
+        "report.html",
+        "sweep_psi_gamma.png",
+    }
+    tags = client.get_run(w.run_id).data.tags
+    assert tags["cpr.report"] == "report/report.html" and tags["cpr.sweep_report"] == "sweep_report/report.html"
+
+
+def test_a_report_that_cannot_be_drawn_is_a_tag_not_an_error(store, tmp_path: Path, monkeypatch) -> None:
+    """The store is down when the run ends (a real refused connection): no report, the job's end is not held up
+    past the timeout, and the tag saying why reaches the store with the journaled writes once it is back."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.report import log_run_report
+    from orchestrator.worker.trainer import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the controller sets it
+    uri = store["uri"]
+    made = RunWriter.create(uri, "cpr", "job-d", {"cpr.job_id": "job-d"}, artifact_location=str(store["root"] / "a"))
+    assert made.flush(30)
+    journal = tmp_path / "state"
+    down = RunWriter(MlflowClient(f"http://127.0.0.1:{free_port()}"), made.run_id, made.experiment_id, journal)
+    _train(down, _tracker("job-d"), 6)
+    assert log_run_report(down, uri, tmp_path / "report", timeout_s=0.5) is None
+    assert not (tmp_path / "report").exists()
+    up = RunWriter.attach(uri, made.run_id, made.experiment_id, journal)  # the store is back: the journal is sent
+    assert up.close("FINISHED", 60)
+    why = MlflowClient(uri).get_run(made.run_id).data.tags["cpr.report"]
+    assert why.startswith("not drawn: RuntimeError: its MLflow writes were still pending"), why
 
 
 def test_bad_input_is_one_line_and_exit_2(cli, store, tmp_path: Path, capsys) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import assert_one_line_error
 
@@ -42,6 +43,25 @@ def test_a_sweep_is_queued_and_runs_from_the_queue(tmp_path: Path, ray_head) -> 
             break
         time.sleep(3)
     assert [rows[j]["state"] for j in queued] == ["finished", "finished"], rows
+    # every run tagged with the sweep; the last job to end logged the comparison next to its own report
+    (sweep,) = [line.split()[1].rstrip(":") for line in done.stdout.splitlines() if line.startswith("sweep ")]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'cpr_runs' / 'mlflow.db'}")
+    runs = {
+        r.data.tags["cpr.job_id"]: r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("cpr").experiment_id], f"tags.`cpr.sweep` = '{sweep}'"
+        )
+    }
+    assert set(runs) == set(queued)
+    while time.monotonic() < deadline and any(
+        client.get_run(r.info.run_id).info.status != "FINISHED" for r in runs.values()
+    ):
+        time.sleep(1)  # the state turns `finished` before the run's last writes (its reports) are in
+    listed = {j: {a.path for a in client.list_artifacts(r.info.run_id, "report")} for j, r in runs.items()}
+    assert all("report/report.html" in paths for paths in listed.values()), listed
+    last = {a.path for a in client.list_artifacts(runs[queued[1]].info.run_id, "sweep_report")}
+    assert last == {"sweep_report/report.html", "sweep_report/sweep_psi_gamma.png"}
+    assert not client.list_artifacts(runs[queued[0]].info.run_id, "sweep_report")
     log = [json.loads(x) for x in (tmp_path / "cpr_runs" / "scheduler" / "decisions.jsonl").read_text().splitlines()]
     moves = [(d["action"], d["job_id"]) for d in log if d["action"] != "idle"]
     # one pool of 2 CPUs, 2 slots per job: the second starts on the slots the first gives back
