@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -13,6 +16,9 @@ from launch.cli import main
 # Shared 2-core machines are noisy: a per-example deadline would make property tests flaky, not stricter.
 settings.register_profile("cpr", deadline=None, print_blob=True)
 settings.load_profile("cpr")
+
+CPR = str(Path(sys.executable).with_name("cpr"))
+"""The installed `cpr` entry point of this interpreter's environment."""
 
 
 @dataclass
@@ -44,3 +50,33 @@ def assert_one_line_error(result: CliResult, needle: str) -> None:
     assert result.err.count("\n") == 1, result.err
     assert needle in result.err, result.err
     assert "Traceback" not in result.err
+
+
+def cpr(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`cpr ARGS...` as a subprocess in `cwd`, output captured."""
+    return subprocess.run([CPR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real `cpr submit +experiment=debug` (Ray, 2 DeepSpeed ranks, SQLite MLflow under `work/cpr_runs`), shared
+    by the tests of a module: the end-to-end checks (tests/integration/test_submit_e2e.py) and the browser's
+    (tests/browser). A minute or two on 2 cores."""
+    work = tmp_path_factory.mktemp("submit")
+    done = cpr("submit", "+experiment=debug", cwd=work)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_id = next(
+        line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("MLflow run id:")
+    )
+    job_id = next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("job id:"))
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{work / 'cpr_runs' / 'mlflow.db'}"
+    return {
+        "work": work,
+        "out": done.stdout,
+        "run_id": run_id,
+        "job_id": job_id,
+        "uri": uri,
+        "client": MlflowClient(uri),
+    }

@@ -222,7 +222,8 @@ def mass_heatmap(run: RunData, path: Path) -> Path | None:
     fig.colorbar(image, ax=ax, label="share of ‖g‖²")
     ax.set_xticks(range(len(run.blueprints)), [f"v{bp.blueprint_version}\nstep {bp.step}" for bp in run.blueprints])
     ax.set_yticks(range(len(ids)), ids, fontsize=7 if len(ids) > 20 else 9)
-    ax.set_title(f"{run.job_id}: gradient mass per submodule across versions")
+    # Two lines: the axes are narrow for few versions, and a one-line title would be cut at the figure's edge.
+    ax.set_title(f"{run.job_id}:\ngradient mass per submodule across versions")
     return _save(fig, path)
 
 

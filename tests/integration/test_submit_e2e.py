@@ -1,6 +1,7 @@
 """End to end: `cpr submit +experiment=debug` on real Ray, real DeepSpeed (2 ranks, gloo, ZeRO-2), real codecarbon
 and a real SQLite MLflow store in a temp dir. The run must end by the stop rule, and MLflow must hold what the
-issue promises. One run is shared by the tests of this module (it takes a minute or two on 2 cores).
+issue promises. One run (`debug_run`, tests/conftest.py) is shared by the tests of this module (it takes a
+minute or two on 2 cores).
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ import io
 import itertools
 import json
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from orchestrator.core.ledger import J_PER_KWH, counter_increment
+from tests.conftest import CPR, cpr
 
-CPR = str(Path(sys.executable).with_name("cpr"))
 RUN_METRICS = (
     "train/loss",
     "val/loss",
@@ -29,32 +29,6 @@ RUN_METRICS = (
     "progress/tokens",
 )
 KINDS_HERE = ("energy_kwh", "co2_kg", "tokens", "flops", "wall_hours")  # no GPU here: no gpu_hours, vram_gb_hours
-
-
-def cpr(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CPR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    work = tmp_path_factory.mktemp("submit")
-    done = cpr("submit", "+experiment=debug", cwd=work)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run_id = next(
-        line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("MLflow run id:")
-    )
-    job_id = next(line.split(":", 1)[1].strip() for line in done.stdout.splitlines() if line.startswith("job id:"))
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{work / 'cpr_runs' / 'mlflow.db'}"
-    return {
-        "work": work,
-        "out": done.stdout,
-        "run_id": run_id,
-        "job_id": job_id,
-        "uri": uri,
-        "client": MlflowClient(uri),
-    }
 
 
 def test_the_debug_run_stops_by_the_rule(debug_run: dict) -> None:
@@ -88,6 +62,15 @@ def test_tags_name_the_absent_gpu_and_the_artifacts_are_there(debug_run: dict) -
     assert {"config.yaml", "decisions.jsonl", "summary.json", "curve.csv", "telemetry.jsonl"} <= names
     params = client.get_run(run_id).data.params
     assert params["stop.window"] == "5" and params["model.name"] == "llama-tiny"
+
+
+def test_the_controller_attached_the_cpr_report_to_the_run(debug_run: dict) -> None:
+    client, run_id = debug_run["client"], debug_run["run_id"]
+    assert client.get_run(run_id).data.tags["cpr.report"] == "report/report.html"
+    report = {a.path.removeprefix("report/") for a in client.list_artifacts(run_id, "report")}
+    # the debug run publishes blueprints: every figure but the forecast, which needs the saturating fit to succeed
+    assert {"report.html", "psi_gamma.png", "ratio_eta.png", "gamma_kinds.png", "gradient_mass.png"} <= report
+    assert {"psi_gamma_kinds.png", "retained_mass.png"} <= report
 
 
 def test_the_ledger_energy_equals_the_telemetry_it_was_fed(debug_run: dict) -> None:
