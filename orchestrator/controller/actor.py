@@ -1025,12 +1025,16 @@ class Controller:
         end, the sweep's comparison under `sweep_report/`. Never raises: the job's outcome stands."""
         from orchestrator.report import log_run_report, log_sweep_report
 
-        uri, experiment = h.store.load("job.json")["tracking_uri"], h.job.tracking.experiment
+        try:
+            uri, experiment = h.store.load("job.json")["tracking_uri"], h.job.tracking.experiment
+        except Exception:  # its record unreadable: nothing to draw from, and the run must still be closed
+            traceback.print_exc()
+            return
         log_run_report(h.writer, uri, h.store.path("report"), experiment=experiment)
         if h.sweep is None:
             return
         with self._pool_lock:
-            jobs = [j for j in self.jobs.values() if j.sweep == h.sweep]
+            jobs = [j for j in list(self.jobs.values()) if j.sweep == h.sweep]
             if any(j.state not in ENDED_STATES for j in jobs) or h.sweep in self._sweeps_reported:
                 return
             self._sweeps_reported.add(h.sweep)
