@@ -83,14 +83,14 @@ class FakeWriter:
     run_id = "run"
 
     def __init__(self) -> None:
-        self.marks: dict[str, int] = {}
+        self.marks: set[tuple[str, int]] = set()
 
-    def mark(self, key: str) -> int | None:
-        return self.marks.get(key)
+    def logged(self, key: str, step: int) -> bool:
+        return (key, step) in self.marks
 
     def log_metrics(self, metrics: dict[str, float], step: int, *, mark: str | None = None) -> None:
         if mark is not None:
-            self.marks[mark] = step
+            self.marks.add((mark, step))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
