@@ -56,6 +56,7 @@ class RunWriter:
         self._ops: deque[tuple[int, str, Any]] = deque()
         self._cv = threading.Condition()
         self._closed = False
+        self._abandoned = False
         self._busy = False
         self._seq = self._acked = 0
         self._marks = Marks()
@@ -161,6 +162,13 @@ class RunWriter:
             self._closed = True
         return self.flush(timeout_s)
 
+    def abandon(self) -> None:
+        """Stop sending now, without waiting for the store: the thread ends after its current attempt, and what is
+        still owed stays in the journal for the run's next writer (`attach`) or `cpr sync`."""
+        with self._cv:
+            self._abandoned = True
+            self._cv.notify_all()
+
     # -- the writer thread -----------------------------------------------------------------------------------
     def _take(self) -> list[tuple[int, str, Any]]:
         """The next batch: consecutive metric ops merged (≤ METRICS_PER_BATCH points), else one op."""
@@ -202,6 +210,8 @@ class RunWriter:
         backoff = 0.5
         while True:
             with self._cv:
+                if self._abandoned:
+                    return
                 if not self._ops:
                     if self._closed:
                         return
@@ -224,7 +234,8 @@ class RunWriter:
                     self._ops.extendleft(reversed(batch))
                     self._busy = False
                     self._cv.notify_all()
-                time.sleep(backoff)
+                with self._cv:
+                    self._cv.wait_for(lambda: self._abandoned, timeout=backoff)
                 backoff = min(backoff * 2, 10.0)
 
 

@@ -210,6 +210,7 @@ def test_a_report_that_cannot_be_drawn_is_a_tag_not_an_error(store, tmp_path: Pa
     _train(down, _tracker("job-d"), 6)
     assert log_run_report(down, uri, tmp_path / "report", timeout_s=0.5) is None
     assert not (tmp_path / "report").exists()
+    down.abandon()  # its thread would retry the dead port for ever, and log into later tests' output
     up = RunWriter.attach(uri, made.run_id, made.experiment_id, journal)  # the store is back: the journal is sent
     assert up.close("FINISHED", 60)
     why = MlflowClient(uri).get_run(made.run_id).data.tags["cpr.report"]

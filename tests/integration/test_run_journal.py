@@ -30,6 +30,7 @@ def test_a_new_writer_sends_what_the_last_one_owed_once_and_in_order(tmp_path: P
     assert not down.flush(1.0) and down.pending() >= 1 and down.last_error is not None
     owed = [json.loads(line) for line in (state / "mlflow_journal.jsonl").read_text().splitlines()]
     assert [r["seq"] for r in owed] == [1, 2, 3, 4, 5]
+    down.abandon()  # its thread would retry the dead port for ever, and log into later tests' output
     # "the controller restarted": a second writer of the run, on the same journal, with the store reachable
     up = RunWriter.attach(uri, run_id, exp_id, state)
     assert all(up.logged("train", step) for step in (5, 10, 15)) and up.logged("eval", 10)
@@ -116,6 +117,7 @@ def test_cpr_sync_sends_what_an_ended_job_still_owes(tmp_path: Path, monkeypatch
         down = RunWriter(MlflowClient(f"http://127.0.0.1:{free_port()}"), created.run_id, created.experiment_id, folder)
         down.log_metrics({"train/loss": 1.0 if state == "stopped" else 9.0}, step=5)
         down.close("FINISHED", timeout_s=0.5)
+        down.abandon()
     monkeypatch.chdir(tmp_path)
     assert main(["sync"]) == 0
     printed = capsys.readouterr().out
