@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -80,3 +82,13 @@ def debug_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "uri": uri,
         "client": MlflowClient(uri),
     }
+
+
+def stop_process_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """End a server started with `start_new_session=True` and every process it forked: SIGTERM, then SIGKILL."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

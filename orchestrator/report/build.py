@@ -73,6 +73,7 @@ def log_run_report(
     return _log(
         writer,
         ARTIFACT_DIR,
+        "cpr.report",
         lambda: write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment),
         timeout_s,
     )
@@ -86,13 +87,16 @@ def log_sweep_report(
     return _log(
         writer,
         SWEEP_ARTIFACT_DIR,
+        "cpr.sweep_report",
         lambda: write_sweep_report(tracking_uri, [sweep], out_dir, experiment=experiment),
         timeout_s,
     )
 
 
-def _log(writer: Any, artifact_dir: str, draw: Callable[[], ReportFiles], timeout_s: float) -> ReportFiles | None:
-    tag = "cpr.report" if artifact_dir == ARTIFACT_DIR else "cpr.sweep_report"
+def _log(
+    writer: Any, artifact_dir: str, tag: str, draw: Callable[[], ReportFiles], timeout_s: float
+) -> ReportFiles | None:
+    """Draw after the run's writes are in, queue the files under `artifact_dir`, and say in `tag` where (or why not)."""
     try:
         if not writer.flush(timeout_s):  # the store is down: `cpr report` draws it later from the same store
             raise RuntimeError(f"its MLflow writes were still pending after {timeout_s:g} s")

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
@@ -27,7 +26,7 @@ import pytest
 
 from orchestrator.report.build import _RUN_FIGURES, ARTIFACT_DIR, HTML_NAME
 from tests.cli.test_ui import free_port
-from tests.conftest import CPR
+from tests.conftest import CPR, stop_process_group
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(1500)]  # the run (1-2 min) and the UI's start (≈70 s) too
 
@@ -87,12 +86,7 @@ def ui(run: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(1)
             yield base
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            stop_process_group(server)
 
 
 @pytest.fixture(scope="module")

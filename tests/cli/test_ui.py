@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config.compose import compose_job
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, stop_process_group
 
 
 @pytest.fixture
@@ -134,12 +133,7 @@ def test_ui_really_serves_on_loopback_only(store: str, tmp_path: Path) -> None:
             with pytest.raises(OSError), socket.create_connection((address, port), timeout=3):
                 pass
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
+        stop_process_group(ui, timeout_s=120)
         log.close()
 
 

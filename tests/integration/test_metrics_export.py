@@ -34,28 +34,22 @@ class Emitter:
         self.m.decision("j1", "stop", "marginal_return")
 
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def read_metrics(port: int) -> Samples:
-    """One Prometheus text scrape of Ray's metrics agent: cpr's samples, keyed by name and cpr's own labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (
-            s.name,
-            tuple(sorted((k, v) for k, v in s.labels.items() if k in ("job_id", "state", "kind", "action", "reason"))),
-        ): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name.startswith(RAY_PREFIX + "cpr_")
-    }
-
-
-def scrape(port: int, deadline_s: float) -> Samples:
+def scrape(port: int, deadline_s: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """cpr's samples at Ray's metrics port once all have arrived (Ray exports at its report interval)."""
     end = time.monotonic() + deadline_s
     while True:
-        samples = read_metrics(port)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        samples = {
+            (
+                s.name,
+                tuple(
+                    sorted((k, v) for k, v in s.labels.items() if k in ("job_id", "state", "kind", "action", "reason"))
+                ),
+            ): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith(RAY_PREFIX + "cpr_")
+        }
         if {name for name, _ in samples} >= EXPORTED or time.monotonic() > end:
             return samples
         time.sleep(0.25)
