@@ -13,7 +13,7 @@ It prints, per policy: the sweeps whose best job reached their Ψ* (the best fin
 sweep), the energy and slot-hours of all jobs together and against static's, the makespan, and the time one
 scheduling round over the 64 jobs takes.
 
-    .venv/bin/python -m benchmarks.cluster_replay [--curves FILE] [--sweeps 16] [--slots 256] [--rho 0.02]
+    .venv/bin/python -m benchmarks.cluster_replay [--curves FILE] [--sweeps 16] [--slots 256] [--max-loss D]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.core.forecast import optimistic_psi_at
+from orchestrator.core.resources import projected_to_budget
 from orchestrator.core.scheduling import JobState, JobStatus, PolicyConfig, SlotAction, tick
 from orchestrator.core.stop_rule import StopRule, StopRuleConfig
 
@@ -103,15 +104,18 @@ def make_cluster(curves: list[Curve], sweeps: int, want: int, seed: int) -> list
     return jobs
 
 
-def rule_config(rho: float) -> StopRuleConfig:
-    """The rule the multijob jobs ran under (its debug experiment), with Γ = energy and the given ρ."""
+def rule_config(max_loss: float | None) -> StopRuleConfig:
+    """The rule the multijob jobs ran under (its debug experiment), with Γ = energy and the default η or a given δ."""
     from orchestrator.config.compose import compose_job
     from orchestrator.config.validate import stop_rule_config
 
-    return stop_rule_config(compose_job(["+experiment=debug", "stop.resource=energy_kwh", f"stop.eta_rel={rho}"]).stop)
+    delta = [] if max_loss is None else [f"stop.max_loss={max_loss}"]
+    return stop_rule_config(
+        compose_job(["+experiment=debug", "stop.resource=energy_kwh", "stop.eta_rel=null", *delta]).stop
+    )
 
 
-def simulate(policy: str, jobs: list[SimJob], slots: int, rho: float, restart: float) -> dict[str, Any]:
+def simulate(policy: str, jobs: list[SimJob], slots: int, max_loss: float | None, restart: float) -> dict[str, Any]:
     """Run every job to its end under `policy`; returns per-job outcomes and the tick latencies."""
     jobs = [replace(j) for j in jobs]  # fresh per-policy state
     by_id = {j.job_id: j for j in jobs}
@@ -133,7 +137,7 @@ def simulate(policy: str, jobs: list[SimJob], slots: int, rho: float, restart: f
                     time_attr="training_iteration", metric="psi", mode="max", max_t=n
                 )
             asha[j.group].on_trial_add(None, SimpleNamespace(trial_id=j.job_id))
-    rule = rule_config(rho)
+    rule = rule_config(max_loss)
     for j in jobs:
         j.rule = StopRule(rule) if ours else None
     now, tick_ms = 0.0, []
@@ -154,7 +158,9 @@ def simulate(policy: str, jobs: list[SimJob], slots: int, rho: float, restart: f
                 j.checks += 1
                 j.psi = j.curve.psi[k]
                 if ours:
-                    d = j.rule.observe(psi=j.psi, gamma=j.curve.energy[k], step=j.checks)
+                    # as the controller does: Γ at the budget projected from the job's own rate (checks ∝ tokens)
+                    horizon = projected_to_budget(j.curve.energy[k], j.checks, n)
+                    d = j.rule.observe(psi=j.psi, gamma=j.curve.energy[k], step=j.checks, horizon=horizon)
                     j.halted, j.ratio = j.halted or d.stopped, d.ratio
                     # as the controller does: in checks (steps), not in Γ
                     j.psi_at_budget = optimistic_psi_at(range(1, j.checks + 1), j.curve.psi[: j.checks], float(n))
@@ -216,14 +222,14 @@ def main() -> int:
     parser.add_argument("--sweeps", type=int, default=16)
     parser.add_argument("--slots", type=int, default=256)
     parser.add_argument("--want", type=int, default=8, help="slots each job asks for (8: half the jobs wait)")
-    parser.add_argument("--rho", type=float, default=0.02, help="ours: ρ of each job's stop rule")
+    parser.add_argument("--max-loss", type=float, default=None, help="ours: δ of each job's rule (default: the core's)")
     parser.add_argument("--restart", type=float, default=0.02, help="a resize's cost, as a share of the job's run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     curves = load_curves(args.curves)
     cluster = make_cluster(curves, args.sweeps, args.want, args.seed)
     print(f"{len(cluster)} jobs ({args.sweeps} sweeps × {len(curves)}) on {args.slots} slots", flush=True)
-    runs = {p: simulate(p, cluster, args.slots, args.rho, args.restart) for p in ("static", "asha", "ours")}
+    runs = {p: simulate(p, cluster, args.slots, args.max_loss, args.restart) for p in ("static", "asha", "ours")}
     groups = sorted({j.group for j in cluster})
     final = {
         p: {g: max((j.psi for j in r["jobs"] if j.group == g and j.psi is not None), default=None) for g in groups}

@@ -3,9 +3,8 @@
 (a) static — FIFO, every job to its token budget, one rank each;
 (b) Ray Tune's ASHA — `AsyncHyperBandScheduler` (default reduction factor 4, grace period 1 check) decides at
     every evaluation check of every job; its STOPs go to the controller as user stops;
-(c) ours — the four jobs form one group: each runs under its marginal-return rule (ρ = 0.02, so that a leader runs
-    on while a kWh still buys a fiftieth of what its first ones did; `ours-default-rho` is the same with the
-    default ρ = 0.1), the scheduler stops a job whose optimistic forecast at its budget is below the best Ψ
+(c) ours — the four jobs form one group: each runs under its default marginal-return rule (budget-aware η,
+    δ = stop.max_loss), the scheduler stops a job whose optimistic forecast at its budget is below the best Ψ
     another job reached (`dominated`), gives free slots to the queue first and then grows (by checkpoint-restart)
     the running job that pays most above its η.
 
@@ -46,10 +45,9 @@ OURS = ["group=sweep", "cluster.max_workers=2", "cluster.resize_cooldown_s=30"]
 POLICIES = {
     "static": ["stop.enforce=false"],
     "asha": ["stop.enforce=false"],
-    # One group: a job whose forecast Ψ at budget is below the best Ψ another reached is stopped. ρ = 0.02: a
-    # sweep's leader should run on while each kWh still buys a fiftieth of what its first ones did.
-    "ours": [*OURS, "stop.eta_rel=0.02"],
-    "ours-default-rho": [*OURS],  # the default ρ: each job's own rule also stops it once returns fall to a tenth
+    # One group: a job whose forecast Ψ at budget is below the best Ψ another reached is stopped; each job's own
+    # rule is the default budget-aware one (it stops a job when the rest of its budget would buy < δ of its gain).
+    "ours": [*OURS, "stop.eta_rel=null"],  # the debug experiment's relative η off: the default δ
 }
 
 

@@ -7,7 +7,9 @@
    (same seed, same data order); tokens are too, but measured energy is not: two runs on a shared machine draw
    different energy per step, so with Γ = energy the two stops can differ by the measurement's noise.
 4. Replay the full curve under the anchors users pick today — Ray Tune's TrialPlateauStopper and HF's
-   EarlyStoppingCallback (defaults, and each one's best setting at Ψ lost ≤ ours) — and print Γ saved and Ψ lost.
+   EarlyStoppingCallback, the real classes (defaults, and each one's best setting at Ψ lost ≤ ours) — and the
+   hindsight oracle at τ = 1 %, and print Γ saved, the share of the gain and of the final loss given up.
+5. The same curve under other δ (stop.max_loss).
 
     .venv/bin/python -m benchmarks.savings [--workdir DIR] [--resources energy_kwh tokens] [--reuse-full] [overrides...]
 """
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -35,6 +38,9 @@ def main() -> int:
         help="one live run per Γ kind the rule divides by (default: energy_kwh tokens)",
     )
     parser.add_argument("--reuse-full", action="store_true", help="take the full run from WORKDIR/full if it is there")
+    parser.add_argument(
+        "--keep-curve", type=Path, help="copy the full run's curve.csv here (benchmarks.stopping reads it)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (default: the default job)")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cpr-savings-"))
@@ -63,26 +69,34 @@ def main() -> int:
             f"curve: step {again.stop_step}; match: {live_step == again.stop_step}"
         )
         print(f"      Ψ at the live stop {s['psi']:.4f}; the full run's Ψ at that step {same_step:.4f}")
-        rows = compare_stoppers(curve, rule)
+        rows = compare_stoppers(curve, rule, tau=0.01)
         print(f"\nOn the full run's curve ({len(curve)} checks), Γ = {resource}:")
         print(format_table(rows))
         mine = next(r for r in rows if r.name.startswith("cpr"))
+        met = mine.gamma_saved_fraction >= 0.3 and mine.loss_increase_fraction <= 0.01
+        anchors = [r for r in rows if "best at" in r.name]
+        ahead = all(mine.gamma_saved_fraction >= r.gamma_saved_fraction for r in anchors)
         print(
-            f"goal: Γ saved ≥ 30% at ≤ 1% higher final validation loss — ours: {mine.gamma_saved_fraction:.1%} "
-            f"saved, +{mine.loss_increase_fraction:.2%} loss"
+            f"goal: Γ saved ≥ 30% at ≤ 1% higher final validation loss, ahead of both anchors at equal loss — ours: "
+            f"{mine.gamma_saved_fraction:.1%} saved, {mine.loss_increase_fraction:+.2%} loss: "
+            f"{'met' if met else 'NOT met'}; ahead of the anchors' best at Ψ lost ≤ ours: {'yes' if ahead else 'no'}"
+            + ("" if len(anchors) == 2 else f" (only {len(anchors)} anchor(s) have a setting at Ψ lost ≤ ours)")
         )
-    print("\nρ (stop.eta_rel) against what it saves and costs on the full run's curve:")
+    print("\nδ (stop.max_loss) against what it saves and costs on the full run's curve:")
     for resource in args.resources:
-        for rho in (0.02, 0.05, 0.1, 0.2):
+        for delta in (0.005, 0.01, 0.02, 0.05):
             rule = stop_rule_config(
-                compose_job([*args.overrides, f"stop.resource={resource}", f"stop.eta_rel={rho}"]).stop
+                compose_job([*args.overrides, f"stop.resource={resource}", f"stop.max_loss={delta}"]).stop
             )
             o = ours(curve, rule)
             step = o.stop_step if o.stopped else "none"
             print(
-                f"  Γ={resource:10s} ρ={rho:<5g} stop step {step!s:>5}  Γ saved {o.gamma_saved_fraction:6.1%}  "
-                f"loss +{o.loss_increase_fraction:.2%}"
+                f"  Γ={resource:10s} δ={delta:<6g} stop step {step!s:>5}  Γ saved {o.gamma_saved_fraction:6.1%}  "
+                f"gain lost {o.gain_lost_fraction:6.2%}  loss {o.loss_increase_fraction:+.2%}"
             )
+    if args.keep_curve:
+        shutil.copyfile(curve_path, args.keep_curve)
+        print(f"\nthe full run's curve: {args.keep_curve}")
     return 0
 
 

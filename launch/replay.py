@@ -9,10 +9,12 @@ import numpy as np
 from rich.console import Console
 
 from launch.output import console, fmt
+from orchestrator.core import stop_rule
+from orchestrator.core.gain_left import explain
 from orchestrator.core.numbers import json_safe
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.slopes import SlopeEstimator
-from orchestrator.core.stop_rule import DEFAULT_ETA_REL, StopRuleConfig
+from orchestrator.core.stop_rule import StopRuleConfig
 from orchestrator.replay import ReplayResult, read_curve, replay
 
 EPILOG = """\
@@ -39,23 +41,57 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="Γ the rule divides by (default: energy_kwh if present, else gpu_hours, flops, tokens)",
     )
     eta = p.add_mutually_exclusive_group()
+    eta.add_argument(
+        "--max-loss",
+        type=float,
+        metavar="DELTA",
+        help="budget-aware threshold (the default, δ = "
+        f"{stop_rule.DEFAULT_MAX_LOSS:g}): stop when the rest of the budget would buy less than δ of the run's gain",
+    )
     eta.add_argument("--eta", type=float, metavar="X", help="absolute threshold η in Ψ per unit of Γ")
     eta.add_argument(
         "--eta-rel",
         type=float,
         metavar="RHO",
-        help=f"relative threshold: η = ρ·r_ref, r_ref the first window ratio after warm-up "
-        f"(default ρ = {DEFAULT_ETA_REL})",
+        help="relative threshold: η = ρ·r_ref, r_ref the first window ratio after warm-up",
     )
-    p.add_argument("--window", type=int, default=5, metavar="W", help="checks in the moving window (default 5)")
     p.add_argument(
-        "--patience", type=int, default=3, metavar="P", help="successive checks below η before stopping (default 3)"
+        "--window",
+        type=int,
+        default=stop_rule.DEFAULT_WINDOW,
+        metavar="W",
+        help=f"checks in the moving window (default {stop_rule.DEFAULT_WINDOW})",
     )
-    p.add_argument("--min-checks", type=int, default=0, metavar="N", help="warm-up: checks before any decision")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=stop_rule.DEFAULT_PATIENCE,
+        metavar="P",
+        help=f"successive checks below η before stopping (default {stop_rule.DEFAULT_PATIENCE})",
+    )
+    p.add_argument(
+        "--min-checks",
+        type=int,
+        default=stop_rule.DEFAULT_MIN_CHECKS,
+        metavar="N",
+        help=f"warm-up: checks before any decision (default {stop_rule.DEFAULT_MIN_CHECKS})",
+    )
     p.add_argument(
         "--min-fraction", type=float, default=0.0, metavar="F", help="warm-up: fraction of --budget before any decision"
     )
-    p.add_argument("--budget", type=float, metavar="GAMMA", help="cap on Γ; reaching it stops the run")
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="GAMMA",
+        help="cap on Γ (reaching it stops the run) and the budget-aware rule's horizon; default horizon: the "
+        "curve's end, projected from its tokens column as the controller does when there is one",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=float,
+        metavar="N",
+        help="the run's token budget, for a curve that stopped before it (default: the curve's last tokens)",
+    )
     p.add_argument(
         "--estimator",
         choices=[e.value for e in SlopeEstimator],
@@ -80,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         resource=resource,
         window=args.window,
         patience=args.patience,
+        max_loss=args.max_loss,
         eta=args.eta,
         eta_rel=args.eta_rel,
         min_checks=args.min_checks,
@@ -89,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         max_nonfinite=args.max_nonfinite,
     )
     with np.errstate(all="ignore"):  # an extreme curve's overflow is the rule's to judge, not a warning to print
-        result = replay(curve, config)
+        result = replay(curve, config, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps(json_safe(result.to_dict()), indent=2, allow_nan=False))
     else:
@@ -102,7 +139,9 @@ def print_summary(r: ReplayResult, console: Console) -> None:
     unit = r.resource.value
     psi_name = "Ψ = −validation loss" if r.psi_from_loss else "Ψ"
     console.print(f"[bold]cpr replay[/bold] {r.source}: {r.n_checks} checks, {psi_name}, Γ = {unit}")
-    if c.eta is not None:
+    if c.max_loss is not None:
+        eta_text = f"budget-aware η (δ = {c.max_loss:g} of the run's gain), at the last check {fmt(r.eta)} Ψ/{unit}"
+    elif c.eta is not None:
         eta_text = f"η = {fmt(r.eta)} Ψ/{unit}"
     else:
         eta_text = f"η = {c.eta_rel} × r_ref = {fmt(r.eta)} Ψ/{unit}"
@@ -130,14 +169,19 @@ def print_summary(r: ReplayResult, console: Console) -> None:
     )
     others = ", ".join(f"{k} {100 * v:.1f} %" for k, v in r.saved_fraction_by_kind.items())
     console.print(f"  saved by kind: {others}")
+    if last.evidence is not None and c.max_loss is not None:
+        loss = -last.psi if r.psi_from_loss else None
+        console.print(f"  why: {explain(last.evidence, max_loss=c.max_loss, loss=loss)}")
+    console.print(f"  the curve itself: the rest of the run bought ΔΨ = {fmt(r.psi_lost, 3)}")
     f = r.forecast
     if f is None:
         return
     if not f.ok:
         console.print(f"  forecast: none ({f.reason})")
         return
+    cross = f"ratio reaches η at Γ ≈ {fmt(f.gamma_cross)} {unit}; " if f.gamma_cross is not None else ""
     console.print(
         f"  forecast: Ψ(Γ) = {fmt(f.psi_inf)} − {fmt(f.scale_a)}·Γ^−{fmt(f.exponent_b, 3)} "
-        f"(R² {f.r2:.4f}, {f.n_points} points); ratio reaches η at Γ ≈ {fmt(f.gamma_cross)} {unit}; "
+        f"(R² {f.r2:.4f}, {f.n_points} points); {cross}"
         f"continuing to Γ = {fmt(f.budget)} would buy ΔΨ ≈ {fmt(f.psi_gain_to_budget, 3)}"
     )

@@ -46,7 +46,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "submit",
         help="run a pretraining job from conf/ with Hydra overrides",
         description="Run a pretraining job on Ray + DeepSpeed with live marginal-return stopping. Arguments are "
-        "Hydra overrides of conf/config.yaml, e.g. `cpr submit +experiment=debug stop.eta_rel=0.05`. "
+        "Hydra overrides of conf/config.yaml, e.g. `cpr submit +experiment=debug stop.max_loss=0.02`. "
         f"Config groups: {groups}.",
     )
     p.add_argument("--cfg", action="store_true", help="print the composed, validated config and exit")
@@ -588,10 +588,20 @@ def print_summary(result: dict[str, Any], job: JobConfig) -> None:
         table.add_row(kind, fmt(value), fmt((s.get("gamma_projected_at_budget") or {}).get(kind)))
     out.print(table)
     saved = s.get("gamma_saved_fraction")
-    out.print(
-        f"last window ratio ΔΨ/ΔΓ = {fmt(s.get('last_ratio'))} per {s.get('resource')}, η = {fmt(s.get('eta'))}"
-        f" (r_ref {fmt(s.get('r_ref'))}); Γ saved against the budget: {MISSING if saved is None else f'{saved:.1%}'}"
-    )
+    saved_text = MISSING if saved is None else f"{saved:.1%}"
+    if s.get("max_loss") is not None:
+        out.print(
+            f"ΔΨ/ΔΓ the rest of the budget would pay at most = {fmt(s.get('last_ratio'))} per {s.get('resource')}, "
+            f"budget-aware η = {fmt(s.get('eta'))} (δ = {s['max_loss']:.0%} of the run's gain); Γ saved against the "
+            f"budget: {saved_text}"
+        )
+    else:
+        out.print(
+            f"last window ratio ΔΨ/ΔΓ = {fmt(s.get('last_ratio'))} per {s.get('resource')}, η = {fmt(s.get('eta'))}"
+            f" (r_ref {fmt(s.get('r_ref'))}); Γ saved against the budget: {saved_text}"
+        )
+    if s.get("why"):
+        out.print(f"why: {s['why']}")
     fc = s.get("forecast") or {}
     if fc.get("ok"):
         out.print(

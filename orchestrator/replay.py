@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.core.decisions import Decision, StopReason
 from orchestrator.core.forecast import Forecast, fit_forecast
-from orchestrator.core.resources import ResourceKind
+from orchestrator.core.resources import ResourceKind, projected_to_budget
 from orchestrator.core.stop_rule import StopRule, StopRuleConfig
 from orchestrator.errors import InputError
 
@@ -213,7 +213,21 @@ class ReplayResult:
         }
 
 
-def replay(curve: Curve, config: StopRuleConfig) -> ReplayResult:
+def horizons(curve: Curve, kind: ResourceKind, max_tokens: float | None = None) -> list[float | None]:
+    """The Γ at the run's budget as the live job would have known it at each check (the budget-aware η's B).
+
+    With a `tokens` column the budget is `max_tokens` (default: the curve's last tokens, the run as recorded spent its
+    budget) and Γ is projected to it from the run's rate so far, as the controller does; without one, the curve's
+    last Γ."""
+    gammas = curve.resources[kind]
+    tokens = curve.resources.get(ResourceKind.TOKENS)
+    if tokens is None:
+        return [gammas[-1]] * len(curve)
+    budget = float(max_tokens) if max_tokens is not None else tokens[-1]
+    return [projected_to_budget(g, t, budget) for g, t in zip(gammas, tokens, strict=True)]
+
+
+def replay(curve: Curve, config: StopRuleConfig, *, max_tokens: float | None = None) -> ReplayResult:
     """Run the stop rule over the curve's checks in order until it stops or the curve ends."""
     kind = config.resource
     if kind not in curve.resources:
@@ -226,10 +240,11 @@ def replay(curve: Curve, config: StopRuleConfig) -> ReplayResult:
             "use a smaller --window or a longer curve",
         )
     gammas = curve.resources[kind]
+    ends = horizons(curve, kind, max_tokens) if config.budget is None else [None] * len(curve)
     rule = StopRule(config)
     decisions: list[Decision] = []
-    for step, psi, gamma in zip(curve.steps, curve.psi, gammas, strict=True):
-        decision = rule.observe(psi=psi, gamma=gamma, step=step)
+    for step, psi, gamma, end in zip(curve.steps, curve.psi, gammas, ends, strict=True):
+        decision = rule.observe(psi=psi, gamma=gamma, step=step, horizon=end)
         decisions.append(decision)
         if decision.stopped:
             break
@@ -241,7 +256,7 @@ def replay(curve: Curve, config: StopRuleConfig) -> ReplayResult:
         k.value: (col[-1] - col[i]) / col[-1] if stopped and col[-1] > 0 else 0.0 for k, col in curve.resources.items()
     }
     forecast = last.forecast
-    if stopped and last.reason is StopReason.MARGINAL_RETURN and config.budget is None:
+    if stopped and last.reason is StopReason.MARGINAL_RETURN and config.budget is None and config.max_loss is None:
         s = rule.state
         forecast = fit_forecast(s.history_gamma, s.history_psi, eta=rule.eta, budget=gammas[-1])
     return ReplayResult(

@@ -2,13 +2,15 @@
 
 OmegaConf enforces the types and rejects unknown keys when `conf/` is composed; `orchestrator.config.validate`
 then checks the values (ranges, paths, cluster size) before any resource is taken. Every field here is a key
-users set from the command line, e.g. `cpr submit stop.eta_rel=0.05 cluster.num_workers=2`.
+users set from the command line, e.g. `cpr submit stop.max_loss=0.02 cluster.num_workers=2`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from orchestrator.core import stop_rule
 
 
 @dataclass
@@ -121,17 +123,22 @@ class TrainConfig:
 
 @dataclass
 class StopConfig:
-    """The marginal-return stop rule (§3): stop when ΔΨ/ΔΓ over `window` checks < η for `patience` checks."""
+    """The marginal-return stop rule (§3): stop when ΔΨ/ΔΓ over `window` checks < η for `patience` checks.
+
+    η is budget-aware by default (`max_loss` = δ: stop when the rest of the token budget would buy less than δ of the
+    run's gain); `eta` (absolute) or `eta_rel` (ρ·r_ref) replace it. The defaults live in `core.stop_rule`."""
 
     enforce: bool = True
     """False: shadow mode, decisions are logged but the job runs to its budget."""
     resource: str = "energy_kwh"
+    max_loss: float | None = None
+    """δ in (0, 0.5]; None with neither eta nor eta_rel set: core.stop_rule.DEFAULT_MAX_LOSS (0.01)."""
     eta: float | None = None
     eta_rel: float | None = None
-    """ρ: η = ρ·r_ref (first positive window ratio after warm-up). Neither set: ρ = 0.02."""
-    window: int = 5
-    patience: int = 3
-    min_checks: int = 0
+    """ρ: η = ρ·r_ref (first positive window ratio after warm-up)."""
+    window: int = stop_rule.DEFAULT_WINDOW
+    patience: int = stop_rule.DEFAULT_PATIENCE
+    min_checks: int = stop_rule.DEFAULT_MIN_CHECKS
     min_fraction: float = 0.0
     budget: float | None = None
     """Cap on Γ of `resource`, in its units; None: only the token budget (train.max_tokens) caps the job."""

@@ -76,6 +76,7 @@ def stop_rule_config(stop: StopConfig) -> StopRuleConfig:
         resource=ResourceKind.parse(stop.resource, field="stop.resource"),
         window=stop.window,
         patience=stop.patience,
+        max_loss=stop.max_loss,
         eta=stop.eta,
         eta_rel=stop.eta_rel,
         min_checks=stop.min_checks,

@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.core.forecast import Forecast
+from orchestrator.core.gain_left import GainLeft
 from orchestrator.core.numbers import finite_or_none
 
 
@@ -53,7 +54,9 @@ class Decision:
     warmup: bool
     """True while no marginal-return decision may be taken."""
     forecast: Forecast | None = None
-    """Saturating power-law forecast, attached to STOP decisions."""
+    """Saturating power-law forecast: attached to STOP decisions, and to every budget-aware check that fitted one."""
+    evidence: GainLeft | None = None
+    """The budget-aware rule's figures at this check (gain so far, what the rest would buy, on which basis)."""
 
     @property
     def stopped(self) -> bool:
@@ -73,6 +76,7 @@ class Decision:
             "checks_below": self.checks_below,
             "warmup": self.warmup,
             "forecast": self.forecast.to_dict() if self.forecast else None,
+            "evidence": self.evidence.to_dict() if self.evidence else None,
         }
 
     @classmethod
@@ -89,4 +93,5 @@ class Decision:
             checks_below=int(data["checks_below"]),
             warmup=bool(data["warmup"]),
             forecast=Forecast.from_dict(data["forecast"]) if data["forecast"] else None,
+            evidence=GainLeft.from_dict(data["evidence"]) if data.get("evidence") else None,
         )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, stats
 
 B_BOUNDS = (1e-3, 5.0)
 OPTIMISTIC_WINDOW = 8
@@ -178,3 +178,36 @@ def optimistic_psi_at(
     noise = float(np.sqrt(((p - (intercept + slope * x)) ** 2).sum() / (x.size - 2)))
     now = float(intercept + slope * x[-1])
     return now + max(0.0, float(slope)) * max(0.0, math.log(budget) - float(x[-1])) + 2.0 * noise
+
+
+def profile_gain(
+    gammas: Sequence[float],
+    psis: Sequence[float],
+    fit: Forecast,
+    *,
+    gamma_now: float,
+    horizon: float,
+    level: float = 0.95,
+) -> float:
+    """Upper bound of Ψ̂(horizon) − Ψ̂(Γ_now) over the exponents b the data do not reject (profile likelihood).
+
+    For each b the best (Ψ∞, A) is exact (`_projection`); b is kept while its residual sum of squares stays within
+    the F-test's bound of the best fit's, SSE(b) ≤ SSE_min·(1 + F(level; 1, n−3)/(n−3)). The gain left is
+    largest for the flattest decay the data allow, so the bound answers "at most this much is left".
+    """
+    g = np.asarray(gammas, dtype=np.float64)
+    p = np.asarray(psis, dtype=np.float64)
+    n = g.size
+    if not fit.ok or fit.rmse is None or n <= 3 or horizon <= gamma_now:
+        return max(0.0, fit.psi_gain_to_budget or 0.0)
+    scale = float(g.max())
+    x = g / scale
+    x_now, x_end = gamma_now / scale, horizon / scale
+    sse_min = fit.rmse**2 * n
+    limit = sse_min * (1.0 + float(stats.f.ppf(level, 1, n - 3)) / (n - 3))
+    best = max(0.0, fit.psi_gain_to_budget or 0.0)
+    for b in np.geomspace(B_BOUNDS[0], B_BOUNDS[1], 200):
+        sse, _, a = _projection(x, p, float(b))
+        if sse <= limit and a > 0:
+            best = max(best, a * (x_now ** (-b) - x_end ** (-b)))
+    return float(best)

@@ -18,9 +18,10 @@ from typing import Any
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.forecast import OPTIMISTIC_WINDOW, fit_forecast, optimistic_psi_at
+from orchestrator.core.gain_left import explain
 from orchestrator.core.ledger import J_PER_KWH, AddResult, Metric, ResourceLedger, TelemetrySample
 from orchestrator.core.reports import EvalReport, TrainReport
-from orchestrator.core.resources import ResourceKind
+from orchestrator.core.resources import ResourceKind, projected_to_budget
 from orchestrator.core.stop_rule import StopRule, StopRuleConfig
 
 TOKENS_SOURCE = "job/tokens"
@@ -156,12 +157,16 @@ class JobTracker:
             return CheckOutcome(decision=None, metrics=metrics, halt=False)
         if kind not in totals:
             raise KeyError(f"no telemetry source measures {kind.value} (measured: {', '.join(sorted(totals))})")
-        decision = self.rule.observe(psi=report.psi, gamma=totals[kind], step=report.step)
+        horizon = projected_to_budget(totals[kind], totals.get(ResourceKind.TOKENS, 0.0), self.max_tokens)
+        decision = self.rule.observe(psi=report.psi, gamma=totals[kind], step=report.step, horizon=horizon)
         if decision.ratio is not None:
             metrics["cpr/ratio"] = decision.ratio
         if decision.eta is not None:
             metrics["cpr/eta"] = decision.eta
         metrics["cpr/checks_below"] = float(decision.checks_below)
+        if decision.evidence is not None:
+            metrics["cpr/gain"] = decision.evidence.gain
+            metrics["cpr/left"] = decision.evidence.left
         self._record(decision, report.t_s)
         halt = decision.stopped and (self.enforce or decision.reason is not StopReason.MARGINAL_RETURN)
         if decision.stopped and halt:
@@ -236,11 +241,15 @@ class JobTracker:
         tokens = totals.get(ResourceKind.TOKENS.value, 0.0)
         fraction_used = tokens / self.max_tokens if self.max_tokens else None
         # Γ the job would have used at its full token budget, projected linearly from its own rate so far.
-        projected = {k: v / fraction_used for k, v in totals.items() if fraction_used} if fraction_used else {}
+        projected = {k: projected_to_budget(v, tokens, self.max_tokens) for k, v in totals.items()} if tokens else {}
         kind = self.rule.config.resource.value
         s = self.rule.state
         forecast = None
-        if s.history_gamma and kind in projected:
+        rule_stop = self.rule.stopped
+        if rule_stop is not None and (rule_stop.forecast is not None or rule_stop.evidence is not None):
+            # the fit the STOP decided on, or none where the rule found none usable: the summary never contradicts it
+            forecast = rule_stop.forecast.to_dict() if rule_stop.forecast else None
+        elif s.history_gamma and projected.get(kind) is not None:
             fc = fit_forecast(
                 s.history_gamma, s.history_psi, eta=s.eta, budget=max(projected[kind], s.history_gamma[-1])
             )
@@ -262,6 +271,8 @@ class JobTracker:
             "last_ratio": self._last_ratio(),
             "eta": s.eta,
             "r_ref": s.r_ref,
+            "max_loss": self.rule.config.max_loss,
+            "why": (self.rule_decision() or {}).get("why"),
             "tokens_budget": self.max_tokens,
             "budget_fraction_used": fraction_used,
             "gamma_projected_at_budget": projected,
@@ -302,7 +313,11 @@ class JobTracker:
         return None
 
     def _record(self, decision: Decision, t_s: float) -> None:
-        self.decisions.append({"job_id": self.job_id, "t_s": t_s, **decision.to_dict()})
+        record = {"job_id": self.job_id, "t_s": t_s, **decision.to_dict()}
+        max_loss = self.rule.config.max_loss
+        if decision.stopped and decision.evidence is not None and max_loss is not None:
+            record["why"] = explain(decision.evidence, max_loss=max_loss, loss=-decision.psi)
+        self.decisions.append(record)
         # Keep the newest DECISIONS_KEPT, and the first STOP before them (`rule_decision` must find that one).
         pinned = self.decisions[0]["action"] == _STOP
         if len(self.decisions) > DECISIONS_KEPT + pinned:

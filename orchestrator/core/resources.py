@@ -26,3 +26,11 @@ class ResourceKind(StrEnum):
         except ValueError:
             valid = ", ".join(k.value for k in cls)
             raise InputError(field, f"unknown resource kind {name!r}", f"use one of: {valid}") from None
+
+
+def projected_to_budget(value: float, tokens: float, max_tokens: float) -> float | None:
+    """A cumulative Γ projected linearly to the token budget from the run's own rate so far (None before a token).
+
+    The controller's horizon for the budget-aware rule, the summary's "projected at the token budget" and `cpr replay`
+    of a curve with a tokens column all project the same way, so a replay decides as the live job did."""
+    return value * max_tokens / tokens if tokens > 0 else None

@@ -2,8 +2,18 @@
 
 At each evaluation check t the rule takes (Ψ_t, Γ_t), keeps the last w finite points, and estimates the
 ratio r_t = ΔΨ/ΔΓ over them (`slopes`). No marginal-return decision is taken during warm-up (fewer than
-`min_checks` checks, or Γ below `min_fraction` of the budget). η is absolute, or relative, η = ρ·r_ref, where
-r_ref is the first positive window ratio after warm-up (an early reference window, measured not typed in).
+`min_checks` checks, or Γ below `min_fraction` of the budget). η takes one of three forms:
+
+- **budget-aware (the default, `max_loss` = δ)**: η_t = δ′·G_t / (B − Γ_t), with G_t the Ψ gained since the first
+  check and B the Γ at the run's budget (the `horizon` of each check: for a token budget, Γ projected from the
+  run's own rate), δ′ = δ/(1 − δ). "Stop when the rest of the budget would buy less than δ of the run's gain."
+  The test is made on an upper estimate of what is left (`gain_left`): the window's upper-confidence slope times
+  B − Γ_t, refined by the saturating forecast where its fit is good. The ratio the rule reports is that estimate
+  per Γ unit left, the most the rest of the budget would pay on average, so ratio < η ⇔ left < δ′·G_t. Without a
+  budget the horizon is 2·Γ_t: stop when as much again as spent so far would buy less than δ of the gain.
+- **absolute** (`eta`): η in Ψ units per Γ unit.
+- **relative** (`eta_rel` = ρ): η = ρ·r_ref, where r_ref is the first positive window ratio after warm-up.
+
 Γ reaching the budget stops at once; `max_nonfinite` successive non-finite Ψ stop the run as diverged.
 The rule's state is plain data that serialises to JSON and restores exactly, so a controller can restart
 without losing or repeating a decision.
@@ -19,6 +29,7 @@ from typing import Any
 
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.forecast import fit_forecast
+from orchestrator.core.gain_left import GainLeft, below, gain_left
 from orchestrator.core.numbers import is_finite_number
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.slopes import SlopeEstimator, window_slope
@@ -29,10 +40,14 @@ HISTORY_MAX = 1024
 
 STATE_FORMAT = 1
 
-DEFAULT_ETA_REL = 0.02
-"""ρ used when no threshold is given: stop once the return has fallen to 2 % of the early reference ratio.
-Conservative on purpose (a false stop costs capability): on the shipped CPU curve ρ = 0.05 stopped at 40 % of
-the run giving up 0.45 nats/token, ρ = 0.02 at 75 % giving up 0.12 (orchestrator/examples/README.md)."""
+DEFAULT_MAX_LOSS = 0.01
+"""δ used when no threshold is given: stop when the rest of the budget would buy less than 1 % of the run's gain.
+The one default of `cpr submit` and `cpr replay`; `benchmarks/stopping` measures it on real public curves."""
+DEFAULT_WINDOW = 5
+DEFAULT_PATIENCE = 3
+DEFAULT_MIN_CHECKS = 8
+"""No decision before the 8th check: a window of 5 needs 5, and the first checks follow the initialisation."""
+MAX_LOSS_RANGE = (0.0, 0.5)
 
 
 def _require(name: str, value: Any, ok: Callable[[Any], bool], requirement: str, fix: str) -> None:
@@ -50,16 +65,18 @@ class StopRuleConfig:
 
     resource: ResourceKind = ResourceKind.ENERGY_KWH
     """Which kind of Γ the rule divides by."""
-    window: int = 5
+    window: int = DEFAULT_WINDOW
     """w: evaluation checks (points) in the moving window; at least 2."""
-    patience: int = 3
+    patience: int = DEFAULT_PATIENCE
     """P: successive checks with ratio < η before stopping."""
+    max_loss: float | None = None
+    """δ in (0, 0.5]: the budget-aware η, the share of the run's gain one accepts to give up. At most one of
+    `max_loss`, `eta` and `eta_rel` is set; when none is, δ = DEFAULT_MAX_LOSS."""
     eta: float | None = None
-    """Absolute threshold η in Ψ units per Γ unit (≥ 0). At most one of `eta` and `eta_rel` is set."""
+    """Absolute threshold η in Ψ units per Γ unit (≥ 0)."""
     eta_rel: float | None = None
-    """ρ in (0, 1]: η = ρ·r_ref, relative to the first positive window ratio after warm-up.
-    When neither is set, ρ = DEFAULT_ETA_REL."""
-    min_checks: int = 0
+    """ρ in (0, 1]: η = ρ·r_ref, relative to the first positive window ratio after warm-up."""
+    min_checks: int = DEFAULT_MIN_CHECKS
     """Warm-up: no marginal-return decision before this many checks."""
     min_fraction: float = 0.0
     """Warm-up: no marginal-return decision before Γ reaches this fraction of the budget (needs `budget`)."""
@@ -107,14 +124,24 @@ class StopRuleConfig:
             "must be an integer ≥ 1",
             "use 1 to stop at the first non-finite evaluation",
         )
-        if self.eta is not None and self.eta_rel is not None:
+        given = [n for n in ("max_loss", "eta", "eta_rel") if getattr(self, n) is not None]
+        if len(given) > 1:
             raise InputError(
-                "stop.eta",
-                "set only one of eta (absolute) and eta_rel (relative ρ)",
-                "e.g. --eta 1e-3, or --eta-rel 0.05",
+                f"stop.{given[0]}",
+                f"set only one of max_loss (budget-aware δ), eta (absolute) and eta_rel (relative ρ), got {given}",
+                "e.g. stop.max_loss=0.01 alone, or stop.eta_rel=0.05 alone",
             )
-        if self.eta is None and self.eta_rel is None:
-            object.__setattr__(self, "eta_rel", DEFAULT_ETA_REL)
+        if not given:
+            object.__setattr__(self, "max_loss", DEFAULT_MAX_LOSS)
+        if self.max_loss is not None:
+            lo, hi = MAX_LOSS_RANGE
+            _require(
+                "max_loss",
+                self.max_loss,
+                lambda v: is_finite_number(v) and lo < v <= hi,
+                f"must be in ({lo:g}, {hi:g}]",
+                "δ is the share of the run's gain you accept to give up, e.g. 0.01 for 1 %",
+            )
         if self.eta is not None:
             _require(
                 "eta",
@@ -168,6 +195,9 @@ class StopRuleState:
     r_ref: float | None = None
     eta: float | None = None
     last_gamma: float | None = None
+    psi_first: float | None = None
+    """Ψ at the first check after the start (step > 0, Γ > 0): the budget-aware rule's gain counts from it."""
+    gamma_first: float | None = None
     history_gamma: list[float] = field(default_factory=list)
     history_psi: list[float] = field(default_factory=list)
     stopped: Decision | None = None
@@ -202,8 +232,11 @@ class StopRule:
     def stopped(self) -> Decision | None:
         return self.state.stopped
 
-    def observe(self, *, psi: float, gamma: float, step: int | None = None) -> Decision:
-        """Take one evaluation check: Ψ (higher is better) and cumulative Γ of the rule's resource kind."""
+    def observe(self, *, psi: float, gamma: float, step: int | None = None, horizon: float | None = None) -> Decision:
+        """Take one evaluation check: Ψ (higher is better) and cumulative Γ of the rule's resource kind.
+
+        `horizon`: the Γ the run will have spent at its budget, for the budget-aware η (a job with a token budget
+        and Γ = energy projects it from its own rate at every check); None: `budget`, else 2·Γ (no budget)."""
         s, c = self.state, self.config
         if s.stopped is not None:
             raise RuntimeError(f"the rule already stopped at check {s.stopped.check} ({s.stopped.reason})")
@@ -217,10 +250,15 @@ class StopRule:
         s.last_gamma = gamma
         warmup = s.checks < c.min_checks or (c.budget is not None and gamma < c.min_fraction * c.budget)
 
+        evidence: GainLeft | None = None
+
         def decide(action: Action, reason: StopReason | None, ratio: float | None) -> Decision:
             forecast = None
             if action is Action.STOP and reason in (StopReason.MARGINAL_RETURN, StopReason.BUDGET):
-                forecast = fit_forecast(s.history_gamma, s.history_psi, eta=s.eta, budget=c.budget)
+                if c.max_loss is not None and evidence is not None:
+                    forecast = evidence.forecast  # the fit the budget-aware test used, or none it could use
+                else:
+                    forecast = fit_forecast(s.history_gamma, s.history_psi, eta=s.eta, budget=c.budget)
             decision = Decision(
                 check=s.checks,
                 step=step,
@@ -233,6 +271,7 @@ class StopRule:
                 checks_below=s.checks_below,
                 warmup=warmup,
                 forecast=forecast,
+                evidence=evidence,
             )
             if action is Action.STOP:
                 s.stopped = decision
@@ -245,11 +284,27 @@ class StopRule:
             return decide(Action.CONTINUE, None, None)
         s.nonfinite_run = 0
         self._remember(gamma, psi)
+        if s.psi_first is None and gamma > 0 and (step is None or step > 0):
+            s.psi_first, s.gamma_first = psi, gamma
 
         if c.budget is not None and gamma >= c.budget:
             return decide(Action.STOP, StopReason.BUDGET, self._ratio())
         ratio = self._ratio()
         if warmup or ratio is None:
+            return decide(Action.CONTINUE, None, ratio)
+        if c.max_loss is not None:
+            evidence = self._gain_left(gamma, horizon)
+            if evidence is None:
+                return decide(Action.CONTINUE, None, ratio)
+            # In ratio terms: the mean return the rest of the budget would pay at most, against η_t = δ′·G_t/(B − Γ_t).
+            share = c.max_loss / (1.0 - c.max_loss)  # left ≤ δ′·gain ⇔ left / (gain + left) ≤ δ
+            rest = evidence.horizon - gamma
+            if rest > 0:
+                s.eta = share * max(0.0, evidence.gain) / rest
+                ratio = evidence.left / rest
+            s.checks_below = s.checks_below + 1 if below(evidence, share) else 0
+            if s.checks_below >= c.patience:
+                return decide(Action.STOP, StopReason.MARGINAL_RETURN, ratio)
             return decide(Action.CONTINUE, None, ratio)
         if s.eta is None:  # relative η: the first positive ratio after warm-up is the reference (§3, η = ρ·r_ref)
             if ratio <= 0:
@@ -287,6 +342,24 @@ class StopRule:
             eta=s.eta,
             checks_below=s.checks_below,
             warmup=False,
+        )
+
+    def _gain_left(self, gamma: float, horizon: float | None) -> GainLeft | None:
+        """The budget-aware evidence at this check, from the checks since the first one after the start."""
+        s, c = self.state, self.config
+        if s.psi_first is None or s.gamma_first is None:
+            return None
+        if horizon is None:
+            horizon = c.budget if c.budget is not None else 2.0 * gamma
+        since = [i for i, g in enumerate(s.history_gamma) if g >= s.gamma_first]
+        if len(since) < c.window:
+            return None
+        return gain_left(
+            [s.history_gamma[i] for i in since],
+            [s.history_psi[i] for i in since],
+            psi_first=s.psi_first,
+            horizon=max(horizon, gamma),
+            window=c.window,
         )
 
     def _ratio(self) -> float | None:

@@ -95,6 +95,8 @@ def run_page(run: RunData, figures: Sequence[tuple[str, str, Path]]) -> str:
     summary = run.summary or {}
     if summary.get("gamma_saved_fraction") is not None:
         facts.append(("Γ saved (fraction of the token budget left)", summary["gamma_saved_fraction"]))
+    if summary.get("why"):
+        facts.append(("why the rule stopped", summary["why"]))
     fc = run.forecast
     if fc:
         facts += [("forecast Ψ∞", fc.get("psi_inf")), ("forecast Ψ gain left to budget", fc.get("psi_gain_to_budget"))]

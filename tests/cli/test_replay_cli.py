@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from launch.cli import main
 from tests.conftest import assert_one_line_error
 from tests.unit.test_replay import write_curve
+
+SHIPPED = str(Path(__file__).resolve().parents[2] / "orchestrator" / "examples" / "tiny_llama_stdlib.csv")
 
 
 def test_summary_and_json(tmp_path, capsys):
@@ -20,6 +23,15 @@ def test_summary_and_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["stopped"] is True and data["reason"] == "marginal_return"
     assert 0 < data["gamma_saved_fraction"] < 1 and data["forecast"]["ok"] is True
+
+
+def test_the_default_rule_says_why_it_stopped(capsys):
+    """No threshold given: the budget-aware rule with the core's δ, and a `why:` line in the user's terms."""
+    assert main(["replay", SHIPPED, "--resource", "energy_kwh"]) == 0
+    out = capsys.readouterr().out
+    assert "STOP at step 2480" in out and "budget-aware η (δ = 0.01" in out
+    why = next(line for line in out.splitlines() if line.strip().startswith("why:"))
+    assert "of the run's gain (δ = 1.00%)" in why and "of the validation loss" in why
 
 
 @pytest.mark.parametrize(
@@ -37,6 +49,10 @@ def test_summary_and_json(tmp_path, capsys):
         (["--resource", "joules"], "--resource"),
         (["--window", "two"], "--window"),
         (["--eta", "1", "--eta-rel", "0.5"], "--eta-rel"),
+        (["--max-loss", "0"], "stop.max_loss"),
+        (["--max-loss", "0.7"], "stop.max_loss"),
+        (["--max-loss", "nan"], "stop.max_loss"),
+        (["--max-loss", "0.01", "--eta-rel", "0.1"], "--eta-rel"),
         (["--estimator", "mean"], "--estimator"),
     ],
 )

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config.compose import GROUPS, compose_job, options
-from orchestrator.config.validate import validate_job
-from tests.conftest import assert_one_line_error
+from orchestrator.config.validate import stop_rule_config, validate_job
+from orchestrator.core import stop_rule
+from tests.cli.conftest import refused
 
 SHIPPED = [(g, o) for g in GROUPS if g != "experiment" for o in options(g)]
 
@@ -57,7 +58,24 @@ def test_keys_scripts_rely_on_exist() -> None:
 def test_cfg_prints_the_composed_config(cli) -> None:
     result = cli("submit", "--cfg", "+experiment=debug")
     assert result.code == 0, result.err
-    assert "llama-tiny" in result.out and "eta_rel" in result.out
+    assert "llama-tiny" in result.out and "eta_rel" in result.out and "max_loss" in result.out
+
+
+@pytest.mark.parametrize("option", ["default", "shadow"])
+def test_the_stop_defaults_are_the_cores(option: str) -> None:
+    """No threshold set: the budget-aware η with the core's δ, window, patience and warm-up (as `cpr replay`)."""
+    stop = compose_job([f"stop={option}"]).stop
+    assert (stop.max_loss, stop.eta, stop.eta_rel) == (None, None, None)
+    rule = stop_rule_config(stop)
+    assert (rule.max_loss, rule.eta, rule.eta_rel) == (stop_rule.DEFAULT_MAX_LOSS, None, None)
+    assert (rule.window, rule.patience, rule.min_checks) == (
+        stop_rule.DEFAULT_WINDOW,
+        stop_rule.DEFAULT_PATIENCE,
+        stop_rule.DEFAULT_MIN_CHECKS,
+    )
+    assert stop_rule_config(compose_job([f"stop={option}", "stop.max_loss=0.05"]).stop).max_loss == 0.05
+    relative = stop_rule_config(compose_job([f"stop={option}", "stop.eta_rel=0.05"]).stop)
+    assert (relative.max_loss, relative.eta_rel) == (None, 0.05)
 
 
 BAD = [
@@ -90,7 +108,12 @@ BAD = [
     (["+experiment=nope"], "experiment"),
     (["stop.window"], "overrides"),
     (["stop.eta=-1", "stop.eta_rel=null"], "stop.eta"),
-    (["stop.eta=0.1"], "stop.eta"),  # both an absolute and a relative η
+    (["stop.eta=0.1", "stop.eta_rel=0.1"], "stop.eta"),  # both an absolute and a relative η
+    (["stop.max_loss=0"], "stop.max_loss"),
+    (["stop.max_loss=0.7"], "stop.max_loss"),
+    (["stop.max_loss=nan"], "stop.max_loss"),
+    (["stop.max_loss=0.01", "stop.eta_rel=0.1"], "stop.max_loss"),  # a budget-aware and a relative η
+    (["stop.max_loss=0.01", "stop.eta=0.1"], "stop.max_loss"),
     (["stop.eta_rel=1.5"], "stop.eta_rel"),
     (["stop.patience=0"], "stop.patience"),
     (["stop.window=1"], "stop.window"),
@@ -126,6 +149,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("overrides", "field"), BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_config_is_one_line_naming_the_field(cli, overrides: list[str], field: str) -> None:
-    result = cli("submit", *overrides)
-    assert_one_line_error(result, f"error: {field}")
+def test_bad_config_is_one_line_naming_the_field(hostile, overrides: list[str], field: str) -> None:
+    """Exit 2, one line naming the field, nothing written, nothing started: `hostile` turns Hydra's app, Ray and data
+    preparation into a failure, so a case that slipped through fails at once instead of training."""
+    refused(hostile, f"error: {field}", "submit", *overrides)

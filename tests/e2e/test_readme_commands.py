@@ -40,7 +40,7 @@ def test_the_main_job_is_the_default_submit_and_its_config_composes():
     cpr = Path(sys.executable).with_name("cpr")  # the console script installed beside this interpreter
     out = subprocess.run([str(cpr), "submit", "--cfg"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "llama-2m" in out.stdout and "eta_rel" in out.stdout
+    assert "llama-tiny" in out.stdout and "max_loss" in out.stdout
 
 
 def test_the_shipped_curve_replays():

@@ -120,7 +120,7 @@ def test_relative_eta_uses_the_first_positive_ratio_after_warmup():
 
 
 def test_relative_eta_waits_for_a_positive_reference():
-    rule = StopRule(StopRuleConfig(window=2, patience=1, eta_rel=0.5))
+    rule = StopRule(StopRuleConfig(window=2, patience=1, eta_rel=0.5, min_checks=0))
     decisions = run(rule, [0.0, 0.0, -1.0, 1.0, 1.1], [0.0, 1.0, 2.0, 3.0, 4.0])
     assert decisions[2].eta is None and rule.state.r_ref == pytest.approx(2.0)
     assert decisions[-1].stopped
@@ -182,6 +182,7 @@ def test_state_round_trips_and_the_restored_rule_decides_identically(psis, cut, 
         ({"eta_rel": 0.0}, "stop.eta_rel"),
         ({"eta_rel": 1.5}, "stop.eta_rel"),
         ({"eta": 1.0, "eta_rel": 0.5}, "stop.eta"),
+        ({"max_loss": 0.01, "eta": 1.0}, "stop.max_loss"),
         ({"budget": 0.0}, "stop.budget"),
         ({"budget": -5.0}, "stop.budget"),
         ({"min_checks": -1}, "stop.min_checks"),
