@@ -302,7 +302,7 @@ class JobTracker:
         for row in self.curve:
             if not all(k in row for k in kinds):  # a kind that started late: the CSV needs full columns
                 continue
-            cells = [str(int(row["step"])), repr(row["loss"]), *(repr(row[k]) for k in kinds)]
+            cells = [str(int(row["step"])), repr(float(row["loss"])), *(repr(float(row[k])) for k in kinds)]
             lines.append(",".join(cells))
         return "\n".join(lines) + "\n"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from orchestrator.core.decisions import StopReason
@@ -202,3 +203,36 @@ def test_energy_is_summed_per_node_and_the_nodes_add_up_to_the_jobs_gamma() -> N
     s = t.summary()
     assert s["energy_kwh_by_node"] == pytest.approx({"a-1a2b3c4d": 1200 / 3.6e6, "a-5e6f7a8b": 500 / 3.6e6})
     assert math.fsum(s["energy_kwh_by_node"].values()) == pytest.approx(s["gamma"]["energy_kwh"], rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["energy_kwh", "tokens"])
+def test_the_budget_aware_default_stops_in_the_flat_part_as_replay_of_its_curve_does(tmp_path, kind: str) -> None:
+    """The default η (δ of the gain, Γ at the token budget projected from the job's own rate) halts a job whose loss
+    has flattened, with what the rest would buy below δ; `cpr replay` of its curve, told the token budget, stops at
+    the same step (the controller and replay project the horizon with one function)."""
+    t = JobTracker(
+        job_id="j",
+        rule_config=StopRuleConfig(resource=ResourceKind(kind)),
+        enforce=True,
+        max_tokens=100_000,  # 100 checks of 1,000 tokens
+        start_t=T0,
+    )
+    noise = np.random.default_rng(0).normal(0.0, 0.002, 100)
+    stop = None
+    for i in range(1, 101):
+        energy(t, i * 10)
+        loss = 2.0 + 3.0 * math.exp(-i / 8.0) + noise[i - 1]  # a numpy float: curve.csv still writes plain numbers
+        out = t.on_eval(EvalReport(step=10 * i, tokens=1000 * i, val_loss=loss, t_s=T0 + i * 10))
+        if out.halt:
+            stop = out.decision
+            break
+    assert stop is not None and stop.reason is StopReason.MARGINAL_RETURN
+    assert 30 <= stop.check <= 80  # in the flat part, well before the budget
+    e = stop.evidence
+    assert e is not None and e.left < 0.01 / 0.99 * e.gain
+    summary = t.summary()
+    assert summary["max_loss"] == 0.01 and "of the run's gain" in summary["why"]
+    csv = tmp_path / "curve.csv"
+    csv.write_text(t.curve_csv())
+    again = replay(read_curve(csv), t.rule.config, max_tokens=t.max_tokens)
+    assert again.stopped and again.stop_step == stop.step
