@@ -68,10 +68,21 @@ class Forecast:
 
 def _projection(x: np.ndarray, y: np.ndarray, b: float) -> tuple[float, float, float]:
     """For fixed b: exact least squares of y = c − a·x^(−b); returns (sse, c, a)."""
-    design = np.column_stack([np.ones_like(x), -(x ** (-b))])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    resid = y - design @ coef
-    return float(resid @ resid), float(coef[0]), float(coef[1])
+    sse, c, a = _projections(x, y, np.array([b]))
+    return float(sse[0]), float(c[0]), float(a[0])
+
+
+def _projections(x: np.ndarray, y: np.ndarray, bs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_projection` for many b at once: y on z = −x^(−b) is a simple linear regression, solved in closed form."""
+    z = -(x[None, :] ** -bs[:, None])
+    zc = z - z.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    szz = np.einsum("ij,ij->i", zc, zc)
+    szy = zc @ yc
+    a = np.divide(szy, szz, out=np.zeros_like(szz), where=szz > 0)
+    c = y.mean() - a * z.mean(axis=1)
+    sse = np.maximum(float(yc @ yc) - a * szy, 0.0)
+    return sse, c, a
 
 
 def fit_forecast(
@@ -99,7 +110,7 @@ def fit_forecast(
     x = g / scale
     # Coarse grid then a bounded refinement around the best grid point.
     grid = np.geomspace(B_BOUNDS[0], B_BOUNDS[1], 60)
-    sses = [_projection(x, p, b)[0] for b in grid]
+    sses = _projections(x, p, grid)[0]
     i = int(np.argmin(sses))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
     res = optimize.minimize_scalar(
@@ -205,9 +216,8 @@ def profile_gain(
     x_now, x_end = gamma_now / scale, horizon / scale
     sse_min = fit.rmse**2 * n
     limit = sse_min * (1.0 + float(stats.f.ppf(level, 1, n - 3)) / (n - 3))
-    best = max(0.0, fit.psi_gain_to_budget or 0.0)
-    for b in np.geomspace(B_BOUNDS[0], B_BOUNDS[1], 200):
-        sse, _, a = _projection(x, p, float(b))
-        if sse <= limit and a > 0:
-            best = max(best, a * (x_now ** (-b) - x_end ** (-b)))
-    return float(best)
+    bs = np.geomspace(B_BOUNDS[0], B_BOUNDS[1], 200)
+    sse, _, a = _projections(x, p, bs)
+    keep = (sse <= limit) & (a > 0)
+    gains = a[keep] * (x_now ** -bs[keep] - x_end ** -bs[keep])
+    return float(max(0.0, fit.psi_gain_to_budget or 0.0, *gains))

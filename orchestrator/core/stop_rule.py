@@ -7,7 +7,7 @@ ratio r_t = ΔΨ/ΔΓ over them (`slopes`). No marginal-return decision is taken
 - **budget-aware (the default, `max_loss` = δ)**: η_t = δ′·G_t / (B − Γ_t), with G_t the Ψ gained since the first
   check and B the Γ at the run's budget (the `horizon` of each check: for a token budget, Γ projected from the
   run's own rate), δ′ = δ/(1 − δ). "Stop when the rest of the budget would buy less than δ of the run's gain."
-  The test is made on an upper estimate of what is left (`gain_left`): the window's upper-confidence slope times
+  The test is made on an upper estimate of what is left (`gain_left`): the recent checks' upper-confidence slope times
   B − Γ_t, refined by the saturating forecast where its fit is good. The ratio the rule reports is that estimate
   per Γ unit left, the most the rest of the budget would pay on average, so ratio < η ⇔ left < δ′·G_t. Without a
   budget the horizon is 2·Γ_t: stop when as much again as spent so far would buy less than δ of the gain.
