@@ -115,10 +115,14 @@ def evaluate(name: str, kind: str, curve: Curve, rule: StopRuleConfig, tau: floa
     return Row(name, kind, mine, oracle(curve, res, tau), anchors)  # type: ignore[arg-type]
 
 
-def _cell(o: StopperOutcome | None) -> str:
+def _cell(o: StopperOutcome | None, oracle: StopperOutcome | None = None) -> str:
+    """Γ saved / share of the gain lost (and, against the oracle, the ratio of the savings)."""
     if o is None:
         return "–"
-    return f"{o.gamma_saved_fraction:5.1%} / {o.gain_lost_fraction:5.2%}"
+    text = f"{o.gamma_saved_fraction:5.1%} / {o.gain_lost_fraction:5.2%}"
+    if oracle is not None and oracle.gamma_saved_fraction > 0:
+        text += f" ({o.gamma_saved_fraction / oracle.gamma_saved_fraction:.2f}×)"
+    return text
 
 
 def main() -> int:
@@ -131,8 +135,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [evaluate(n, k, c, rule, args.tau) for n, k, c in corpus(Path(tmp))]
 
-    print(f"stop rule: {rule.max_loss=} window {rule.window}, patience {rule.patience}; Γ = tokens; τ = {args.tau:g}")
-    print("cells: Γ saved / share of the run's gain given up\n")
+    print(
+        f"stop rule: δ = {rule.max_loss:g}, window {rule.window}, patience {rule.patience}; "
+        f"Γ = tokens; τ = {args.tau:g}"
+    )
+    print("cells: Γ saved / share of the run's gain given up (an anchor's saving as a multiple of the oracle's)\n")
     head = (
         "curve",
         "stop at",
@@ -155,10 +162,10 @@ def main() -> int:
                 _cell(r.ours),
                 _cell(r.oracle),
                 "–" if math.isnan(r.saving_ratio) else f"{r.saving_ratio:.2f}",
-                _cell(r.anchors["plateau"]),
-                _cell(r.anchors["plateau_best"]),
-                _cell(r.anchors["patience"]),
-                _cell(r.anchors["patience_best"]),
+                _cell(r.anchors["plateau"], r.oracle),
+                _cell(r.anchors["plateau_best"], r.oracle),
+                _cell(r.anchors["patience"], r.oracle),
+                _cell(r.anchors["patience_best"], r.oracle),
                 "met" if not misses else "; ".join(misses),
             )
         )
