@@ -6,7 +6,7 @@ reports from a cluster of `--jobs` × `--ranks-per-job` ranks (default 64 × 16 
 interval, for every job:
 - telemetry: one sample per rank per metric (energy counters of its CPU, RAM and GPU), parsed from the dicts that
   cross Ray (`TelemetrySample.from_dict`) and fed to the job's tracker, one call per rank as the workers send them;
-- one TrainReport (`on_train`, `resource_metrics`) and one EvalReport (`on_eval`: Γ totals, the stop rule's
+- one TrainReport (`on_train`, `resource_metrics`) and one EvalReport (`on_eval`: Γ totals, the default stop rule's
   decision, the curve row; for grouped jobs the optimistic Ψ at budget the actor computes from the curve);
 - gradient statistics of one probe report of `--probe-ranks` ranks (default: all of them) × `--probe-batches`
   batches × the submodules, with a magnitude histogram per submodule: `ProbeReport.from_dict`, `probe_metrics`,
@@ -82,10 +82,9 @@ class SimJob:
 
 def make_job(i: int, ranks: int, rng: random.Random) -> SimJob:
     slope = rng.uniform(5e-4, 1.5e-3)
-    kwh_per_round = ranks * sum(WATTS.values()) * REPORT_S / 3.6e6
-    # An absolute η 1.5–4× below the job's steady ratio: no job stops, and their merits (ratio/η) differ.
-    eta = slope / kwh_per_round / rng.uniform(1.5, 4.0)
-    config = StopRuleConfig(resource=ResourceKind.ENERGY_KWH, window=5, patience=3, min_checks=8, eta=eta)
+    # The default budget-aware η: every check bounds what the rest of the budget would buy (slope and power-law fit,
+    # the rule's costliest path). Ψ rises steadily towards a far budget, so no job stops, and merits differ.
+    config = StopRuleConfig(resource=ResourceKind.ENERGY_KWH)
     job_id = f"job{i:03d}"
     tracker = JobTracker(
         job_id=job_id,

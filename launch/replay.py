@@ -156,9 +156,10 @@ def print_summary(r: ReplayResult, console: Console) -> None:
         )
         return
     last = r.last
+    ratio_name = "most the rest would pay, ΔΨ/ΔΓ" if c.max_loss is not None else "window ratio"
     console.print(
         f"[bold red]STOP[/bold red] at step {r.stop_step} (check {last.check} of {r.n_checks}): "
-        f"{r.reason}; window ratio {fmt(r.ratio_at_stop)} vs η {fmt(r.eta)}"
+        f"{r.reason}; {ratio_name} {fmt(r.ratio_at_stop)} vs η {fmt(r.eta)}"
     )
     console.print(
         f"  Ψ at stop {fmt(r.psi_at_stop, 6)}, at the end {fmt(r.psi_final, 6)}: stopping gives up {fmt(r.psi_lost, 3)}"

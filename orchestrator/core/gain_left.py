@@ -21,6 +21,7 @@ evaluation moves neither much.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +38,9 @@ FIT_TAIL = 0.125
 """The forecast fits the checks with Γ ≥ FIT_TAIL·Γ_t: the run's later part, which says most about its end (the
 first checks of a run follow the initialisation transient, not the power law)."""
 MIN_FIT_POINTS = 6
+FIT_MAX_POINTS = 64
+"""At most this many checks of the later part, evenly spaced and the latest always among them, go into the fit: the
+rule fits at every check, and neighbouring checks of a long run add little but time."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +91,13 @@ def upper_slope(gammas: Sequence[float], psis: Sequence[float], level: float = C
         return level_now, slope
     resid = p - (p.mean() + slope * gc)
     se = math.sqrt(float(resid @ resid) / (n - 2) / sxx)
-    return level_now, slope + float(stats.t.ppf(level, n - 2)) * se
+    return level_now, slope + _t_quantile(level, n - 2) * se
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(level: float, dof: int) -> float:
+    """Student t's `level` quantile (cached: the rule asks for the same few at every check)."""
+    return float(stats.t.ppf(level, dof))
 
 
 SPANS = (1, 2, 3, 4)
@@ -122,12 +132,14 @@ def gain_left(
     gain = level_now - psi_first
     slope_hi = slope_bound(g, p, window=window, level=level)
     slope_left = max(0.0, slope_hi) * rest
-    tail = g >= FIT_TAIL * gamma_now
+    tail = np.flatnonzero(g >= FIT_TAIL * gamma_now)
+    if tail.size > FIT_MAX_POINTS:
+        tail = tail[np.unique(np.linspace(0, tail.size - 1, FIT_MAX_POINTS).round().astype(int))]
     fc_left = fc_mid = None
     fit: Forecast | None = None
     note: str | None = None
-    if int(tail.sum()) < MIN_FIT_POINTS:
-        note = f"too few checks in the run's later part to fit ({int(tail.sum())} < {MIN_FIT_POINTS})"
+    if tail.size < MIN_FIT_POINTS:
+        note = f"too few checks in the run's later part to fit ({tail.size} < {MIN_FIT_POINTS})"
     else:
         fc = fit_forecast(g[tail], p[tail], eta=None, budget=horizon, min_points=MIN_FIT_POINTS)
         if not fc.ok:

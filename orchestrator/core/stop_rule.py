@@ -21,6 +21,7 @@ without losing or repeating a decision.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Callable
@@ -351,12 +352,12 @@ class StopRule:
             return None
         if horizon is None:
             horizon = c.budget if c.budget is not None else 2.0 * gamma
-        since = [i for i, g in enumerate(s.history_gamma) if g >= s.gamma_first]
-        if len(since) < c.window:
+        start = bisect.bisect_left(s.history_gamma, s.gamma_first)  # Γ never decreases: the history is sorted
+        if len(s.history_gamma) - start < c.window:
             return None
         return gain_left(
-            [s.history_gamma[i] for i in since],
-            [s.history_psi[i] for i in since],
+            s.history_gamma[start:],
+            s.history_psi[start:],
             psi_first=s.psi_first,
             horizon=max(horizon, gamma),
             window=c.window,
