@@ -1,4 +1,4 @@
-"""Gradient blueprints (§5, App. A; DESIGN.md §6): build, validate, store, compare, drift-check and noise them.
+"""Gradient blueprints (§5, App. A; README: blueprints): build, validate, store, compare, drift-check and noise them.
 
 Pure code: standard library, numpy, scipy and jsonschema only. The JSON Schema ships as package data
 (`schema/blueprint.schema.json`).

@@ -384,7 +384,7 @@ class Controller:
         return last.get("ratio"), last.get("eta"), train.tokens if train else 0
 
     def _tick(self) -> None:
-        """One scheduling round: the pure policy decides, this applies and records (DESIGN.md §2). Jobs whose ranks
+        """One scheduling round: the pure policy decides, this applies and records (README: build). Jobs whose ranks
         use GPUs share the cluster's GPUs; the others its CPUs: one policy tick per pool."""
         import ray
 

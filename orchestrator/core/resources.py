@@ -1,4 +1,4 @@
-"""Resource kinds Γ that the ledger tracks and the stop rule can use (DESIGN.md §5)."""
+"""Resource kinds Γ that the ledger tracks and the stop rule can use (README: maths)."""
 
 from __future__ import annotations
 

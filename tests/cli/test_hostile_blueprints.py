@@ -1,4 +1,4 @@
-"""Malformed and hostile blueprint files (issue 6, DESIGN.md §6): `cpr blueprint validate|show|diff|aggregate`
+"""Malformed and hostile blueprint files (issue 6, README: blueprints): `cpr blueprint validate|show|diff|aggregate`
 refuses each in one line naming the file and the field, exit 2, writing nothing; loading never executes anything.
 """
 
@@ -174,7 +174,7 @@ def test_the_store_refuses_model_ids_that_are_not_one_safe_folder_name(tmp_path,
 
 
 def test_loading_code_uses_plain_json_only():
-    """No pickle, marshal, eval or unsafe YAML anywhere a blueprint is read (DESIGN.md §6: never execute a file)."""
+    """No pickle, marshal, eval or unsafe YAML anywhere a blueprint is read (README: blueprints)."""
     files = [*(REPO / "orchestrator/blueprints").glob("*.py"), REPO / "launch/blueprints.py"]
     files.append(REPO / "orchestrator/tracking/published.py")
     forbidden = re.compile(r"\bimport (pickle|marshal|yaml|shelve|dill)\b|\b(eval|exec)\(|yaml\.(unsafe_)?load\(")
