@@ -99,12 +99,13 @@ def status(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    from orchestrator.tracking.runs import LIVE_STATES, find_run, list_jobs, request_stop
+    from orchestrator.core.lifecycle import ENDED
+    from orchestrator.tracking.runs import find_run, list_jobs, request_stop
 
     uri = _tracking_uri(args.tracking_uri)
     run_id = find_run(uri, args.job, args.experiment)
     row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-    if row is not None and row.state not in LIVE_STATES:
+    if row is not None and row.state in ENDED:
         raise InputError("job", f"{row.job_id} already ended ({row.state}, reason {row.reason})", "nothing to stop")
     request_stop(uri, run_id)
     out = console()
@@ -112,7 +113,7 @@ def stop(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
-        if row is not None and row.state not in LIVE_STATES:
+        if row is not None and row.state in ENDED:
             out.print(f"{row.job_id}: {row.state}, reason {row.reason}")
             return 0
         time.sleep(1.0)
@@ -123,8 +124,8 @@ def sync(args: argparse.Namespace) -> int:
     """Send the owed MLflow writes of every job that has ended, in order; exit 1 if a store still does not take them.
     A live job's writes are its controller's to send (two writers would share one journal)."""
     from orchestrator.controller.store import JobStore
+    from orchestrator.core.lifecycle import ENDED
     from orchestrator.tracking.journal import Journal
-    from orchestrator.tracking.runs import ENDED_STATES
     from orchestrator.tracking.writer import RunWriter
 
     jobs = Path(args.runs_dir) / "jobs"
@@ -136,7 +137,7 @@ def sync(args: argparse.Namespace) -> int:
         if not Journal(folder).recover()[2]:
             continue
         state = store.load("handle.json")["state"] if store.path("handle.json").exists() else "unknown"
-        if state not in ENDED_STATES:
+        if state not in ENDED:
             out.print(f"{folder.name}: {state}, its controller sends its writes")
             continue
         owed_jobs += 1

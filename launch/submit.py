@@ -27,8 +27,8 @@ from launch.output import MISSING, console, fmt
 from orchestrator.config.compose import CONFIG_NAME, GROUPS, compose_job, config_dir, job_to_dict, job_to_yaml, options
 from orchestrator.config.schema import JobConfig
 from orchestrator.config.validate import domain_configs, probe_domains, validate_job
+from orchestrator.core.lifecycle import JobLifecycle, lifecycle
 from orchestrator.errors import InputError
-from orchestrator.tracking.runs import LIVE_STATES
 
 POLL_S = 0.5
 DRAIN_S = 300.0
@@ -554,7 +554,9 @@ def follow(controller: Any, job_id: str, job: JobConfig) -> dict[str, Any]:
 
 
 def progress_info(v: dict[str, Any]) -> str:
-    if v.get("state") in LIVE_STATES and v["state"] != "running" and v.get("schedule"):  # waiting, (re)starting
+    state = lifecycle(v.get("state"))
+    # Waiting, (re)starting or stopping: the scheduler's word says more than the step does.
+    if state is not None and state.live and state is not JobLifecycle.RUNNING and v.get("schedule"):
         return f"{v['state']}: {v['schedule']}"
     kind = v["resource"]
     gamma = v["gamma"].get(kind)

@@ -30,19 +30,15 @@ from orchestrator.core.decisions import StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.ledger import TelemetrySample
+from orchestrator.core.lifecycle import ENDED, RUNNING, WAITING, JobLifecycle
 from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.errors import InputError
-from orchestrator.tracking.runs import ENDED_STATES
 
 CONTROLLER_NAME = "cpr-controller"
 KV_PREFIX = "cpr/job/"
 """Ray internal-KV keys naming each job's store folder: how a restarted controller finds its jobs."""
 STOP_POLL_S = 2.0
 SCHEDULER_TICK_S = 0.5
-RUNNING_STATES = ("starting", "running", "restarting")
-"""States in which a job holds pool slots ("restarting": checkpointed, coming back at another size)."""
-WAITING_STATES = ("queued", "paused")
-"""States in which a job waits for the scheduler's START (only a tick moves it out of them)."""
 GAMMA_PREFIX = "cpr/gamma/"
 """A check's Γ-by-kind metrics (`JobTracker.on_eval`): what the live metrics take them from."""
 
@@ -172,7 +168,7 @@ class Controller:
             self._schedule_log = root.parent.parent / "scheduler" / "decisions.jsonl"
         live = [h for h in self.jobs.values() if not h.done.is_set()]
         for h in live:
-            if h.state not in WAITING_STATES:  # its gang was running (or starting, restarting, stopping)
+            if h.state not in WAITING:  # its gang was running (or starting, restarting, stopping)
                 threading.Thread(target=self._run_job, args=(h, True), name=f"job-{h.job_id}", daemon=True).start()
         if live:
             print(f"controller restarted: {len(live)} live jobs restored", flush=True)
@@ -216,7 +212,7 @@ class Controller:
         )
         for name, value in (store.load("handle.json") if store.path("handle.json").exists() else {}).items():
             setattr(h, name, value)
-        if h.state in ENDED_STATES:
+        if h.state in ENDED:
             h.summary = store.load("summary.json") if store.path("summary.json").exists() else None
             h.done.set()
         return h
@@ -338,18 +334,18 @@ class Controller:
 
     def _job_state(self, h: JobHandle) -> Any:
         from orchestrator.config.validate import world_sizes
-        from orchestrator.core.scheduling import JobState, JobStatus
+        from orchestrator.core.scheduling import JobState
 
         c = h.job.cluster
         sizes = world_sizes(h.job)
         _, step = slot_unit(h.job)
         ratio, eta, tokens = self._figures(h)
         status = (
-            JobStatus.RUNNING
-            if h.state in RUNNING_STATES
-            else JobStatus.PAUSED
-            if h.state == "paused"
-            else JobStatus.QUEUED
+            JobLifecycle.RUNNING
+            if h.state in RUNNING
+            else JobLifecycle.PAUSED
+            if h.state == JobLifecycle.PAUSED
+            else JobLifecycle.QUEUED
         )
         return JobState(
             job_id=h.job_id,
@@ -394,7 +390,7 @@ class Controller:
             live = [
                 h
                 for h in self.jobs.values()
-                if (h.state in WAITING_STATES and not h.done.is_set()) or (h.state in RUNNING_STATES and h.slots > 0)
+                if (h.state in WAITING and not h.done.is_set()) or (h.state in RUNNING and h.slots > 0)
             ]
             if not live:
                 return
@@ -403,7 +399,7 @@ class Controller:
                 mine = [h for h in live if slot_unit(h.job)[0] == kind]
                 if mine:
                     self._tick_pool(kind, mine, int(have.get(kind, 0)))
-            waiting = [h for h in live if h.state in WAITING_STATES and not h.tracker.halted]
+            waiting = [h for h in live if h.state in WAITING and not h.tracker.halted]
         # `cpr stop` of a waiting job (no ranks poll for it): an MLflow query each, so outside the pool's lock.
         if waiting and time.monotonic() >= self._next_stop_poll:
             self._next_stop_poll = time.monotonic() + STOP_POLL_S
@@ -457,9 +453,9 @@ class Controller:
                 h.slots = 0
                 if not h.tracker.halted:  # the scheduler's own STOP (a dominated job): halt it as a user would
                     threading.Thread(target=self._halt, args=(h.job_id, StopReason.DOMINATED), daemon=True).start()
-                # Stopped while waiting (only a tick moves a job out of WAITING_STATES, so the test is safe while
+                # Stopped while waiting (only a tick moves a job out of WAITING, so the test is safe while
                 # its own thread may be finishing it): it ends without starting.
-                if h.state in WAITING_STATES:
+                if h.state in WAITING:
                     self._set_state(h, "stopping")
                     threading.Thread(target=self._end_unstarted, args=(h,), daemon=True).start()
             elif d.action in (SlotAction.RESIZE, SlotAction.PAUSE):
@@ -473,7 +469,7 @@ class Controller:
             self._record(d, h, pool)
         free = pool - sum(h.slots for h in self.jobs.values() if slot_unit(h.job)[0] == kind)
         for h in live:
-            if h.state in WAITING_STATES and not h.tracker.halted:
+            if h.state in WAITING and not h.tracker.halted:
                 self._note(h, f"queued: needs {need[h.job_id]} {kind} slots, {free} of {pool} free")
 
     @staticmethod
@@ -1035,7 +1031,7 @@ class Controller:
             return
         with self._pool_lock:
             jobs = [j for j in list(self.jobs.values()) if j.sweep == h.sweep]
-            if any(j.state not in ENDED_STATES for j in jobs) or h.sweep in self._sweeps_reported:
+            if any(j.state not in ENDED for j in jobs) or h.sweep in self._sweeps_reported:
                 return
             self._sweeps_reported.add(h.sweep)
         log_sweep_report(h.writer, uri, h.sweep, h.store.path("sweep_report"), experiment=experiment)

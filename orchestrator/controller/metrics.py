@@ -22,21 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from orchestrator.core.lifecycle import JobLifecycle
+
 RAY_PREFIX = "ray_"
 """What Ray's metrics agent puts before every application metric's name."""
-JOB_STATES = (
-    "queued",
-    "starting",
-    "running",
-    "restarting",
-    "pausing",
-    "paused",
-    "stopping",
-    "finished",
-    "stopped",
-    "failed",
-)
-"""Every state the controller gives a job: `cpr_jobs` has a series (0 or more) for each."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +110,7 @@ class ControllerMetrics:
         """A job entered `state` (or was registered, or restored after a controller restart in it)."""
         with self._lock:
             self._states[job_id] = state
-            counts = dict.fromkeys(JOB_STATES, 0)
+            counts = dict.fromkeys(JobLifecycle, 0)  # a series (0 or more) for every state
             for s in self._states.values():
                 counts[s] = counts.get(s, 0) + 1
             for s, n in counts.items():

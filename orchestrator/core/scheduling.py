@@ -24,18 +24,12 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from orchestrator.core.lifecycle import JobLifecycle
 from orchestrator.core.numbers import finite_or_none
 from orchestrator.errors import InputError
 
 PRIORITY_MIN, PRIORITY_MAX = 0, 9
 """Priorities run from 0 (lowest) to 9 (highest)."""
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    """Checkpointed and waiting for slots again (it was preempted)."""
 
 
 class SlotAction(StrEnum):
@@ -58,7 +52,8 @@ class JobState:
     job_id: str
     priority: int
     submitted_t: float
-    status: JobStatus
+    status: JobLifecycle
+    """The policy's view: QUEUED, RUNNING (its gang starting, running or coming back) or PAUSED."""
     slots: int
     """Slots held now (0 while queued or paused)."""
     requested_slots: int
@@ -183,7 +178,7 @@ def _check_tick(total_slots: int, jobs: Sequence[JobState]) -> None:
             raise InputError("job_id", f"{job.job_id!r} appears twice", "job names must be unique")
         seen.add(job.job_id)
         check_job(job, total_slots)
-        held = job.status is JobStatus.RUNNING
+        held = job.status is JobLifecycle.RUNNING
         if held != (job.slots > 0) or job.slots > job.max_slots:
             raise InputError(f"job {job.job_id}", f"is {job.status.value} holding {job.slots} slots", None)
     held = sum(j.slots for j in jobs)
@@ -257,7 +252,7 @@ def tick(
         leaders = _leaders(jobs, ended_best or {})
         for job in jobs:
             forecast = finite_or_none(job.psi_at_budget)
-            if job.halted or job.status is not JobStatus.RUNNING or job.group is None or forecast is None:
+            if job.halted or job.status is not JobLifecycle.RUNNING or job.group is None or forecast is None:
                 continue
             rivals = [(psi, who) for psi, who in leaders.get(job.group, []) if who != job.job_id]
             if rivals and forecast + config.dominance_margin < rivals[0][0]:
@@ -272,7 +267,7 @@ def tick(
     free = total_slots - sum(slots[j.job_id] for j in live)
 
     def running() -> list[JobState]:
-        return [j for j in live if status[j.job_id] is JobStatus.RUNNING and slots[j.job_id] > 0]
+        return [j for j in live if status[j.job_id] is JobLifecycle.RUNNING and slots[j.job_id] > 0]
 
     def movable() -> list[JobState]:
         """Running jobs no decision has touched yet this tick."""
@@ -281,7 +276,7 @@ def tick(
     # Room that pausing and shrinking could make only shrinks down the (priority-ordered) queue, so once a job of
     # some size could not get room, no later job of that size or more can: skip the search (it keeps a tick linear).
     no_room_from = math.inf
-    for job in sorted((j for j in live if j.status is not JobStatus.RUNNING), key=_waiting_order):
+    for job in sorted((j for j in live if j.status is not JobLifecycle.RUNNING), key=_waiting_order):
         need = job.requested_slots
         if need > free and need >= no_room_from:
             continue
@@ -297,7 +292,7 @@ def tick(
                     decide(
                         SlotAction.PAUSE, v, 0, f"makes room for {job.job_id} (priority {job.priority} > {v.priority})"
                     )
-                    status[v.job_id] = JobStatus.PAUSED
+                    status[v.job_id] = JobLifecycle.PAUSED
         if need > free and config.shrink:
             donors = [
                 r
@@ -324,11 +319,11 @@ def tick(
             no_room_from = min(no_room_from, need)
         else:
             free -= need
-            verb = "resumes" if job.status is JobStatus.PAUSED else "starts"
+            verb = "resumes" if job.status is JobLifecycle.PAUSED else "starts"
             decide(SlotAction.START, job, need, f"{verb}: {need} of {free + need} free slots")
-            status[job.job_id] = JobStatus.RUNNING
+            status[job.job_id] = JobLifecycle.RUNNING
 
-    waiting = [j for j in live if status[j.job_id] is not JobStatus.RUNNING]
+    waiting = [j for j in live if status[j.job_id] is not JobLifecycle.RUNNING]
     if free > 0 and config.grow and not waiting:
         candidates = [
             r
@@ -366,9 +361,9 @@ def apply(jobs: Sequence[JobState], decisions: Sequence[SlotDecision], *, now: f
         if d.action is SlotAction.STOP:
             del by_id[d.job_id]
         elif d.action is SlotAction.PAUSE:
-            by_id[d.job_id] = replace(job, status=JobStatus.PAUSED, slots=0)
+            by_id[d.job_id] = replace(job, status=JobLifecycle.PAUSED, slots=0)
         elif d.action is SlotAction.START:
-            by_id[d.job_id] = replace(job, status=JobStatus.RUNNING, slots=d.to_slots)
+            by_id[d.job_id] = replace(job, status=JobLifecycle.RUNNING, slots=d.to_slots)
         elif d.action is SlotAction.RESIZE:
             by_id[d.job_id] = replace(job, slots=d.to_slots, last_resize_t=now)
     return list(by_id.values())

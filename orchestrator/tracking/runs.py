@@ -9,10 +9,6 @@ from typing import Any
 from orchestrator.errors import InputError
 
 STOP_TAG = "cpr.stop_requested"
-LIVE_STATES = ("queued", "starting", "running", "restarting", "pausing", "paused")
-"""States of a job that has not ended (the controller's `cpr.state` tag): `cpr stop` applies to each."""
-ENDED_STATES = ("finished", "stopped", "failed")
-"""States of a job that has ended: its run is closed (or its last writes are owed, see `cpr sync`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,9 +9,10 @@ import pytest
 
 from orchestrator.config.schema import JobConfig
 from orchestrator.controller.actor import Controller, JobHandle
-from orchestrator.controller.metrics import EXPORTED, JOB_STATES, METRICS, ControllerMetrics
+from orchestrator.controller.metrics import EXPORTED, METRICS, ControllerMetrics
 from orchestrator.controller.store import JobStore
 from orchestrator.core.ledger import Metric
+from orchestrator.core.lifecycle import JobLifecycle
 from tests.unit.test_job_tracker import POWER_W, T0, saturating_loss, tracker
 
 
@@ -63,7 +64,7 @@ def test_values_after_a_sequence_of_events() -> None:
     assert seen == m.values()
     assert {name for name, _ in m.values()} == {s.name for s in METRICS}
     assert {"ray_" + s.name for s in METRICS} == EXPORTED
-    assert {k[1][0][1] for k in m.values() if k[0] == "cpr_jobs"} == set(JOB_STATES)
+    assert {k[1][0][1] for k in m.values() if k[0] == "cpr_jobs"} == set(JobLifecycle)
 
 
 def test_an_export_error_never_fails_the_event() -> None:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.core.lifecycle import JobLifecycle
 from orchestrator.core.scheduling import (
     JobState,
-    JobStatus,
     PolicyConfig,
     apply,
     check_job,
@@ -21,7 +21,7 @@ from orchestrator.core.scheduling import (
 from orchestrator.errors import InputError
 
 
-def job(job_id: str, *, status: JobStatus = JobStatus.QUEUED, slots: int = 0, want: int = 1, **kw) -> JobState:
+def job(job_id: str, *, status: JobLifecycle = JobLifecycle.QUEUED, slots: int = 0, want: int = 1, **kw) -> JobState:
     base = {
         "priority": 5,
         "submitted_t": 0.0,
@@ -34,7 +34,7 @@ def job(job_id: str, *, status: JobStatus = JobStatus.QUEUED, slots: int = 0, wa
 
 
 def running(job_id: str, slots: int, *, ratio: float | None = None, eta: float | None = 1.0, **kw) -> JobState:
-    return job(job_id, status=JobStatus.RUNNING, slots=slots, want=kw.pop("want", slots), ratio=ratio, eta=eta, **kw)
+    return job(job_id, status=JobLifecycle.RUNNING, slots=slots, want=kw.pop("want", slots), ratio=ratio, eta=eta, **kw)
 
 
 def actions(decisions) -> list[tuple[str, str | None, int]]:
@@ -47,7 +47,7 @@ def test_a_stop_hands_its_slots_to_the_waiting_job_in_the_same_tick() -> None:
     assert actions(d) == [("stop", "a", 0), ("start", "b", 2)]
     assert d[0].from_slots == 2 and d[0].reason == "halted: marginal_return"
     after = apply(jobs, d, now=10.0)
-    assert [(j.job_id, j.status, j.slots) for j in after] == [("b", JobStatus.RUNNING, 2)]
+    assert [(j.job_id, j.status, j.slots) for j in after] == [("b", JobLifecycle.RUNNING, 2)]
 
 
 def test_the_queue_goes_by_priority_then_submission_and_small_jobs_backfill() -> None:
@@ -73,7 +73,7 @@ def test_a_higher_priority_job_pauses_the_least_urgent_then_least_meritorious() 
     d = tick(3, jobs, now=0.0)
     assert actions(d) == [("pause", "p3-poor", 0), ("start", "urgent", 1)]
     after = {j.job_id: j for j in apply(jobs, d, now=0.0)}
-    assert after["p3-poor"].status is JobStatus.PAUSED and after["p3-poor"].slots == 0
+    assert after["p3-poor"].status is JobLifecycle.PAUSED and after["p3-poor"].slots == 0
     # next tick: the paused job waits; nothing else changes and no slot is free
     assert tick(3, list(after.values()), now=1.0) == []
 
@@ -185,7 +185,7 @@ _job = st.builds(
         eta=1.0,
         halted=halted,
         submitted_t=t,
-        status=JobStatus.RUNNING if running_ else JobStatus.QUEUED,
+        status=JobLifecycle.RUNNING if running_ else JobLifecycle.QUEUED,
         slots=want if running_ else 0,
     ),
     st.integers(0, 10_000),
@@ -204,9 +204,9 @@ def test_no_sequence_of_ticks_overcommits_the_pool(jobs: list[JobState], pool: i
     # keep only the running jobs that fit, as a real pool would have them
     held, fleet = 0, []
     for j in jobs:
-        if j.status is JobStatus.RUNNING:
+        if j.status is JobLifecycle.RUNNING:
             if held + j.slots > pool:
-                j = replace(j, status=JobStatus.QUEUED, slots=0)
+                j = replace(j, status=JobLifecycle.QUEUED, slots=0)
             held += j.slots
         fleet.append(j)
     now = 0.0
@@ -216,8 +216,8 @@ def test_no_sequence_of_ticks_overcommits_the_pool(jobs: list[JobState], pool: i
         assert len(touched) == len(set(touched))  # at most one decision per job per tick
         fleet = apply(fleet, decisions, now=now)
         assert sum(j.slots for j in fleet) <= pool
-        assert all(j.min_slots <= j.slots <= j.max_slots for j in fleet if j.status is JobStatus.RUNNING)
-        assert all(j.slots == 0 for j in fleet if j.status is not JobStatus.RUNNING)
+        assert all(j.min_slots <= j.slots <= j.max_slots for j in fleet if j.status is JobLifecycle.RUNNING)
+        assert all(j.slots == 0 for j in fleet if j.status is not JobLifecycle.RUNNING)
         assert not any(j.halted for j in fleet)  # halted jobs stopped and left
         fleet = [replace(j, halted=False) for j in fleet]
         now += 400.0

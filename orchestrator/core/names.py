@@ -1,0 +1,66 @@
+"""Every MLflow metric and tag name cpr writes or reads: one home, imported by the tracker, the controller, the
+report, `cpr status` and the dashboard's test, so a name is spelled once.
+
+Metrics are per step (the training step of the report or check that produced them); tags hold a run's latest word.
+"""
+
+from __future__ import annotations
+
+# -- metrics (logged with a step) -----------------------------------------------------------------------------
+TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+VAL_LOSS = "val/loss"
+PSI = "cpr/psi"
+"""Ψ at a check: −validation loss."""
+RATIO = "cpr/ratio"
+"""The stop rule's windowed ΔΨ/ΔΓ (budget-aware default: the bound on the gain left per Γ unit left)."""
+ETA = "cpr/eta"
+CHECKS_BELOW = "cpr/checks_below"
+GAIN = "cpr/gain"
+"""Ψ gained since the first check after step 0."""
+LEFT = "cpr/left"
+"""The 95 % upper bound on what the rest of the budget would still buy."""
+PSI_AT_BUDGET = "cpr/psi_at_budget"
+GAMMA_PREFIX = "cpr/gamma/"
+"""Γ by kind: `cpr/gamma/energy_kwh`, `cpr/gamma/tokens`, …"""
+SCHEDULER_SLOTS = "scheduler/slots"
+
+
+def gamma(kind: str) -> str:
+    """The metric of Γ of one kind (a `ResourceKind` value)."""
+    return GAMMA_PREFIX + kind
+
+
+def gamma_kinds(metrics: dict[str, float]) -> dict[str, float]:
+    """The Γ-by-kind entries of a metrics dict, keyed by kind."""
+    return {k[len(GAMMA_PREFIX) :]: v for k, v in metrics.items() if k.startswith(GAMMA_PREFIX)}
+
+
+# -- tags (a run's latest word) -------------------------------------------------------------------------------
+JOB_ID = "cpr.job_id"
+STATE = "cpr.state"
+"""A `JobLifecycle` value."""
+DECISION = "cpr.decision"
+REASON = "cpr.reason"
+CHECK = "cpr.check"
+SCHEDULE = "cpr.schedule"
+SLOTS = "cpr.slots"
+SWEEP = "cpr.sweep"
+MODEL = "cpr.model"
+DATA = "cpr.data"
+ERROR = "cpr.error"
+STOP_REQUESTED = "cpr.stop_requested"
+CHECKPOINT = "cpr.checkpoint"
+RESTARTS = "cpr.restarts"
+LAST_RESTART = "cpr.last_restart"
+ABSENT_SOURCES = "cpr.absent_sources"
+FALLBACKS = "cpr.fallbacks"
+PROBE_WARNING = "cpr.probe_warning"
+BLUEPRINT_ERROR = "cpr.blueprint_error"
+BLUEPRINT_MODEL_ID = "cpr.blueprint.model_id"
+BLUEPRINT_VERSIONS = "cpr.blueprint.versions"
+BLUEPRINT_LATEST = "cpr.blueprint.latest"
+REPORT = "cpr.report"
+SWEEP_REPORT = "cpr.sweep_report"
+N_PARAMS = "cpr.n_params"
+HYDRA_OUTPUT_DIR = "cpr.hydra_output_dir"
