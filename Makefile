@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint test-slow browser test-browser clean
+.PHONY: install run test lint test-integration test-slow browser test-browser clean
 
 # Order matters: the CPU torch build first, then DeepSpeed built against it without build isolation
 # (DS_BUILD_OPS=0: ops are JIT-compiled on first use), then this package with its extras.
@@ -23,14 +23,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cpr submit
 
+# Style, then the architecture's import contracts (pyproject.toml [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/pytest -m "not slow and not browser"
+# The README's test command: lint, unit and CLI tests (pytest's default selection; no engine is started).
+test: lint
+	$(BIN)/pytest
+
+# Real jobs: Ray, DeepSpeed ranks, MLflow in a temp dir, a fresh venv.
+test-integration: $(STAMP)
+	$(BIN)/pytest -m "integration and not slow and not browser"
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow

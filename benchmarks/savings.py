@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._runs import submit
-from orchestrator.compare_stoppers import compare_stoppers, format_table, ours
+from benchmarks.compare_stoppers import compare_stoppers, format_table, ours
 from orchestrator.config.compose import compose_job
 from orchestrator.config.validate import stop_rule_config
 from orchestrator.replay import read_curve, replay

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.compare_stoppers import (
+from benchmarks.compare_stoppers import (
     PATIENCE_DEFAULTS,
     PATIENCE_GRID,
     PLATEAU_DEFAULTS,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.controller.store import write_json_atomic
+from orchestrator.files import write_json_atomic
 
 JOURNAL = "mlflow_journal.jsonl"
 ACK = "mlflow_ack.json"

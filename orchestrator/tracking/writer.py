@@ -1,8 +1,11 @@
 """One MLflow run written from the controller: params, metrics by step, tags, artifacts — never blocking a report.
 
 Writes go through `MlflowClient` (not the fluent API: the controller writes many runs from many threads) via one
-ordered queue per run and a background thread that flushes it with `log_batch`. If the store fails, the queue
-keeps the operations and the thread retries with backoff, in order (`pending()`, `last_error` say so). Given a
+ordered queue per run and a background thread that flushes it with `log_batch`. If the store fails for a while (a
+transient error: unreachable, a timeout, a 5xx or 429, a locked database), the queue keeps the operations and the
+thread retries with backoff (tenacity), in order (`pending()`, `last_error` say so). A write the store refuses for
+good (a 4xx, a run no longer active, a file gone) is dropped and counted (`dropped`), so it cannot hold up the
+writes behind it forever. Given a
 journal folder, every write is first appended to a write-ahead log on local disk (`journal.Journal`): an MLflow
 outage, or a controller killed with writes still queued, loses nothing; a restarted writer sends what is owed.
 A write sent twice (the store took it, then the process died before recording so) is harmless: a metric point is
@@ -19,12 +22,31 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception, wait_exponential
+
 from orchestrator.tracking.journal import Journal, Marks
 
 MAX_PARAM_LEN = 6000
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 FLUSH_EVERY_S = 0.5
+BACKOFF_S = (0.5, 10.0)
+"""First and longest wait between two attempts at a write that failed for a transient reason."""
+PERMANENT_STATES = ("INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS")
+"""MLflow error codes that another attempt cannot fix (a run deleted or no longer active, …), whatever the status."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: a store down, slow, busy or overloaded, not one that refused the write."""
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | ValueError | TypeError | KeyError):
+        return False
+    code = getattr(exc, "error_code", None)
+    if code is not None and hasattr(exc, "get_http_status_code"):  # an MlflowException (a RestException too)
+        if code in PERMANENT_STATES:
+            return False
+        status = exc.get_http_status_code()
+        return status >= 500 or status in (408, 429)
+    return True  # connection refused or reset, a timeout, a locked SQLite database, a full disk: it may pass
 
 
 def metric_name(name: str) -> str:
@@ -53,11 +75,14 @@ class RunWriter:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.last_error: str | None = None
+        self.dropped = 0
+        """Writes the store refused for good (`last_error` says the latest reason)."""
         self._ops: deque[tuple[int, str, Any]] = deque()
         self._cv = threading.Condition()
         self._closed = False
         self._abandoned = False
-        self._busy = False
+        self._busy = 0
+        """Operations of the batch being written (retried)."""
         self._seq = self._acked = 0
         self._marks = Marks()
         self._journal = Journal(journal_dir) if journal_dir is not None else None
@@ -140,7 +165,7 @@ class RunWriter:
 
     def pending(self) -> int:
         with self._cv:
-            return len(self._ops) + (1 if self._busy else 0)
+            return len(self._ops) + self._busy
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Block until everything queued so far is written (True), or timeout (False)."""
@@ -206,8 +231,35 @@ class RunWriter:
         elif op == "terminate":
             self.client.set_terminated(self.run_id, status=payload)
 
+    def _send(self, batch: list[tuple[int, str, Any]]) -> None:
+        """Write one batch, retrying a transient failure with exponential backoff until it goes or the writer is
+        abandoned; a permanent failure, or the last one when abandoned, is raised."""
+        retrying = Retrying(
+            retry=retry_if_exception(transient),
+            wait=wait_exponential(multiplier=BACKOFF_S[0], min=BACKOFF_S[0], max=BACKOFF_S[1]),
+            stop=lambda _: self._abandoned,
+            sleep=self._pause,
+            before_sleep=lambda state: self._record_error(state.outcome.exception()),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._write(batch)
+
+    def _pause(self, seconds: float) -> None:
+        """Backoff that `abandon()` cuts short."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._abandoned, timeout=seconds)
+
+    def _done(self, batch: list[tuple[int, str, Any]]) -> None:
+        with self._cv:
+            self._acked = batch[-1][0]
+            if self._journal is not None:
+                self._journal.ack(self._acked, self._marks, drained=not self._ops)
+            self._busy = 0
+            self._cv.notify_all()
+
     def _loop(self) -> None:
-        backoff = 0.5
         while True:
             with self._cv:
                 if self._abandoned:
@@ -218,25 +270,22 @@ class RunWriter:
                     self._cv.wait(FLUSH_EVERY_S)
                     continue
                 batch = self._take()
-                self._busy = True
+                self._busy = len(batch)
             try:
-                self._write(batch)
-                backoff = 0.5
-                with self._cv:
-                    self._acked = batch[-1][0]
-                    if self._journal is not None:
-                        self._journal.ack(self._acked, self._marks, drained=not self._ops)
-                    self._busy = False
-                    self._cv.notify_all()
-            except Exception as exc:  # store unreachable: put the batch back at the front, retry later
-                self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-                with self._cv:
-                    self._ops.extendleft(reversed(batch))
-                    self._busy = False
-                    self._cv.notify_all()
-                with self._cv:
-                    self._cv.wait_for(lambda: self._abandoned, timeout=backoff)
-                backoff = min(backoff * 2, 10.0)
+                self._send(batch)
+            except Exception as exc:
+                self._record_error(exc)
+                if transient(exc):  # abandoned while the store was down: the journal keeps the batch for later
+                    with self._cv:
+                        self._ops.extendleft(reversed(batch))
+                        self._busy = 0
+                        self._cv.notify_all()
+                    continue
+                self.dropped += 1  # refused for good: counted, and the writes behind it go on
+            self._done(batch)
+
+    def _record_error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
 
 
 def _payload(op: str, payload: Any) -> Any:

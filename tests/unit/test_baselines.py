@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.compare_stoppers import (
+from benchmarks.compare_stoppers import (
     PATIENCE_DEFAULTS,
     PLATEAU_DEFAULTS,
     compare_stoppers,

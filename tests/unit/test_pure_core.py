@@ -15,7 +15,7 @@ PURE = [
     ROOT / "orchestrator" / "errors.py",
     ROOT / "orchestrator" / "controller" / "store.py",
 ]
-LAZY = ["orchestrator.compare_stoppers"]
+LAZY = ["benchmarks.compare_stoppers"]
 """Modules that drive an engine's own classes (Ray Tune's and transformers' stoppers) but import them only where they
 are run, so importing the module, e.g. for `ours` or `oracle`, loads no engine."""
 FORBIDDEN = {

@@ -4,7 +4,7 @@ Trains a ~1.8M-parameter Llama (transformers' `LlamaForCausalLM`, random init) o
 own sources, with a byte-level BPE tokenizer trained locally, and writes one CSV row per evaluation with
 `step,loss,tokens,flops,wall_hours,energy_kwh,co2_kg`. Nothing is downloaded. The shipped curve was made with:
 
-    python -m orchestrator.examples.record_curve --out orchestrator/examples/tiny_llama_stdlib.csv \
+    python -m benchmarks.record_curve --out orchestrator/examples/tiny_llama_stdlib.csv \
         --max-tokens 5242880 --eval-every 40 --seed 0
 
 Not part of the pure core: torch, transformers, tokenizers and codecarbon are imported here only.
@@ -180,7 +180,7 @@ def flops_model(model: Any) -> FlopsModel:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.examples.record_curve",
+        prog="python -m benchmarks.record_curve",
         description="Train a ~1.8M-parameter Llama on the stdlib sources on CPU and record its validation-loss "
         "curve with step, loss, tokens, flops, wall_hours, energy_kwh and co2_kg (cumulative).",
     )

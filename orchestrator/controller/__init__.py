@@ -1,0 +1,1 @@
+"""The controller: one named Ray actor per cluster that runs jobs, takes reports, decides and writes MLflow."""

@@ -1,0 +1,1 @@
+"""The Ray actors that train: one DeepSpeed engine per rank, their gang, and the gradient probe."""
