@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.core import names
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.forecast import OPTIMISTIC_WINDOW, fit_forecast, optimistic_psi_at
@@ -35,7 +36,7 @@ CURVE_MAX = 1024
 
 # Enum values looked up once: `.value` costs ~0.1 µs a read, and these run per sample and per check for every job.
 _NAMES: dict[Any, str] = {k: k.value for k in (*ResourceKind, *AddResult)}
-_GAMMA_KEYS = {k: f"cpr/gamma/{k.value}" for k in ResourceKind}
+_GAMMA_KEYS = {k: names.gamma(k.value) for k in ResourceKind}
 _STOP = Action.STOP.value
 
 
@@ -116,8 +117,8 @@ class JobTracker:
             self.last_train = report
         self.nonfinite_train = 0 if math.isfinite(report.loss) else self.nonfinite_train + 1
         return {
-            "train/loss": report.loss,
-            "train/lr": report.lr,
+            names.TRAIN_LOSS: report.loss,
+            names.TRAIN_LR: report.lr,
             "throughput/tokens_per_s": report.tokens_per_s,
             "progress/tokens": float(report.tokens),
             "progress/fraction": report.tokens / self.max_tokens,
@@ -151,7 +152,7 @@ class JobTracker:
         kind = self.rule.config.resource
         row = {"step": float(report.step), "loss": report.val_loss, **{_NAMES[k]: v for k, v in totals.items()}}
         self._add_row(row)
-        metrics: dict[str, float] = {"val/loss": report.val_loss, "cpr/psi": report.psi}
+        metrics: dict[str, float] = {names.VAL_LOSS: report.val_loss, names.PSI: report.psi}
         metrics.update({_GAMMA_KEYS[k]: v for k, v in totals.items()})
         if self.rule.stopped is not None:  # shadow mode after the rule's STOP: keep the curve, no more decisions
             return CheckOutcome(decision=None, metrics=metrics, halt=False)
@@ -160,13 +161,13 @@ class JobTracker:
         horizon = projected_to_budget(totals[kind], totals.get(ResourceKind.TOKENS, 0.0), self.max_tokens)
         decision = self.rule.observe(psi=report.psi, gamma=totals[kind], step=report.step, horizon=horizon)
         if decision.ratio is not None:
-            metrics["cpr/ratio"] = decision.ratio
+            metrics[names.RATIO] = decision.ratio
         if decision.eta is not None:
-            metrics["cpr/eta"] = decision.eta
-        metrics["cpr/checks_below"] = float(decision.checks_below)
+            metrics[names.ETA] = decision.eta
+        metrics[names.CHECKS_BELOW] = float(decision.checks_below)
         if decision.evidence is not None:
-            metrics["cpr/gain"] = decision.evidence.gain
-            metrics["cpr/left"] = decision.evidence.left
+            metrics[names.GAIN] = decision.evidence.gain
+            metrics[names.LEFT] = decision.evidence.left
         self._record(decision, report.t_s)
         halt = decision.stopped and (self.enforce or decision.reason is not StopReason.MARGINAL_RETURN)
         if decision.stopped and halt:

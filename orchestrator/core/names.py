@@ -6,6 +6,8 @@ Metrics are per step (the training step of the report or check that produced the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # -- metrics (logged with a step) -----------------------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
@@ -31,7 +33,7 @@ def gamma(kind: str) -> str:
     return GAMMA_PREFIX + kind
 
 
-def gamma_kinds(metrics: dict[str, float]) -> dict[str, float]:
+def gamma_kinds(metrics: Mapping[str, float]) -> dict[str, float]:
     """The Γ-by-kind entries of a metrics dict, keyed by kind."""
     return {k[len(GAMMA_PREFIX) :]: v for k, v in metrics.items() if k.startswith(GAMMA_PREFIX)}
 

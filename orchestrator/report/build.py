@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.core import names
 from orchestrator.report import figures as fg
 from orchestrator.report.data import RunData, load_run, load_runs
 from orchestrator.report.page import run_page, sweep_page
@@ -73,7 +74,7 @@ def log_run_report(
     return _log(
         writer,
         ARTIFACT_DIR,
-        "cpr.report",
+        names.REPORT,
         lambda: write_run_report(tracking_uri, writer.run_id, out_dir, experiment=experiment),
         timeout_s,
     )
@@ -87,7 +88,7 @@ def log_sweep_report(
     return _log(
         writer,
         SWEEP_ARTIFACT_DIR,
-        "cpr.sweep_report",
+        names.SWEEP_REPORT,
         lambda: write_sweep_report(tracking_uri, [sweep], out_dir, experiment=experiment),
         timeout_s,
     )

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.blueprints import Blueprint, parse_blueprint
+from orchestrator.core import names
 from orchestrator.errors import InputError
-from orchestrator.tracking.published import VERSIONS_TAG, artifact_path
+from orchestrator.tracking.published import artifact_path
 
-GAMMA_PREFIX = "cpr/gamma/"
 ENERGY_PREFIX = "energy/"
 
 
@@ -111,7 +111,7 @@ def _stop_point(d: dict[str, Any] | None, *, enforced: bool) -> StopPoint | None
 
 
 def _blueprints(client: Any, run: Any) -> list[Blueprint]:
-    versions = sorted(int(v) for v in run.data.tags.get(VERSIONS_TAG, "").split(",") if v.strip().isdigit())
+    versions = sorted(int(v) for v in run.data.tags.get(names.BLUEPRINT_VERSIONS, "").split(",") if v.strip().isdigit())
     out = []
     for v in versions:
         data = _artifact(client, run.info.run_id, artifact_path(v))
@@ -129,34 +129,34 @@ def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
     raw = _artifact(client, run_id, "summary.json")
     summary = json.loads(raw) if raw else None
     resource = params.get("stop.resource") or (summary or {}).get("resource") or "energy_kwh"
-    gamma = {k.removeprefix(GAMMA_PREFIX): _history(client, run_id, k) for k in metrics if k.startswith(GAMMA_PREFIX)}
+    gamma = {kind: _history(client, run_id, names.gamma(kind)) for kind in names.gamma_kinds(metrics)}
     energy = {
         k.removeprefix(ENERGY_PREFIX).removesuffix("_kwh"): float(v)
         for k, v in metrics.items()
         if k.startswith(ENERGY_PREFIX) and k.endswith("_kwh") and k != "energy/total_kwh"
     }
-    psi = _history(client, run_id, "cpr/psi")
+    psi = _history(client, run_id, names.PSI)
     stop = _stop_point((summary or {}).get("decision"), enforced=True)
-    if stop is None and tags.get("cpr.decision") == "stop":  # no summary.json (yet): the tags and the last check
-        stop = StopPoint(step=psi.steps[-1] if psi else None, reason=tags.get("cpr.reason") or None, enforced=True)
+    if stop is None and tags.get(names.DECISION) == "stop":  # no summary.json (yet): the tags and the last check
+        stop = StopPoint(step=psi.steps[-1] if psi else None, reason=tags.get(names.REASON) or None, enforced=True)
     rule_stop = _stop_point((summary or {}).get("rule_decision"), enforced=bool((summary or {}).get("enforce", True)))
     if rule_stop is not None and stop is not None and (rule_stop.step, rule_stop.reason) == (stop.step, stop.reason):
         rule_stop = None
     forecast = (summary or {}).get("forecast")
     return RunData(
         run_id=run_id,
-        job_id=tags.get("cpr.job_id", run_id),
+        job_id=tags.get(names.JOB_ID, run_id),
         run_name=run.info.run_name or "",
-        status=tags.get("cpr.state") or run.info.status,
+        status=tags.get(names.STATE) or run.info.status,
         resource=resource,
         patience=_int(params.get("stop.patience")),
-        decision=tags.get("cpr.decision") or None,
-        reason=tags.get("cpr.reason") or None,
+        decision=tags.get(names.DECISION) or None,
+        reason=tags.get(names.REASON) or None,
         psi=psi,
         gamma=dict(sorted(gamma.items())),
-        ratio=_history(client, run_id, "cpr/ratio"),
-        eta=_history(client, run_id, "cpr/eta"),
-        checks_below=_history(client, run_id, "cpr/checks_below"),
+        ratio=_history(client, run_id, names.RATIO),
+        eta=_history(client, run_id, names.ETA),
+        checks_below=_history(client, run_id, names.CHECKS_BELOW),
         energy_kwh=dict(sorted(energy.items())),
         stop=stop,
         rule_stop=rule_stop,
@@ -182,7 +182,7 @@ def _cpr_runs(client: Any, experiment: str, extra_filter: str | None = None) -> 
 
 def _match(runs: list[Any], ref: str, uri: str) -> Any:
     for run in runs:
-        if ref in (run.info.run_id, run.data.tags.get("cpr.job_id")):
+        if ref in (run.info.run_id, run.data.tags.get(names.JOB_ID)):
             return run
     raise InputError("RUN_OR_JOB_ID", f"no job or run {ref!r} in {uri}", "see `cpr status` for the jobs there")
 
@@ -205,7 +205,7 @@ def load_runs(
     if refs:
         chosen = []
         for ref in refs:
-            sweep = [run for run in runs if run.data.tags.get("cpr.sweep") == ref]
+            sweep = [run for run in runs if run.data.tags.get(names.SWEEP) == ref]
             chosen += sweep or [_match(runs, ref, uri)]
     if not chosen:
         raise InputError("--filter", f"selects no cpr run in {uri}", "check it against `cpr status`")

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.blueprints import parse_blueprint
+from orchestrator.core import names
 from orchestrator.errors import InputError
-
-MODEL_TAG = "cpr.blueprint.model_id"
-VERSIONS_TAG = "cpr.blueprint.versions"
-LATEST_TAG = "cpr.blueprint.latest"
 
 
 def artifact_path(version: int) -> str:
@@ -29,9 +26,9 @@ def record_version(writer: Any, *, model_id: str, version: int, text: str, versi
     writer.log_text(text, artifact_path(version))
     writer.set_tags(
         {
-            MODEL_TAG: model_id,
-            LATEST_TAG: str(max(versions)),
-            VERSIONS_TAG: ",".join(str(v) for v in sorted(versions)),
+            names.BLUEPRINT_MODEL_ID: model_id,
+            names.BLUEPRINT_LATEST: str(max(versions)),
+            names.BLUEPRINT_VERSIONS: ",".join(str(v) for v in sorted(versions)),
         }
     )
 
@@ -64,14 +61,14 @@ def _runs_with_blueprints(client: Any, experiment: str) -> list[Any]:
         return []
     return client.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{MODEL_TAG}` != ''",
+        filter_string=f"tags.`{names.BLUEPRINT_MODEL_ID}` != ''",
         order_by=["attributes.start_time ASC"],
         max_results=5000,
     )
 
 
 def _versions(run: Any) -> list[int]:
-    text = run.data.tags.get(VERSIONS_TAG, "")
+    text = run.data.tags.get(names.BLUEPRINT_VERSIONS, "")
     return sorted(int(v) for v in text.split(",") if v.strip().isdigit())
 
 
@@ -96,7 +93,7 @@ def _row(client: Any, run: Any, version: int) -> tuple[PublishedBlueprint, bytes
         model_id=bp.model_id,
         version=version,
         run_id=run.info.run_id,
-        job_id=run.data.tags.get("cpr.job_id"),
+        job_id=run.data.tags.get(names.JOB_ID),
         step=bp.step,
         tokens_seen=bp.tokens_seen,
         training_checkpoint=bp.training_checkpoint,
@@ -108,14 +105,14 @@ def _row(client: Any, run: Any, version: int) -> tuple[PublishedBlueprint, bytes
 
 def _select(runs: list[Any], *, run: str | None, model_id: str | None, uri: str) -> list[Any]:
     if run is not None:
-        hits = [r for r in runs if run in (r.info.run_id, r.data.tags.get("cpr.job_id"))]
+        hits = [r for r in runs if run in (r.info.run_id, r.data.tags.get(names.JOB_ID))]
         if not hits:
             raise InputError(
                 "--run", f"no run or job {run!r} with blueprints in {uri}", "`cpr blueprint list` shows them"
             )
         return hits
     if model_id is not None:
-        hits = [r for r in runs if r.data.tags.get(MODEL_TAG) == model_id]
+        hits = [r for r in runs if r.data.tags.get(names.BLUEPRINT_MODEL_ID) == model_id]
         if not hits:
             raise InputError("--model", f"no blueprints of model {model_id!r} in {uri}", "`cpr blueprint list`")
         return hits
@@ -138,9 +135,9 @@ def fetch_published(
     """One version's exact published bytes; `ref` is a run id, a job id or a model id; version None: the latest."""
     client = _client(tracking_uri)
     runs = _runs_with_blueprints(client, experiment)
-    candidates = [r for r in runs if ref in (r.info.run_id, r.data.tags.get("cpr.job_id"))]
+    candidates = [r for r in runs if ref in (r.info.run_id, r.data.tags.get(names.JOB_ID))]
     if not candidates:
-        candidates = [r for r in runs if r.data.tags.get(MODEL_TAG) == ref]
+        candidates = [r for r in runs if r.data.tags.get(names.BLUEPRINT_MODEL_ID) == ref]
     if not candidates:
         raise InputError(
             "RUN|MODEL_ID", f"no run, job or model {ref!r} with blueprints in {tracking_uri}", "`cpr blueprint list`"

@@ -6,9 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.core import names
 from orchestrator.errors import InputError
-
-STOP_TAG = "cpr.stop_requested"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,25 +54,25 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
     for run in _runs(client, experiment):
         tags, metrics = run.data.tags, run.data.metrics
         step = None
-        if "cpr/psi" in metrics:
-            hist = client.get_metric_history(run.info.run_id, "cpr/psi")
+        if names.PSI in metrics:
+            hist = client.get_metric_history(run.info.run_id, names.PSI)
             step = max((m.step for m in hist), default=None)
         rows.append(
             JobRow(
-                job_id=tags["cpr.job_id"],
+                job_id=tags[names.JOB_ID],
                 run_id=run.info.run_id,
                 run_name=run.info.run_name or "",
-                state=tags.get("cpr.state", "unknown"),
-                decision=tags.get("cpr.decision") or None,
-                reason=tags.get("cpr.reason") or None,
+                state=tags.get(names.STATE, "unknown"),
+                decision=tags.get(names.DECISION) or None,
+                reason=tags.get(names.REASON) or None,
                 step=step,
-                psi=metrics.get("cpr/psi"),
-                gamma={k.removeprefix("cpr/gamma/"): v for k, v in metrics.items() if k.startswith("cpr/gamma/")},
+                psi=metrics.get(names.PSI),
+                gamma=names.gamma_kinds(metrics),
                 start_time=run.info.start_time,
                 end_time=run.info.end_time,
-                stop_requested=STOP_TAG in tags,
-                schedule=tags.get("cpr.schedule") or None,
-                slots=int(tags["cpr.slots"]) if tags.get("cpr.slots", "").isdigit() else None,
+                stop_requested=names.STOP_REQUESTED in tags,
+                schedule=tags.get(names.SCHEDULE) or None,
+                slots=int(tags[names.SLOTS]) if tags.get(names.SLOTS, "").isdigit() else None,
             )
         )
     return rows
@@ -83,16 +82,16 @@ def find_run(tracking_uri: str, job_or_run_id: str, experiment: str = "cpr") -> 
     """Run id of a job id (tag cpr.job_id) or of a run id; InputError when neither is in the store."""
     client = _client(tracking_uri)
     for run in _runs(client, experiment):
-        if job_or_run_id in (run.info.run_id, run.data.tags.get("cpr.job_id")):
+        if job_or_run_id in (run.info.run_id, run.data.tags.get(names.JOB_ID)):
             return run.info.run_id
     raise InputError("job", f"no job or run {job_or_run_id!r} in {tracking_uri}", "see `cpr status` for the jobs there")
 
 
 def request_stop(tracking_uri: str, run_id: str, *, by: str = "user") -> None:
     client = _client(tracking_uri)
-    client.set_tag(run_id, STOP_TAG, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    client.set_tag(run_id, f"{STOP_TAG}_by", by)
+    client.set_tag(run_id, names.STOP_REQUESTED, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_tag(run_id, f"{names.STOP_REQUESTED}_by", by)
 
 
 def is_stop_requested(client: Any, run_id: str) -> bool:
-    return STOP_TAG in client.get_run(run_id).data.tags
+    return names.STOP_REQUESTED in client.get_run(run_id).data.tags
