@@ -218,14 +218,15 @@ def test_ray_nodes_share_storage_and_know_the_tracking_server() -> None:
 
 
 def submit_commands() -> list[Any]:
-    """Every `cpr submit …` shown in compose.yaml's comments and in the README's Docker section (None: none shown)."""
+    """Every `cpr submit …` shown in compose.yaml's comments and in the Docker section of docs/deployment.md (None:
+    none shown)."""
     comments = "\n".join(
         line.lstrip()[1:] for line in COMPOSE.read_text().splitlines() if line.lstrip().startswith("#")
     )
-    readme = (ROOT / "README.md").read_text()
-    section = readme.partition("\n## Docker\n")[2].partition("\n## ")[0]
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    section = deployment.partition("\n## Docker\n")[2].partition("\n## ")[0]
     params = []
-    for where, text in (("compose.yaml", comments), ("README", section)):
+    for where, text in (("compose.yaml", comments), ("docs/deployment.md", section)):
         found = re.findall(r"cpr submit ([^`\n]*)", re.sub(r"\\\n\s*", " ", text))  # continuation lines joined
         params += [pytest.param(shlex.split(args), id=f"{where}: {args}") for args in found]
         params += [] if found else [pytest.param(None, id=f"{where}: none shown")]
