@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launch.output import MISSING, console, fmt
 from orchestrator.config.compose import GROUPS, config_dir, job_to_yaml, options
 from orchestrator.config.schema import JobConfig
 from orchestrator.core.lifecycle import JobLifecycle, lifecycle
 from orchestrator.errors import InputError
+
+if TYPE_CHECKING:
+    from orchestrator.submission import JobPlan, Outcome, Started
 
 DRAIN_S = 300.0
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
-def launch(plan: Any) -> int:
+def launch(plan: JobPlan) -> int:
     """Everything after the checks: Hydra's output folder, data, Ray, controller, then follow or detach."""
     from orchestrator.submission import disconnect, job_env, open_run_dir, prepare, start
 
@@ -118,7 +121,7 @@ def run_sweep(overrides: list[str]) -> int:
     return 0
 
 
-def drain(started: Any, timeout_s: float = DRAIN_S) -> None:
+def drain(started: Started, timeout_s: float = DRAIN_S) -> None:
     """Before local Ray shuts down with the controller in it: let the run's MLflow writes reach the store (an
     outage at the job's end), else say where they wait."""
     from orchestrator.submission import drain as drain_writes
@@ -135,7 +138,7 @@ def drain(started: Any, timeout_s: float = DRAIN_S) -> None:
             )
 
 
-def follow(started: Any, job: JobConfig) -> Any:
+def follow(started: Started, job: JobConfig) -> Outcome:
     """A progress bar until the job ends; Ctrl-C asks for a user stop (checkpoint first), twice aborts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -188,7 +191,7 @@ def progress_info(v: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def print_summary(outcome: Any, job: JobConfig) -> None:
+def print_summary(outcome: Outcome, job: JobConfig) -> None:
     """The closing summary: why the job ended, Ψ, Γ used and projected, the stop rule's last numbers, the forecast."""
     from rich.table import Table
 
