@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: the default pretraining run (conf/config.yaml) on local Ray, 2 CPU DeepSpeed ranks, SQLite MLflow
-# in ./cpr_runs; it ends with a STOP by the marginal-return rule.
+# The main job: the default pretraining run (orchestrator/conf/config.yaml) on local Ray, 2 CPU DeepSpeed ranks,
+# SQLite MLflow in ./cpr_runs; it ends with a STOP by the marginal-return rule.
 run: $(STAMP)
 	$(BIN)/cpr submit
 

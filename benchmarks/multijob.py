@@ -55,9 +55,9 @@ def run_policy(policy: str, work: Path, jobs: list[list[str]]) -> dict[str, Any]
     """Submit every job to a fresh controller on a 2-slot pool, drive ASHA if asked, wait for all to end."""
     import ray
 
-    from launch.submit import plan
     from orchestrator.config.compose import compose_job
     from orchestrator.controller.actor import controller_handle
+    from orchestrator.submission import plan_of, prepare
 
     runs = work / policy / "cpr_runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,9 @@ def run_policy(policy: str, work: Path, jobs: list[list[str]]) -> dict[str, Any]
         controller = controller_handle(f"cpr-multijob-{policy}", detached=False)
         subs = []
         for i, overrides in enumerate(jobs):
-            sub, _ = plan(compose_job([*overrides, *POLICIES[policy], f"name={policy}-{i}", f"runs_dir={runs}"]))
+            sub = prepare(
+                plan_of(compose_job([*overrides, *POLICIES[policy], f"name={policy}-{i}", f"runs_dir={runs}"]))
+            ).submission
             sub.send(controller)
             subs.append(sub)
         interval = compose_job(jobs[0]).train.eval_interval

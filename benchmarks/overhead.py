@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 
 
 def bare_run(job: Any, sub: Any) -> float:
@@ -68,8 +68,8 @@ def main() -> int:
     job = compose_job(overrides)
     import ray
 
-    from launch.submit import check_capacity, init_ray
     from orchestrator.controller.actor import controller_handle
+    from orchestrator.submission import check_capacity, init_ray
 
     init_ray(job, start_head=False)
     check_capacity(job)
@@ -83,7 +83,7 @@ def main() -> int:
     for r in range(args.repeats):
         order = ("bare", "instrumented") if r % 2 == 0 else ("instrumented", "bare")
         for mode in order:
-            sub, _ = plan(job)
+            sub = prepare(plan_of(job)).submission
             tps = bare_run(job, sub) if mode == "bare" else instrumented_run(controller, sub)
             speeds[mode].append(tps)
             print(f"  repeat {r + 1} {mode:12s} {tps:8.0f} tokens/s", flush=True)

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from orchestrator.config.compose import compose_job, job_from_dict
-from orchestrator.config.validate import histogram_spec, probe_domains, validate_job
+from orchestrator.config.validate import histogram_spec, probe_domains
 from orchestrator.worker.trainer import free_port, set_rank_env
 
 
@@ -84,11 +84,10 @@ class _Rank:
 
 
 def measure(model: str, overrides: list[str], steps: int) -> dict[str, Any]:
-    from launch.submit import plan
+    from orchestrator.submission import plan_of, prepare
 
     job = compose_job([f"model={model}", *overrides])
-    validate_job(job)
-    sub, _ = plan(job)
+    sub = prepare(plan_of(job)).submission
     actor = ray.remote(num_cpus=job.cluster.cpus_per_worker)(_Rank)
     ranks = [actor.remote(r, job.cluster.num_workers, sub.job, sub.prepared) for r in range(job.cluster.num_workers)]
     try:

@@ -1,11 +1,13 @@
-"""Compose `conf/` with Hydra into a typed `JobConfig`, turning Hydra's and OmegaConf's errors into InputErrors.
+"""Compose the config groups (`orchestrator/conf/`) with Hydra into a typed `JobConfig`, one-line errors.
 
 Hydra reports a bad override as a multi-line traceback; users get one line naming the key and the fix instead.
+The groups ship inside the package (`pkg://orchestrator.conf`), so an installed wheel composes them too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import re
 import typing
@@ -17,15 +19,20 @@ from orchestrator.errors import InputError
 
 SCHEMA_NAME = "job_schema"
 CONFIG_NAME = "config"
+CONFIG_MODULE = "orchestrator.conf"
+JOB_NAME = "submit"
+"""Hydra's `hydra.job.name`: names the run's log file (`submit.log`) in its output folder."""
 GROUPS = ("model", "data", "deepspeed", "stop", "telemetry", "probe", "tracking", "cluster", "experiment")
 
 
 def config_dir() -> Path:
-    """`conf/` of this checkout, or $CPR_CONFIG_DIR."""
+    """$CPR_CONFIG_DIR, else the package's own config groups (`orchestrator/conf/`, found through importlib)."""
     env = os.environ.get("CPR_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    path = Path(env) if env else Path(str(importlib.resources.files(CONFIG_MODULE)))
     if not (path / f"{CONFIG_NAME}.yaml").is_file():
-        raise InputError("CPR_CONFIG_DIR", f"no {CONFIG_NAME}.yaml in {path}", "point it at the project's conf/ folder")
+        raise InputError(
+            "CPR_CONFIG_DIR", f"no {CONFIG_NAME}.yaml in {path}", "point it at a folder like the package's conf/"
+        )
     return path
 
 
@@ -89,14 +96,19 @@ def to_input_error(exc: BaseException, overrides: list[str] | None = None) -> In
         name = key or _key_of(text) or "config"
         return InputError(name, "unknown config key", "check the spelling; `cpr submit --cfg job` prints every key")
     if isinstance(cause, ValidationError):
-        return InputError(key or "config", first, "give a value of the field's type (see conf/ and the schema)")
+        return InputError(
+            key or "config", first, "give a value of the field's type (see orchestrator/conf/ and the schema)"
+        )
     return InputError(key or "config", first, "fix the override or the config file")
 
 
-def compose_dict(overrides: list[str]) -> Any:
-    """The composed DictConfig (without the `hydra` node), type-checked against JobConfig."""
-    from hydra import compose, initialize_config_dir
+def compose_dict(overrides: list[str], *, hydra_node: bool = False, multirun: bool = False) -> Any:
+    """The composed DictConfig, type-checked against JobConfig; with its `hydra` node if `hydra_node` (the run's
+    output folder and logging are set there). `multirun`: composed as Hydra composes a sweep's own config (sweep
+    overrides recorded, not applied; the `hydra` node always kept)."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
     for override in overrides:  # Python refuses to parse such an integer, and Hydra's error would not name the key
         key, _, value = override.partition("=")
@@ -106,8 +118,15 @@ def compose_dict(overrides: list[str]) -> Any:
     conf = config_dir()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3", job_name="cpr"):
-            return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+        if os.environ.get("CPR_CONFIG_DIR"):
+            initialize: Any = initialize_config_dir(str(conf.absolute()), version_base="1.3", job_name=JOB_NAME)
+        else:
+            initialize = initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=JOB_NAME)
+        with initialize:
+            if multirun:
+                loader = GlobalHydra.instance().config_loader()
+                return loader.load_configuration(CONFIG_NAME, list(overrides), run_mode=RunMode.MULTIRUN)
+            return compose(config_name=CONFIG_NAME, overrides=list(overrides), return_hydra_config=hydra_node)
     except InputError:
         raise
     except Exception as exc:  # Hydra/OmegaConf raise many types; each becomes one line
@@ -118,16 +137,22 @@ def compose_dict(overrides: list[str]) -> Any:
 
 def to_job_config(cfg: Any) -> JobConfig:
     """A composed DictConfig as the JobConfig dataclass (interpolations resolved, `???` values refused)."""
-    from omegaconf import OmegaConf
+    import copy
+
+    from omegaconf import OmegaConf, open_dict, read_write
 
     try:
-        if "hydra" in cfg:
-            cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        if "hydra" in cfg:  # as Hydra does before it calls a task: a copy without the node keeps the schema's type
+            cfg = copy.deepcopy(cfg)
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]
         obj = OmegaConf.to_object(cfg)
     except Exception as exc:
         raise to_input_error(exc) from None
     if not isinstance(obj, JobConfig):  # config.yaml must start from job_schema
-        raise InputError("config", "conf/config.yaml does not extend job_schema", "keep `job_schema` in its defaults")
+        raise InputError(
+            "config", f"{CONFIG_NAME}.yaml does not extend job_schema", "keep `job_schema` in its defaults"
+        )
     check_keys(cfg, JobConfig)
     return obj
 
@@ -154,7 +179,7 @@ def check_keys(cfg: Any, schema: type, prefix: str = "") -> None:
 
 
 def compose_job(overrides: list[str]) -> JobConfig:
-    """Compose and type-check a job from `conf/` and command-line overrides."""
+    """Compose and type-check a job from the config groups and command-line overrides."""
     return to_job_config(compose_dict(overrides))
 
 

@@ -18,7 +18,7 @@ MAX_LINE = 600
 
 
 class Launched(BaseException):  # not an Exception: no handler on the way may swallow it
-    """A bad input got as far as Hydra's app, Ray or data preparation."""
+    """A bad input got as far as Hydra's output folder, Ray or data preparation."""
 
 
 @dataclass
@@ -69,17 +69,18 @@ def refused(root: Path, field: str, *argv: str) -> Outcome:
 
 @pytest.fixture
 def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working directory; Hydra's app, Ray and data preparation raise `Launched` if reached."""
-    import hydra
+    """An empty working directory; Hydra's output folders, Ray and data preparation raise `Launched` if reached."""
     import ray
 
     import orchestrator.data.prepare as prepare
+    import orchestrator.submission as submission
 
     def launched(*args: object, **kwargs: object) -> None:
-        raise Launched("a bad input reached Hydra's app, Ray or data preparation")
+        raise Launched("a bad input reached Hydra's output folder, Ray or data preparation")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(hydra, "main", launched)
+    monkeypatch.setattr(submission, "open_run_dir", launched)
+    monkeypatch.setattr(submission, "open_sweep_dir", launched)
     monkeypatch.setattr(ray, "init", launched)
     monkeypatch.setattr(prepare, "prepare_data", launched)
     return tmp_path

@@ -141,7 +141,7 @@ def test_ui_really_serves_on_loopback_only(store: str, tmp_path: Path) -> None:
 def test_local_ray_starts_without_a_dashboard_and_on_loopback(monkeypatch) -> None:
     import ray
 
-    from launch.submit import init_ray
+    from orchestrator.submission import init_ray
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
@@ -156,7 +156,7 @@ def test_local_ray_starts_without_a_dashboard_and_on_loopback(monkeypatch) -> No
 
 
 def test_a_detached_head_starts_without_a_dashboard_and_on_loopback(monkeypatch) -> None:
-    from launch import submit
+    from orchestrator.submission import ray_cluster
 
     runs: list[list[str]] = []
 
@@ -164,9 +164,9 @@ def test_a_detached_head_starts_without_a_dashboard_and_on_loopback(monkeypatch)
         runs.append(cmd)
         return subprocess.CompletedProcess(cmd, 1 if cmd[1] == "status" else 0, "", "")  # no head runs yet
 
-    monkeypatch.setattr(submit.subprocess, "run", run)
-    assert submit.start_local_head(compose_job([])) == "auto"
+    monkeypatch.setattr(ray_cluster.subprocess, "run", run)
+    assert ray_cluster.start_local_head(compose_job([])) == "auto"
     assert runs[1][1:3] == ["start", "--head"]
     assert {"--include-dashboard=false", "--dashboard-host=127.0.0.1"} <= set(runs[1])
-    submit.start_local_head(compose_job(["cluster.dashboard=true"]))
+    ray_cluster.start_local_head(compose_job(["cluster.dashboard=true"]))
     assert {"--include-dashboard=true", "--dashboard-host=127.0.0.1"} <= set(runs[3])

@@ -11,8 +11,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 from tests.integration.faults import duplicated_points, kill_process, metric_steps, read_jsonl, wait_for_step
 
@@ -27,9 +27,9 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # a running job with blueprints at 25 %, 50 % and the end, and a queued one behind it (1 slot each, 2 slots:
         # the second runs too; a third waits in the queue while the controller is down)
         probe = ["probe.enabled=true", "probe.checkpoints=[0.25,0.5,1.0]", "probe.interval=1000", "probe.batches=2"]
-        first, _ = plan(compose_job([*both, *probe, "name=first"]))
-        second, _ = plan(compose_job([*both, "name=second"]))
-        third, _ = plan(compose_job([*both, "name=third"]))
+        first = prepare(plan_of(compose_job([*both, *probe, "name=first"]))).submission
+        second = prepare(plan_of(compose_job([*both, "name=second"]))).submission
+        third = prepare(plan_of(compose_job([*both, "name=third"]))).submission
         for sub in (first, second, third):
             sub.send(controller)
         at = wait_for_step(controller, first.job_id, 30)  # v1 (step 20) is out, v2 (step 40) is not

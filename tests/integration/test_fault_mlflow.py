@@ -15,8 +15,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from orchestrator.worker.trainer import free_port
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 from tests.integration.faults import duplicated_points, metric_steps, wait_for_step
@@ -65,7 +65,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     f"runs_dir={root / 'cpr_runs'}",
                 ]
             )
-            sub, _ = plan(job)
+            sub = prepare(plan_of(job)).submission
             run_id = sub.send(controller)["run_id"]
             wait_for_step(controller, sub.job_id, 20)
             server.terminate()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from orchestrator.worker.trainer import INJECT_NONFINITE
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 
@@ -37,7 +37,7 @@ def diverged(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 f"runs_dir={runs}",
             ]
         )
-        sub, _ = plan(job)
+        sub = prepare(plan_of(job)).submission
         sub.send(controller)
         result, _ = wait_all(controller, [sub.job_id])
         yield {"runs": runs, "sub": sub, "result": result[sub.job_id]}

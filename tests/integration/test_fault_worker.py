@@ -9,8 +9,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 from tests.integration.faults import (
     duplicated_points,
@@ -38,7 +38,7 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 f"runs_dir={runs}",
             ]
         )
-        sub, _ = plan(job)
+        sub = prepare(plan_of(job)).submission
         sub.send(controller)
         at = wait_for_step(controller, sub.job_id, 45)  # past the checkpoint at step 40
         pid = kill_process("ray::TrainWorker")

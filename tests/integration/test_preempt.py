@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 
 
@@ -22,8 +22,8 @@ def preempted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = tmp_path_factory.mktemp("preempt") / "cpr_runs"
     with local_pool("cpr-preempt-test") as controller:
         both = [*SHORT_JOB, "cluster.num_workers=2", f"runs_dir={runs}"]
-        low, _ = plan(compose_job([*both, "name=low", "priority=1"]))
-        high, _ = plan(compose_job([*both, "name=high", "priority=9", "train.max_tokens=40960"]))
+        low = prepare(plan_of(compose_job([*both, "name=low", "priority=1"]))).submission
+        high = prepare(plan_of(compose_job([*both, "name=high", "priority=9", "train.max_tokens=40960"]))).submission
         low.send(controller)
         deadline = time.monotonic() + 300
         while ray.get(controller.view.remote(low.job_id))["step"] < 20 and time.monotonic() < deadline:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
 from orchestrator.errors import InputError
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import local_pool, wait_all
 
 COMMON = ["+experiment=debug", "probe=off", "telemetry=off", "cluster.num_workers=2"]
@@ -23,15 +23,17 @@ COMMON = ["+experiment=debug", "probe=off", "telemetry=off", "cluster.num_worker
 def two_jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = tmp_path_factory.mktemp("queue") / "cpr_runs"
     with local_pool("cpr-queue-test") as controller:
-        first, _ = plan(compose_job([*COMMON, "name=first", f"runs_dir={runs}"]))
-        second, _ = plan(compose_job([*COMMON, "name=second", "train.max_tokens=20480", f"runs_dir={runs}"]))
+        first = prepare(plan_of(compose_job([*COMMON, "name=first", f"runs_dir={runs}"]))).submission
+        second = prepare(
+            plan_of(compose_job([*COMMON, "name=second", "train.max_tokens=20480", f"runs_dir={runs}"]))
+        ).submission
         first.send(controller)
         time.sleep(1.0)
         second.send(controller)
-        third, _ = plan(compose_job([*COMMON, "name=third", f"runs_dir={runs}"]))
+        third = prepare(plan_of(compose_job([*COMMON, "name=third", f"runs_dir={runs}"]))).submission
         third.send(controller)
         assert ray.get(controller.request_stop.remote(third.job_id))["ok"]  # a user stop while it waits
-        duplicate, _ = plan(compose_job([*COMMON, "name=second", f"runs_dir={runs}"]))
+        duplicate = prepare(plan_of(compose_job([*COMMON, "name=second", f"runs_dir={runs}"]))).submission
         with pytest.raises(InputError) as refused:
             duplicate.send(controller)
         seen_queued: list[str] = []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 
 
@@ -25,20 +25,24 @@ from tests.integration.cluster import SHORT_JOB, local_pool, wait_all
 def grown(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = tmp_path_factory.mktemp("resize") / "cpr_runs"
     with local_pool("cpr-resize-test") as controller:
-        reference, _ = plan(compose_job([*SHORT_JOB, "name=reference", "cluster.num_workers=2", f"runs_dir={runs}"]))
-        grower, _ = plan(
-            compose_job(
-                [
-                    *SHORT_JOB,
-                    "name=grower",
-                    "cluster.num_workers=1",
-                    "cluster.max_workers=2",
-                    "train.grad_accum=2",
-                    "cluster.resize_cooldown_s=600",
-                    f"runs_dir={runs}",
-                ]
+        reference = prepare(
+            plan_of(compose_job([*SHORT_JOB, "name=reference", "cluster.num_workers=2", f"runs_dir={runs}"]))
+        ).submission
+        grower = prepare(
+            plan_of(
+                compose_job(
+                    [
+                        *SHORT_JOB,
+                        "name=grower",
+                        "cluster.num_workers=1",
+                        "cluster.max_workers=2",
+                        "train.grad_accum=2",
+                        "cluster.resize_cooldown_s=600",
+                        f"runs_dir={runs}",
+                    ]
+                )
             )
-        )
+        ).submission
         reference.send(controller)
         time.sleep(1.0)
         grower.send(controller)

@@ -13,9 +13,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
 from orchestrator.controller.actor import controller_handle
+from orchestrator.submission import plan_of, prepare
 from orchestrator.tracking.writer import metric_name
 from tests.integration.cluster import SHORT_JOB, wait_all
 
@@ -36,7 +36,7 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict:
         try:
             controller = controller_handle(NAMESPACE, detached=False)
             job = [*SHORT_JOB, "telemetry=default", "cluster.num_workers=2", "cluster.cpus_per_worker=1"]
-            sent, _ = plan(compose_job([*job, f"runs_dir={runs}", "name=two-nodes"]))
+            sent = prepare(plan_of(compose_job([*job, f"runs_dir={runs}", "name=two-nodes"]))).submission
             sent.send(controller)
             result, _ = wait_all(controller, [sent.job_id], timeout_s=240)
             yield {

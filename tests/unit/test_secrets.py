@@ -140,12 +140,14 @@ def server() -> Iterator[int]:
 
 
 def test_plan_masks_the_password_in_the_tracking_uri(server: int, tmp_path: Path, monkeypatch) -> None:
-    from launch.submit import plan
+    from orchestrator.submission import plan_of, prepare
 
     monkeypatch.chdir(tmp_path)
     uri = f"http://cpr:s3cret@127.0.0.1:{server}"
     job = compose_job(["+experiment=debug", "probe=off", "telemetry=off", f"tracking.uri={uri}"])
-    sub, _ = plan(job)  # the check reached the server with the credentials (a 401 would be an InputError)
+    sub = prepare(
+        plan_of(job)
+    ).submission  # the check reached the server with the credentials (a 401 would be an InputError)
     assert sub.params["tracking.uri"] == f"http://cpr:***@127.0.0.1:{server}"
     assert "s3cret" not in " ".join(sub.params.values())
     assert sub.tracking_uri == uri and sub.job["tracking"]["uri"] == uri  # the job itself still connects
