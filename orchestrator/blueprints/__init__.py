@@ -1,7 +1,7 @@
 """Gradient blueprints (§5, App. A; README: blueprints): build, validate, store, compare, drift-check and noise them.
 
-Pure code: standard library, numpy, scipy and jsonschema only. The JSON Schema ships as package data
-(`schema/blueprint.schema.json`).
+Pure code: standard library, numpy, scipy, jsonschema and pydantic only. The JSON Schema ships as package data
+(`schema/blueprint.schema.json`), generated from the document models in `documents` by `schema_gen`.
 """
 
 from orchestrator.blueprints.builder import build_blueprint

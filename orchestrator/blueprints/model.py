@@ -5,6 +5,9 @@ in `extra` so the file round-trips), and schema 1.0 (`schema_version: "1.0"`), w
 fit quality, parameter prefixes, resource model, privacy and provenance, and rejects unknown fields.
 Loading is plain `json` with hooks that refuse NaN/Infinity and duplicate keys: nothing in a file is executed.
 Every problem is an `InputError` naming the JSON path of the offending field.
+
+The document models in `documents` are the one description of the file: the published JSON Schema is generated
+from them (`schema_gen`), files are read into the values below through them, and written in their key order.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
+from pydantic import BaseModel, ValidationError
 
+from orchestrator.blueprints import documents
 from orchestrator.errors import InputError
 
 SCHEMA_VERSION = "1.0"
@@ -34,8 +39,7 @@ MAX_NESTING_DEPTH = 64  # a schema 1.0 file nests 4 deep; paper-shape extras get
 SCHEMA_FILE = "blueprint.schema.json"
 _SCHEMA_HINT = "see orchestrator/blueprints/schema/blueprint.schema.json"
 
-PAPER_TOP_FIELDS: tuple[str, ...] = ("model_id", "training_checkpoint", "layers")
-PAPER_LAYER_FIELDS: tuple[str, ...] = ("id", "gradient_norm", "alpha", "gamma", "k_star", "domain_tags")
+_M = TypeVar("_M", bound=BaseModel)
 
 
 # --------------------------------------------------------------------------------------------- values
@@ -232,6 +236,7 @@ _SCHEMA_TYPE_NAMES = {
     "boolean": "a boolean",
     "null": "null",
 }
+_FIRST_KEYWORDS = ("type", "required", "additionalProperties", "dependentRequired")
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -295,7 +300,9 @@ def _schema_error(err: jsonschema.ValidationError, source: str) -> InputError:
             f"known fields here: {', '.join(known)}",
         )
     if kind == "dependentRequired":
-        for key, needs in expected.items():
+        order = list(err.schema.get("properties") or {})  # name the first such field in the schema's field order
+        for key in sorted(expected, key=lambda k: order.index(k) if k in order else len(order)):
+            needs = expected[key]
             lacking = [n for n in needs if key in inst and n not in inst]
             if lacking:
                 parts.append(key)
@@ -446,11 +453,14 @@ def validate_document(doc: Any, *, source: str) -> None:
         )
     errors = list(_validator().iter_errors(doc))
     if errors:
-        # Report the first problem in path order, so the message does not depend on jsonschema's internals.
+        # Report the first problem in path order, so the message does not depend on jsonschema's internals; at one
+        # path a wrong type comes first, then a missing, an unknown, a lone field, then the schema's keyword order.
         def order(e: jsonschema.ValidationError) -> tuple[Any, ...]:
-            return tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in e.absolute_path)
+            path = tuple((0, p) if isinstance(p, int) else (1, str(p)) for p in e.absolute_path)
+            return path, _FIRST_KEYWORDS.index(e.validator) if e.validator in _FIRST_KEYWORDS else len(_FIRST_KEYWORDS)
 
         raise _schema_error(min(errors, key=order), source)
+    schema_1_0 = "schema_version" in doc  # in the paper's shape, ci_low or created_at would be kept, unread, extras
     seen: dict[str, int] = {}
     for i, layer in enumerate(doc["layers"]):
         lid = layer["id"]
@@ -461,13 +471,13 @@ def validate_document(doc: Any, *, source: str) -> None:
                 "each submodule appears once per blueprint",
             )
         seen[lid] = i
-        if "ci_low" in layer and layer["ci_low"] > layer["ci_high"]:
+        if schema_1_0 and "ci_low" in layer and layer["ci_low"] > layer["ci_high"]:
             raise InputError(
                 f"{source}: layers[{i}].ci_low",
                 f"must be <= ci_high, got {layer['ci_low']!r} > {layer['ci_high']!r}",
                 _FIXES["ci_low"],
             )
-    if "created_at" in doc:
+    if schema_1_0 and "created_at" in doc:
         try:
             _dt.datetime.fromisoformat(doc["created_at"].upper().replace("Z", "+00:00"))
         except ValueError:
@@ -517,135 +527,55 @@ def _decode(data: bytes | str, source: str) -> Any:
         raise InputError(source, f"is not valid JSON: {' '.join(str(err).split())[:120]}", None) from None
 
 
-def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
-    return float(d[key]) if key in d else None
+def _fields_of(record: Any) -> dict[str, Any]:
+    """The declared fields of a dataclass value or a document model by name (a model's extra fields left out)."""
+    names = type(record).model_fields if isinstance(record, BaseModel) else [f.name for f in fields(record)]
+    return {name: getattr(record, name) for name in names}
 
 
-def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
-    return int(d[key]) if key in d else None
+def _validated(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
+    """`data` as a document model. The schema checked it already; this converts (JSON 2 into 2.0 for a number)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:  # only if pydantic and the generated schema ever disagree: still one line
+        first = err.errors()[0]
+        raise InputError(_field(source, first["loc"]), " ".join(first["msg"].split())[:200], _SCHEMA_HINT) from None
 
 
-def _layer_from_doc(d: Mapping[str, Any], *, paper: bool) -> LayerEntry:
-    tags = {str(k): float(v) for k, v in d["domain_tags"].items()} if "domain_tags" in d else None
-    common: dict[str, Any] = {
-        "id": d["id"],
-        "gradient_norm": float(d["gradient_norm"]),
-        "alpha": _opt_float(d, "alpha"),
-        "gamma": _opt_float(d, "gamma"),
-        "k_star": _opt_float(d, "k_star"),
-        "domain_tags": tags,
-    }
-    if paper:
-        extra = {k: v for k, v in d.items() if k not in PAPER_LAYER_FIELDS}
-        return LayerEntry(**common, extra=extra or None)
-    ci = None
-    if "ci_low" in d:
-        ci = ConfidenceInterval(low=float(d["ci_low"]), high=float(d["ci_high"]), level=float(d["ci_level"]))
-    fit = None
-    if "fit" in d:
-        f = d["fit"]
-        rr = f.get("rank_range")
-        fit = FitInfo(
-            method=f["method"],
-            r2=_opt_float(f, "r2"),
-            ks_distance=_opt_float(f, "ks_distance"),
-            x_min=_opt_float(f, "x_min"),
-            n_tail=_opt_int(f, "n_tail"),
-            rank_range=(float(rr[0]), float(rr[1])) if rr is not None else None,
-            error=f.get("error"),
-        )
-    return LayerEntry(
-        **common,
-        statistic=d.get("statistic"),
-        ci=ci,
-        n_batches=_opt_int(d, "n_batches"),
-        n_params=_opt_int(d, "n_params"),
-        prefixes=tuple(d["prefixes"]) if "prefixes" in d else None,
-        gamma_fit=_opt_float(d, "gamma_fit"),
-        fit=fit,
-        k_star_interior=d.get("k_star_interior"),
-    )
+def _entry(layer: documents.LayerPaper | documents.Layer_1_0) -> LayerEntry:
+    """A layer value from its document: the three ci_* fields become one ConfidenceInterval."""
+    values = _fields_of(layer)
+    low, high, level = (values.pop(key, None) for key in ("ci_low", "ci_high", "ci_level"))
+    if values.get("fit") is not None:
+        values["fit"] = FitInfo(**_fields_of(values["fit"]))
+    ci = ConfidenceInterval(low=low, high=high, level=level) if low is not None else None
+    return LayerEntry(**values, ci=ci, extra=layer.model_extra or None)
 
 
-RESOURCE_MODEL_FIELDS: tuple[str, ...] = (
-    "cost_fixed",
-    "cost_per_param",
-    "unit",
-    "breakdown",
-    "optimizer",
-    "precision",
-    "zero_stage",
-    "n_params",
-    "dp_world_size",
-    "notes",
-)
+def resource_record_from_dict(r: Mapping[str, Any], *, source: str = "resource_model") -> ResourceModelRecord:
+    """A ResourceModelRecord from a resource model's to_dict() form, checked as a file's `resource_model` is."""
+    return ResourceModelRecord(**_fields_of(_validated(documents.ResourceModel, r, source)))
 
 
-def resource_record_from_dict(r: Mapping[str, Any]) -> ResourceModelRecord:
-    """A ResourceModelRecord from a resource model's to_dict() form (or a file's `resource_model` object)."""
-    unknown = [k for k in r if k not in RESOURCE_MODEL_FIELDS]
-    if unknown:
-        raise ValueError(f"resource model fields unknown to blueprint schema {SCHEMA_VERSION}: {unknown}")
-    return ResourceModelRecord(
-        cost_fixed=float(r["cost_fixed"]),
-        cost_per_param=float(r["cost_per_param"]),
-        unit=r.get("unit"),
-        breakdown={str(k): float(v) for k, v in r["breakdown"].items()} if "breakdown" in r else None,
-        optimizer=r.get("optimizer"),
-        precision=r.get("precision"),
-        zero_stage=_opt_int(r, "zero_stage"),
-        n_params=_opt_int(r, "n_params"),
-        dp_world_size=_opt_int(r, "dp_world_size"),
-        notes=r.get("notes"),
-    )
-
-
-def _blueprint_from_doc(doc: Mapping[str, Any]) -> Blueprint:
-    paper = "schema_version" not in doc
-    layers = tuple(_layer_from_doc(layer, paper=paper) for layer in doc["layers"])
-    if paper:
-        extra = {k: v for k, v in doc.items() if k not in PAPER_TOP_FIELDS}
-        return Blueprint(
-            schema_version=None,
-            model_id=doc["model_id"],
-            training_checkpoint=float(doc["training_checkpoint"]),
-            layers=layers,
-            extra=extra or None,
-        )
-    rm = resource_record_from_dict(doc["resource_model"]) if "resource_model" in doc else None
-    privacy = None
-    if "privacy" in doc:
-        p = doc["privacy"]
-        privacy = PrivacyRecord(
-            mechanism=p["mechanism"],
-            clip=float(p["clip"]),
-            sigma=float(p["sigma"]),
-            note=p["note"],
-            noise_multiplier=_opt_float(p, "noise_multiplier"),
-            epsilon=_opt_float(p, "epsilon"),
-            delta=_opt_float(p, "delta"),
-        )
-    return Blueprint(
-        schema_version=doc["schema_version"],
-        model_id=doc["model_id"],
-        training_checkpoint=float(doc["training_checkpoint"]),
-        layers=layers,
-        blueprint_version=_opt_int(doc, "blueprint_version"),
-        created_at=doc.get("created_at"),
-        run_id=doc.get("run_id"),
-        step=_opt_int(doc, "step"),
-        tokens_seen=_opt_int(doc, "tokens_seen"),
-        resource_model=rm,
-        privacy=privacy,
-        provenance=dict(doc["provenance"]) if "provenance" in doc else None,
-    )
+def _blueprint_from_doc(doc: Mapping[str, Any], source: str) -> Blueprint:
+    """The value of a validated document; a paper-shape file's unknown fields go to `extra`."""
+    model = documents.Blueprint_1_0 if "schema_version" in doc else documents.BlueprintPaper
+    document = _validated(model, doc, source)
+    values = _fields_of(document)
+    values["layers"] = tuple(_entry(layer) for layer in document.layers)
+    if values.get("resource_model") is not None:
+        values["resource_model"] = ResourceModelRecord(**_fields_of(values["resource_model"]))
+    if values.get("privacy") is not None:
+        values["privacy"] = PrivacyRecord(**_fields_of(values["privacy"]))
+    values.setdefault("schema_version", None)  # the paper's shape has none
+    return Blueprint(**values, extra=document.model_extra or None)
 
 
 def parse_blueprint(text: str | bytes, *, source: str) -> Blueprint:
     """Decode and validate blueprint JSON text; `source` names it in errors (usually the file path)."""
     doc = _decode(text, source)
     validate_document(doc, source=source)
-    return _blueprint_from_doc(doc)
+    return _blueprint_from_doc(doc, source)
 
 
 def load_blueprint(path_or_bytes: str | os.PathLike[str] | bytes) -> Blueprint:
@@ -676,145 +606,90 @@ def load_blueprint(path_or_bytes: str | os.PathLike[str] | bytes) -> Blueprint:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _merge_extra(d: dict[str, Any], extra: Mapping[str, Any], known: tuple[str, ...]) -> None:
+def _plain(value: Any) -> Any:
+    """A tuple as a JSON array (a list, as jsonschema expects), a dict as a copy, anything else as it is."""
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _document(model: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` as a JSON object of `model`: its fields in the schema's order, those that are None left out."""
+    stray = [key for key, value in values.items() if value is not None and key not in model.model_fields]
+    if stray:  # a value's field that the document model lacks: the two were changed apart
+        raise ValueError(f"{model.__name__} has no field {stray[0]!r}")
+    return {key: _plain(values[key]) for key in model.model_fields if values.get(key) is not None}
+
+
+def _refuse_schema_1_0_fields(values: Mapping[str, Any], model: type[BaseModel], where: str) -> None:
+    """A paper-shape value may not carry what only schema 1.0 holds; `where` prefixes the field's name."""
+    for key, value in values.items():
+        if value is not None and key not in model.model_fields:
+            raise InputError(
+                f"{where}{key}",
+                "is a schema 1.0 field but the blueprint is in the paper's shape",
+                "upgrade it first with as_schema_1_0()",
+            )
+
+
+def _merge_extra(d: dict[str, Any], extra: Mapping[str, Any], model: type[BaseModel]) -> None:
     """Append a paper-shape file's unknown fields; they may not shadow the fields the paper names."""
-    clash = [k for k in extra if k in known]
+    clash = [k for k in extra if k in model.model_fields]
     if clash:
         raise ValueError(f"extra fields {clash} shadow the paper's own fields")
     d.update(extra)
 
 
-def _put(d: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        d[key] = value
-
-
-_SCHEMA_1_0_LAYER_ATTRS = (
-    "statistic",
-    "ci",
-    "n_batches",
-    "n_params",
-    "prefixes",
-    "gamma_fit",
-    "fit",
-    "k_star_interior",
-)
-
-
 def _layer_to_dict(entry: LayerEntry, *, paper: bool) -> dict[str, Any]:
+    """A layer's JSON object in the blueprint's shape; a paper-shape one with its extra fields after the paper's."""
+    values = _fields_of(entry)
+    extra = values.pop("extra")
     if paper:
-        set_attrs = [a for a in _SCHEMA_1_0_LAYER_ATTRS if getattr(entry, a) is not None]
-        if set_attrs:
-            raise InputError(
-                f"blueprint: layers[{entry.id}].{set_attrs[0]}",
-                "is a schema 1.0 field but the blueprint is in the paper's shape",
-                "upgrade it first with as_schema_1_0()",
-            )
-    d: dict[str, Any] = {"id": entry.id, "gradient_norm": entry.gradient_norm}
-    if not paper:
-        _put(d, "statistic", entry.statistic)
-        if entry.ci is not None:
-            d["ci_low"], d["ci_high"], d["ci_level"] = entry.ci.low, entry.ci.high, entry.ci.level
-        _put(d, "n_batches", entry.n_batches)
-        _put(d, "n_params", entry.n_params)
-        _put(d, "prefixes", list(entry.prefixes) if entry.prefixes is not None else None)
-    _put(d, "alpha", entry.alpha)
-    _put(d, "gamma", entry.gamma)
-    if not paper:
-        _put(d, "gamma_fit", entry.gamma_fit)
-    _put(d, "k_star", entry.k_star)
-    if not paper:
-        _put(d, "k_star_interior", entry.k_star_interior)
-        if entry.fit is not None:
-            f = entry.fit
-            fd: dict[str, Any] = {"method": f.method}
-            _put(fd, "r2", f.r2)
-            _put(fd, "ks_distance", f.ks_distance)
-            _put(fd, "x_min", f.x_min)
-            _put(fd, "n_tail", f.n_tail)
-            _put(fd, "rank_range", list(f.rank_range) if f.rank_range is not None else None)
-            _put(fd, "error", f.error)
-            d["fit"] = fd
-    _put(d, "domain_tags", dict(entry.domain_tags) if entry.domain_tags is not None else None)
-    if entry.extra:
-        if not paper:
-            raise InputError(
-                f"layers[{entry.id}].{next(iter(entry.extra))}",
-                "is not a schema 1.0 field",
-                "only paper-shape blueprints carry extra fields",
-            )
-        _merge_extra(d, entry.extra, PAPER_LAYER_FIELDS)
-    return d
+        _refuse_schema_1_0_fields(values, documents.LayerPaper, f"blueprint: layers[{entry.id}].")
+        d = _document(documents.LayerPaper, values)
+        _merge_extra(d, extra or {}, documents.LayerPaper)
+        return d
+    if extra:
+        raise InputError(
+            f"layers[{entry.id}].{next(iter(extra))}",
+            "is not a schema 1.0 field",
+            "only paper-shape blueprints carry extra fields",
+        )
+    ci = values.pop("ci")
+    if ci is not None:
+        values.update(ci_low=ci.low, ci_high=ci.high, ci_level=ci.level)
+    if entry.fit is not None:
+        values["fit"] = _document(documents.Fit, _fields_of(entry.fit))
+    return _document(documents.Layer_1_0, values)
 
 
 def blueprint_to_dict(bp: Blueprint, *, validate: bool = True) -> dict[str, Any]:
-    """Plain JSON data in a stable key order; validated against the schema unless validate=False."""
+    """Plain JSON data in the schema's key order; validated against the schema unless validate=False."""
     paper = bp.schema_version is None
-    d: dict[str, Any] = {}
-    _put(d, "schema_version", bp.schema_version)
-    d["model_id"] = bp.model_id
-    if not paper:
-        _put(d, "blueprint_version", bp.blueprint_version)
-    d["training_checkpoint"] = bp.training_checkpoint
-    if not paper:
-        _put(d, "created_at", bp.created_at)
-        _put(d, "run_id", bp.run_id)
-        _put(d, "step", bp.step)
-        _put(d, "tokens_seen", bp.tokens_seen)
-    d["layers"] = [_layer_to_dict(entry, paper=paper) for entry in bp.layers]
+    values = _fields_of(bp)
+    extra = values.pop("extra")
+    values["layers"] = [_layer_to_dict(entry, paper=paper) for entry in bp.layers]
     if paper:
-        ours = {
-            "blueprint_version": bp.blueprint_version,
-            "created_at": bp.created_at,
-            "run_id": bp.run_id,
-            "step": bp.step,
-            "tokens_seen": bp.tokens_seen,
-            "resource_model": bp.resource_model,
-            "privacy": bp.privacy,
-            "provenance": bp.provenance,
-        }
-        set_fields = [k for k, v in ours.items() if v is not None]
-        if set_fields:
-            raise InputError(
-                f"blueprint: {set_fields[0]}",
-                "is a schema 1.0 field but the blueprint is in the paper's shape",
-                "upgrade it first with as_schema_1_0()",
-            )
-        _merge_extra(d, bp.extra or {}, PAPER_TOP_FIELDS)
+        _refuse_schema_1_0_fields(values, documents.BlueprintPaper, "blueprint: ")
+        d = _document(documents.BlueprintPaper, values)
+        _merge_extra(d, extra or {}, documents.BlueprintPaper)
     else:
-        if bp.extra:
+        if extra:
             raise InputError(
-                f"blueprint: {next(iter(bp.extra))}",
+                f"blueprint: {next(iter(extra))}",
                 "is not a schema 1.0 field",
                 "only paper-shape blueprints carry extra fields",
             )
         if bp.resource_model is not None:
-            r = bp.resource_model
-            rd: dict[str, Any] = {"cost_fixed": r.cost_fixed, "cost_per_param": r.cost_per_param}
-            _put(rd, "unit", r.unit)
-            _put(rd, "breakdown", dict(r.breakdown) if r.breakdown is not None else None)
-            _put(rd, "optimizer", r.optimizer)
-            _put(rd, "precision", r.precision)
-            _put(rd, "zero_stage", r.zero_stage)
-            _put(rd, "n_params", r.n_params)
-            _put(rd, "dp_world_size", r.dp_world_size)
-            _put(rd, "notes", r.notes)
-            d["resource_model"] = rd
+            values["resource_model"] = _document(documents.ResourceModel, _fields_of(bp.resource_model))
         if bp.privacy is not None:
-            p = bp.privacy
-            pd: dict[str, Any] = {"mechanism": p.mechanism, "clip": p.clip}
-            _put(pd, "noise_multiplier", p.noise_multiplier)
-            pd["sigma"] = p.sigma
-            _put(pd, "epsilon", p.epsilon)
-            _put(pd, "delta", p.delta)
-            pd["note"] = p.note
-            d["privacy"] = pd
-        _put(d, "provenance", dict(bp.provenance) if bp.provenance is not None else None)
+            values["privacy"] = _document(documents.Privacy, _fields_of(bp.privacy))
+        d = _document(documents.Blueprint_1_0, values)
     if validate:
         validate_document(d, source="blueprint")
     return d
 
 
 def dumps_blueprint(bp: Blueprint) -> str:
-    """Validated JSON text: stable key order, indent 2, trailing newline, no NaN/Infinity."""
+    """Validated JSON text: the schema's key order, indent 2, trailing newline, no NaN/Infinity."""
     return json.dumps(blueprint_to_dict(bp), indent=2, allow_nan=False) + "\n"

@@ -149,6 +149,16 @@ def test_paper_shape_extra_fields_are_kept_verbatim():
     assert err.value.field.endswith("license")
 
 
+def test_paper_shape_extras_named_like_schema_1_0_fields_are_kept_unread():
+    """Without schema_version, created_at or ci_low are fields the paper does not name: kept as they are, unchecked."""
+    doc = paper_doc()
+    doc["created_at"] = None
+    doc["layers"][0]["ci_low"] = "x"
+    bp = parse_blueprint(json.dumps(doc), source="x.json")
+    assert bp.extra == {"created_at": None} and bp.layers[0].extra == {"ci_low": "x"} and bp.layers[0].ci is None
+    assert json.loads(dumps_blueprint(bp)) == doc
+
+
 def test_as_schema_1_0_upgrades_a_plain_paper_file():
     bp = as_schema_1_0(load_blueprint(PAPER_FILE))
     assert bp.schema_version == SCHEMA_VERSION
@@ -323,6 +333,13 @@ BAD_FILES: list[tuple[str, str, str, str]] = [
         _full_with(lambda d: d["layers"][0]["fit"].update(method="eyeball")),
         "layers[0].fit.method",
         "one of",
+    ),
+    ("fit-method-null", _full_with(lambda d: d["layers"][1]["fit"].update(method=None)), "fit.method", "a string"),
+    (
+        "missing-and-unknown",
+        _full_with(lambda d: d["layers"][1].update(gradient_nrom=d["layers"][1].pop("gradient_norm"))),
+        "layers[1].gradient_norm",
+        "required",
     ),
     (
         "privacy-mechanism",
