@@ -10,7 +10,8 @@ sees every name with Ray's `ray_` prefix (`cpr_ratio` is `ray_cpr_ratio`; `EXPOR
 (`WorkerId`, `SessionName`, …) added, and values reach the agent at Ray's report interval (10 s by default).
 
 `ControllerMetrics` keeps the values it last set (`values()`: what the unit tests read, no Ray needed) and forwards
-each to a sink: Ray's metrics inside a Ray worker, nothing elsewhere. One cheap call per controller event, no I/O.
+each to a sink: Ray's metrics inside a Ray worker, nothing elsewhere. One cheap call per controller event, no I/O;
+`RaySink` re-records its gauges in the background, since Ray's metrics agent drops a gauge not re-exported lately.
 Only per-job series (no per-rank ones: their cardinality would grow with the world size).
 """
 
@@ -66,21 +67,68 @@ class Sink(Protocol):
 
 
 class RaySink:
-    """`ray.util.metrics` Gauges and Counters, one per spec, created in this Ray worker."""
+    """`ray.util.metrics` Gauges and Counters, one per spec, created in this Ray worker.
 
-    def __init__(self) -> None:
+    Every gauge series is re-recorded every `refresh_s` (half Ray's export interval) by a daemon thread, for as long
+    as the worker lives. Ray's OpenTelemetry path (the default in recent Ray) exports a gauge value once: the worker
+    forgets its recorded gauge values after each export to the metrics agent, and the agent drops a series not
+    re-exported within twice the report interval (20 s by default). A gauge set once and never again (a job's state
+    count, the figures of a job that ended, everything between two rare checks) would vanish from the scrape, while
+    counters, which the agent accumulates, stay. Re-recording the last value keeps the series until the controller
+    dies; then the agent ages them out as Ray intends.
+    """
+
+    def __init__(self, refresh_s: float | None = None) -> None:
         from ray.util.metrics import Counter, Gauge
 
         self._metrics: dict[str, Any] = {
             m.name: (Gauge if m.kind == "gauge" else Counter)(m.name, description=m.description, tag_keys=m.labels)
             for m in METRICS
         }
+        self._lock = threading.Lock()  # one record per series at a time: a refresh never re-records a replaced value
+        self._gauges: dict[Key, float] = {}
+        self.refresh_s = refresh_s if refresh_s is not None else _refresh_interval_s()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh_loop, name="cpr-metrics-refresh", daemon=True)
+        self._thread.start()
 
     def set(self, name: str, value: float, labels: Mapping[str, str]) -> None:
-        self._metrics[name].set(value, tags=dict(labels))
+        with self._lock:
+            self._metrics[name].set(value, tags=dict(labels))
+            self._gauges[_key(name, labels)] = value
 
     def inc(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         self._metrics[name].inc(value, tags=dict(labels))
+
+    def refresh(self) -> None:
+        """Record every gauge series' last value again."""
+        with self._lock:
+            for (name, labels), value in self._gauges.items():
+                self._metrics[name].set(value, tags=dict(labels))
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _refresh_loop(self) -> None:
+        failed = False
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # printed once; the next round tries again
+                if not failed:
+                    failed = True
+                    traceback.print_exc()
+
+
+def _refresh_interval_s() -> float:
+    """Half the interval at which this worker exports metrics to the agent (Ray floors it at 1 s)."""
+    try:
+        import ray
+
+        interval_ms = float(ray._config.metrics_report_interval_ms())
+    except Exception:
+        interval_ms = 10_000.0
+    return max(interval_ms, 1000.0) / 2000.0
 
 
 def default_sink() -> Sink | None:

@@ -1,16 +1,27 @@
-"""The controller's metrics exported for real: Ray's metrics agent serves them, a Prometheus text scrape parses."""
+"""The controller's metrics exported for real: Ray's metrics agent serves them, a Prometheus text scrape parses.
+A stand-in actor checks every metric and value; a real job on the real controller checks that its gauges stay."""
 
 from __future__ import annotations
 
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
+from launch.submit import plan
+from orchestrator.config.compose import compose_job
+from orchestrator.controller.actor import controller_handle
 from orchestrator.controller.metrics import EXPORTED, RAY_PREFIX
+from tests.integration.cluster import wait_all
+
+NAMESPACE = "cpr-metrics-test"
+AGENT_KEEPS_S = 20.0
+"""How long Ray's metrics agent keeps a gauge series no worker re-exported: twice its report interval (the agent
+process reads the default, 10 s, whatever `_system_config` the workers get)."""
 
 
 def _free_port() -> int:
@@ -32,6 +43,17 @@ class Emitter:
         self.m.check("j1", {"energy_kwh": 0.3, "co2_kg": 0.12, "tokens": 1e6}, ratio=4.0, eta=9.0)
         self.m.decision("j1", "continue", None)
         self.m.decision("j1", "stop", "marginal_return")
+
+
+def scrape_all(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Every cpr sample at Ray's metrics port now: (name, labels, value), Ray's labels included."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return [
+        (s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(RAY_PREFIX + "cpr_")
+    ]
 
 
 def scrape(port: int, deadline_s: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -60,7 +82,8 @@ def metrics_port():
     port = _free_port()
     ray.init(
         address="local",
-        num_cpus=1,
+        num_cpus=2,  # the real job's 2 ranks
+        namespace=NAMESPACE,
         include_dashboard=False,
         log_to_driver=False,
         logging_level="ERROR",
@@ -89,3 +112,26 @@ def test_every_metric_is_scraped_with_its_value(metrics_port: int) -> None:
     assert got["ray_cpr_gamma", (("job_id", "j1"), ("kind", "tokens"))] == 1e6
     stop = (("action", "stop"), ("job_id", "j1"), ("reason", "marginal_return"))
     assert got["ray_cpr_decisions_total", stop] == 1.0
+
+
+def test_the_real_controllers_gauges_stay_after_its_job_ends(metrics_port: int, tmp_path: Path) -> None:
+    """The real controller, a real short job: its gauges are still scraped once the agent would have dropped any
+    series set for the last time when the job ended (Ray exports a gauge value once; cpr re-records them)."""
+    controller = controller_handle(NAMESPACE, detached=False)
+    job, _ = plan(compose_job(["+experiment=debug", "probe=off", "telemetry=off", f"runs_dir={tmp_path / 'runs'}"]))
+    job.send(controller)
+    result, _ = wait_all(controller, [job.job_id], timeout_s=400)
+    assert result[job.job_id]["summary"]["reason"] == "marginal_return"
+    time.sleep(AGENT_KEEPS_S + 10)  # nothing is set any more: only a re-export keeps a gauge
+    samples = scrape_all(metrics_port)
+    mine = {
+        (name, tuple(sorted(labels.items()))): v for name, labels, v in samples if labels.get("job_id") == job.job_id
+    }
+    names = {name for name, _ in mine}
+    assert {"ray_cpr_tokens_per_second", "ray_cpr_ratio", "ray_cpr_eta", "ray_cpr_gamma"} <= names, sorted(names)
+    assert "ray_cpr_decisions_total" in names
+    worker = next(labels["WorkerId"] for name, labels, _ in samples if labels.get("job_id") == job.job_id)
+    jobs = {
+        labels["state"]: v for name, labels, v in samples if name == "ray_cpr_jobs" and labels["WorkerId"] == worker
+    }
+    assert jobs.get("stopped") == 1.0 and jobs.get("running") == 0.0, jobs

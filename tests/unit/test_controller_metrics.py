@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,3 +141,41 @@ def test_the_controller_updates_them_at_its_events(controller: Controller) -> No
 def test_a_user_stop_is_counted_with_its_reason(controller: Controller) -> None:
     assert controller.request_stop("j")["ok"]
     assert controller.metrics.value("cpr_decisions_total", job_id="j", action="stop", reason="user") == 1.0
+
+
+def test_ray_sink_re_records_every_gauge_series_until_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray exports a gauge value once and its agent drops a series not re-exported: the sink records each gauge
+    series' last value again every `refresh_s`; counters are never repeated (the agent sums them)."""
+    import ray.util.metrics
+
+    from orchestrator.controller.metrics import RaySink
+
+    records: list[tuple[str, str, float, dict[str, str]]] = []
+
+    class Fake:
+        def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] = ()) -> None:
+            self.name = name
+
+        def set(self, value: float, tags: dict[str, str]) -> None:
+            records.append(("set", self.name, value, tags))
+
+        def inc(self, value: float, tags: dict[str, str]) -> None:
+            records.append(("inc", self.name, value, tags))
+
+    monkeypatch.setattr(ray.util.metrics, "Gauge", Fake)
+    monkeypatch.setattr(ray.util.metrics, "Counter", Fake)
+    sink = ControllerMetrics(RaySink(refresh_s=0.02))
+    sink.job_state("a", "running")
+    sink.check("a", {"tokens": 5.0}, ratio=2.0, eta=1.0)
+    sink.check("a", {"tokens": 6.0}, ratio=3.0, eta=1.0)
+    sink.decision("a", "continue", None)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(r[1] == "cpr_ratio" for r in records) < 5:
+        time.sleep(0.02)
+    sink._sink.close()  # type: ignore[union-attr]
+    ratios = [r[2] for r in records if r[1] == "cpr_ratio"]
+    assert len(ratios) >= 5 and ratios[0] == 2.0 and set(ratios[1:]) == {3.0}  # the last value, again and again
+    assert [r for r in records if r[0] == "inc"] == [
+        ("inc", "cpr_decisions_total", 1.0, {"job_id": "a", "action": "continue", "reason": "none"})
+    ]
+    assert {r[3]["state"] for r in records if r[1] == "cpr_jobs"} == {s.value for s in JobLifecycle}
