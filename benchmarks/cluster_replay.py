@@ -107,12 +107,10 @@ def make_cluster(curves: list[Curve], sweeps: int, want: int, seed: int) -> list
 def rule_config(max_loss: float | None) -> StopRuleConfig:
     """The rule the multijob jobs ran under (its debug experiment), with Γ = energy and the default η or a given δ."""
     from orchestrator.config.compose import compose_job
-    from orchestrator.config.validate import stop_rule_config
 
     delta = [] if max_loss is None else [f"stop.max_loss={max_loss}"]
-    return stop_rule_config(
-        compose_job(["+experiment=debug", "stop.resource=energy_kwh", "stop.eta_rel=null", *delta]).stop
-    )
+    job = compose_job(["+experiment=debug", "stop.resource=energy_kwh", "stop.eta_rel=null", *delta])
+    return job.stop.rule_config()
 
 
 def simulate(policy: str, jobs: list[SimJob], slots: int, max_loss: float | None, restart: float) -> dict[str, Any]:

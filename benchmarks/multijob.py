@@ -104,10 +104,9 @@ def run_policy(policy: str, work: Path, jobs: list[list[str]]) -> dict[str, Any]
 
 def checks_at_budget(overrides: list[str]) -> int:
     from orchestrator.config.compose import compose_job
-    from orchestrator.config.validate import tokens_per_step
 
     job = compose_job(overrides)
-    return job.train.max_tokens // tokens_per_step(job) // job.train.eval_interval
+    return job.total_steps // job.train.eval_interval
 
 
 def asha_driver(max_t: int) -> Any:

@@ -63,7 +63,7 @@ def main() -> int:
 
     os.chdir(tempfile.mkdtemp(prefix="cpr-overhead-"))
     base = compose_job(args.overrides)
-    per_step = base.train.seq_len * base.train.micro_batch * base.train.grad_accum * base.cluster.num_workers
+    per_step = base.tokens_per_step
     overrides = [*args.overrides, f"train.max_tokens={args.steps * per_step}", "stop.enforce=false"]
     job = compose_job(overrides)
     import ray

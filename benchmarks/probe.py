@@ -20,7 +20,6 @@ from typing import Any
 import ray
 
 from orchestrator.config.compose import compose_job, job_from_dict
-from orchestrator.config.validate import histogram_spec, probe_domains
 from orchestrator.worker.trainer import free_port, set_rank_env
 
 
@@ -65,7 +64,7 @@ class _Rank:
             train_step()
         dist.barrier()
         step_s = (time.perf_counter() - t0) / steps
-        probe = GradientProbe(engine, histogram_spec(job))
+        probe = GradientProbe(engine, job.probe.histogram.spec())
         dist.barrier()
         t0 = time.perf_counter()
         report = probe.measure(mine, step=steps + 1, tokens=0, domain="general", label=None)
@@ -97,12 +96,10 @@ def measure(model: str, overrides: list[str], steps: int) -> dict[str, Any]:
         for r in ranks:
             ray.kill(r)
     rank0 = out[0]
-    total_steps = job.train.max_tokens // (
-        job.train.seq_len * job.train.micro_batch * job.train.grad_accum * job.cluster.num_workers
-    )
+    total_steps = job.total_steps
     p = job.probe
     periodic = total_steps // p.interval
-    checkpoint_probes = len(p.checkpoints) * (1 + len(probe_domains(job)))
+    checkpoint_probes = len(p.checkpoints) * (1 + len(job.probe_domains()))
     return {
         "model": model,
         **rank0,

@@ -58,7 +58,7 @@ def stdlib_corpus() -> Corpus:
     from orchestrator.config.schema import DataConfig
     from orchestrator.data.sources import open_corpus
 
-    corpus = open_corpus(DataConfig(source="stdlib", val_every=VAL_EVERY_NTH_FILE))
+    corpus = open_corpus(DataConfig(source="stdlib", val_every=VAL_EVERY_NTH_FILE, max_files=None))
     split = [corpus.split(i) for i in range(len(corpus.files))]
     return Corpus(
         root=corpus.root,

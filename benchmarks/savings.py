@@ -24,7 +24,6 @@ from pathlib import Path
 from benchmarks._runs import submit
 from benchmarks.compare_stoppers import compare_stoppers, format_table, ours
 from orchestrator.config.compose import compose_job
-from orchestrator.config.validate import stop_rule_config
 from orchestrator.replay import read_curve, replay
 
 
@@ -57,7 +56,7 @@ def main() -> int:
     curve = read_curve(curve_path)
     for resource in args.resources:
         overrides = [*args.overrides, f"stop.resource={resource}"]
-        rule = stop_rule_config(compose_job(overrides).stop)
+        rule = compose_job(overrides).stop.rule_config()
         print(f"\nunder the rule (Γ = {resource}) in {work}/live-{resource} ...", flush=True)
         live = submit(work / f"live-{resource}", *overrides)
         s = live["summary"]
@@ -85,9 +84,8 @@ def main() -> int:
     print("\nδ (stop.max_loss) against what it saves and costs on the full run's curve:")
     for resource in args.resources:
         for delta in (0.005, 0.01, 0.02, 0.05):
-            rule = stop_rule_config(
-                compose_job([*args.overrides, f"stop.resource={resource}", f"stop.max_loss={delta}"]).stop
-            )
+            job = compose_job([*args.overrides, f"stop.resource={resource}", f"stop.max_loss={delta}"])
+            rule = job.stop.rule_config()
             o = ours(curve, rule)
             step = o.stop_step if o.stopped else "none"
             print(

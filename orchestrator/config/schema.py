@@ -1,62 +1,153 @@
-"""Structured configs of a pretraining job (Hydra/OmegaConf dataclasses): the schema `conf/` is checked against.
+"""The typed config of a pretraining job: Hydra structured configs (dataclasses) that also carry pydantic constraints.
 
-OmegaConf enforces the types and rejects unknown keys when `conf/` is composed; `orchestrator.config.validate`
-then checks the values (ranges, paths, cluster size) before any resource is taken. Every field here is a key
-users set from the command line, e.g. `cpr submit stop.max_loss=0.02 cluster.num_workers=2`.
+Every default lives here (or in the pure core, read from there); `conf/` holds only overrides. OmegaConf checks the
+types, the enums and unknown keys while Hydra composes `conf/`; `check_fields` then applies the `Annotated` field
+constraints (ranges, patterns) with pydantic, and `validate.validate_job` what needs more than one field. Derived
+values (tokens per step, world sizes, the stop rule's settings…) are methods here, so each is computed in one place.
+Every field is a key users set from the command line, e.g. `cpr submit stop.max_loss=0.02 cluster.num_workers=2`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, with_config
 
 from orchestrator.core import stop_rule
+from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
+from orchestrator.errors import InputError
+
+if TYPE_CHECKING:
+    from orchestrator.core.gradmass import HistogramSpec
+    from orchestrator.core.resource_model import ResourceModel
+    from orchestrator.core.stop_rule import StopRuleConfig
+
+MAX_COUNT = 10**15
+"""The largest count, interval or token budget a job may name (more is a typo or an attack)."""
+MAX_SEED = 2**32 - 1
+MAX_MODEL_DIM = 1 << 20
+"""Hidden, MLP and vocabulary widths, positions."""
+MAX_MODEL_DEPTH = 4096
+"""Layers, heads."""
+MAX_HISTOGRAM_BINS = 4096
+"""The probe all-reduces groups × bins numbers: keep that small."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+"""Job and group names, which become folder names."""
+NOT_BLANK = r"\S"
+
+# pydantic applies these when a config is checked; OmegaConf's type hints drop `Annotated` and see the plain type.
+STRICT = ConfigDict(allow_inf_nan=False, revalidate_instances="always", extra="forbid")
 
 
+def _ints(lo: int, hi: int = MAX_COUNT) -> Any:
+    return Field(ge=lo, le=hi)
+
+
+Count = Annotated[int, _ints(1)]
+"""A positive count or interval."""
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class Arch(StrEnum):
+    llama = "llama"
+    gpt2 = "gpt2"
+
+
+class DataSource(StrEnum):
+    """stdlib (this interpreter's standard-library sources) | text_dir | hf_files | memmap (pre-tokenized)."""
+
+    stdlib = "stdlib"
+    text_dir = "text_dir"
+    hf_files = "hf_files"
+    memmap = "memmap"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Optimizer(StrEnum):
+    adamw = "adamw"
+    adam = "adam"
+
+
+class Schedule(StrEnum):
+    """constant (after warm-up) | cosine (to min_lr_fraction·lr at max_tokens)."""
+
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Backend(StrEnum):
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class Statistic(StrEnum):
+    """How the probe summarises per-batch norms (§5 "Fidelity")."""
+
+    mean = "mean"
+    median = "median"
+
+
+# OmegaConf looks enum members up by name, and these names have hyphens: the functional form allows them.
+FitMethod = StrEnum("FitMethod", [("binned-mle", "binned-mle"), ("rank-lstsq", "rank-lstsq")], module=__name__)
+"""binned-mle | rank-lstsq: how the power-law exponent α is fitted to each magnitude histogram."""
+
+
+@with_config(STRICT)
 @dataclass
 class ModelConfig:
-    """A decoder-only transformer built from config with `transformers` (never downloaded)."""
+    """A decoder-only transformer built from config with `transformers` (never downloaded); default: llama-tiny."""
 
-    name: str = "llama-2m"
-    arch: str = "llama"
-    """llama | gpt2"""
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int | None = None
-    """Llama grouped-query attention; None: as many as num_heads."""
-    intermediate_size: int | None = None
+    name: str = "llama-tiny"
+    arch: Arch = Arch.llama
+    hidden_size: Annotated[int, _ints(1, MAX_MODEL_DIM)] = 64
+    num_layers: Annotated[int, _ints(1, MAX_MODEL_DEPTH)] = 2
+    num_heads: Annotated[int, _ints(1, MAX_MODEL_DEPTH)] = 2
+    num_kv_heads: Annotated[int, _ints(1, MAX_MODEL_DEPTH)] | None = None
+    """Llama grouped-query attention (a divisor of num_heads); None: as many as num_heads."""
+    intermediate_size: Annotated[int, _ints(1, 4 * MAX_MODEL_DIM)] | None = 172
     """MLP width; None: the architecture's default for hidden_size."""
-    max_position_embeddings: int = 256
+    max_position_embeddings: Annotated[int, _ints(1, MAX_MODEL_DIM)] = 128
     tie_word_embeddings: bool = False
-    vocab_size: int | None = None
+    vocab_size: Annotated[int, _ints(2, MAX_MODEL_DIM)] | None = None
     """None: the tokenizer's vocabulary size."""
-    dropout: float = 0.0
+    dropout: Annotated[float, Field(ge=0.0, le=0.9)] = 0.0
 
 
+@with_config(STRICT)
 @dataclass
 class DomainConfig:
     """A named validation domain (e.g. code, prose) the gradient probe measures besides the job's own set (App. A).
 
     Read like `data`, tokenized with the job's tokenizer; every document is used (none is trained on)."""
 
-    source: str = "text_dir"
-    """stdlib | text_dir | hf_files | memmap (a folder whose val.bin is already tokenized for this job)"""
-    path: str | None = None
-    glob: str | None = None
+    source: DataSource = DataSource.text_dir
+    """A memmap domain is a folder whose val.bin is already tokenized for this job."""
+    path: StrictStr | None = None  # strict: a command-line mapping is not type-checked by OmegaConf
+    glob: StrictStr | None = None
     """Files to take (stdlib: relative to the standard library; default: all its library sources)."""
-    text_field: str = "text"
-    hf_format: str | None = None
-    max_files: int | None = None
+    text_field: StrictStr = "text"
+    hf_format: StrictStr | None = None
+    max_files: Annotated[StrictInt, _ints(1)] | None = None
 
 
+DomainName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+@with_config(STRICT)
 @dataclass
 class DataConfig:
     """Where the training text comes from; tokenized once and cached next to the data."""
 
     name: str = "stdlib"
-    source: str = "stdlib"
-    """stdlib (this interpreter's standard-library sources) | text_dir | hf_files | memmap"""
+    source: DataSource = DataSource.stdlib
     path: str | None = None
     """text_dir: a folder; hf_files: a file or folder; memmap: a folder with train.bin, val.bin, meta.json."""
     glob: str | None = None
@@ -64,200 +155,292 @@ class DataConfig:
     text_field: str = "text"
     hf_format: str | None = None
     """json | csv | parquet | text; None: from the file suffix."""
-    val_every: int = 20
+    val_every: Annotated[int, _ints(2)] = 6
     """Every n-th document is held out for validation (Ψ)."""
-    max_files: int | None = None
-    tokenizer_vocab: int = 4096
+    max_files: Annotated[int, _ints(2)] | None = 150
+    """None: every file. The default job is data-constrained on purpose (the stop rule needs a flat part to find)."""
+    tokenizer_vocab: Annotated[int, _ints(257, MAX_MODEL_DIM)] = 4096
     cache_dir: str | None = None
     domains: dict[str, Any] = field(default_factory=dict)
     """Validation domains for the gradient probe's per-domain weights (blueprint `domain_tags`): name -> the
-    fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`. Checked by
-    `validate.domain_configs` (a typed dict here would refuse that command-line form)."""
+    fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`. Read through
+    `domain_configs()` (a typed dict here would refuse that command-line form)."""
+
+    def domain_configs(self) -> dict[str, DomainConfig]:
+        """`domains` as DomainConfig objects; a bad name, unknown key or wrong value names its field."""
+        from orchestrator.blueprints.builder import GENERAL_DOMAIN  # the job's own validation set, always probed
+
+        out: dict[str, DomainConfig] = {}
+        for name, raw in self.domains.items():
+            where = f"data.domains.{name}"
+            requirement = f"a name of letters, digits, '_', '.', '-' other than {GENERAL_DOMAIN!r}"
+            check_value(_adapter(DomainName), name, where, requirement)
+            if name == GENERAL_DOMAIN:
+                raise InputError(where, f"must be {requirement}", "e.g. data.domains.code")
+            if not isinstance(raw, DomainConfig):
+                if not isinstance(raw, dict):
+                    raise InputError(where, f"must be a mapping of source, path, glob, ..., got {raw!r}"[:200], None)
+                raw = _checked(_adapter(DomainConfig), raw, where)
+            if raw.source != DataSource.stdlib and not (raw.path and raw.path.strip()):
+                raise InputError(f"{where}.path", f"is required for source={raw.source}", f"e.g. {where}.path=/data")
+            out[name] = raw
+        return out
 
 
+@with_config(STRICT)
 @dataclass
 class DeepSpeedConfig:
     """The DeepSpeed engine's ZeRO stage, precision and optimizer."""
 
-    zero_stage: int = 2
-    precision: str = "fp32"
-    """fp32 | bf16"""
-    optimizer: str = "adamw"
+    zero_stage: Annotated[int, _ints(0, 3)] = 2
+    precision: Precision = Precision.fp32
+    optimizer: Optimizer = Optimizer.adamw
+
+    @property
+    def bytes_per_value(self) -> int:
+        """Bytes of one activation value at this precision."""
+        return 2 if self.precision == Precision.bf16 else 4
 
 
+@with_config(STRICT)
 @dataclass
 class TrainConfig:
     """The optimisation loop; `max_tokens` is the job's token budget and the length of the LR schedule."""
 
-    seq_len: int = 128
-    micro_batch: int = 8
-    """Sequences per rank per micro-step."""
-    grad_accum: int = 1
-    lr: float = 3e-3
-    schedule: str = "constant"
-    """constant (after warm-up) | cosine (to min_lr_fraction·lr at max_tokens)."""
-    warmup_steps: int = 50
-    min_lr_fraction: float = 0.1
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    max_tokens: int = 4_194_304
-    eval_interval: int = 25
+    seq_len: Annotated[int, _ints(2)] = 128
+    """A sequence needs an input and a target token."""
+    micro_batch: Count = 32
+    """Sequences per rank per micro-step (× 2 ranks: 64 sequences, 8,192 tokens per optimizer step by default)."""
+    grad_accum: Count = 1
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 5e-3
+    schedule: Schedule = Schedule.constant
+    """Constant by default: the loss curve's flattening is the model's, not the schedule's."""
+    warmup_steps: Annotated[int, _ints(0)] = 20
+    min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
+    beta1: Annotated[float, Field(ge=0.0, le=0.999999)] = 0.9
+    beta2: Annotated[float, Field(ge=0.0, le=0.999999)] = 0.95
+    grad_clip: Annotated[float, Field(ge=0.0, le=1e6)] = 1.0
+    """0 turns clipping off."""
+    max_tokens: Count = 6_291_456
+    """The token budget: 768 optimizer steps of the default job, ~10 epochs of the default data."""
+    eval_interval: Count = 8
     """Optimizer steps between evaluation checks (each check feeds Ψ to the stop rule)."""
-    eval_sequences: int = 64
+    eval_sequences: Count = 64
     """Held-out sequences per evaluation, the same on every check."""
-    report_interval: int = 5
+    report_interval: Count = 4
     """Optimizer steps between training reports (loss, tokens) to the controller."""
     checkpoint_dir: str | None = None
     """None: <runs_dir>/checkpoints/<job id>."""
-    checkpoint_interval: int | None = None
+    checkpoint_interval: Annotated[int, _ints(0)] | None = None
     """Optimizer steps between periodic DeepSpeed checkpoints (a multiple of eval_interval: one is taken only after
-    a finite evaluation check); a gang that loses a rank restarts from the latest. None: every 4th check (100 steps
-    by default); 0: only at the end."""
-    keep_checkpoints: int = 2
+    a finite evaluation check); a gang that loses a rank restarts from the latest. None: every 4th check; 0: only
+    at the end."""
+    keep_checkpoints: Count = 2
     """Periodic checkpoints kept on disk (older ones are deleted); the final one is always kept."""
-    threads_per_worker: int | None = None
+    threads_per_worker: Count | None = None
     """torch intra-op threads per rank; None: cluster.cpus_per_worker."""
 
+    def checkpoint_steps(self) -> int:
+        """Steps between periodic checkpoints: checkpoint_interval, or every 4th evaluation check (0: none)."""
+        return 4 * self.eval_interval if self.checkpoint_interval is None else self.checkpoint_interval
 
+
+@with_config(STRICT)
 @dataclass
 class StopConfig:
     """The marginal-return stop rule (§3): stop when ΔΨ/ΔΓ over `window` checks < η for `patience` checks.
 
     η is budget-aware by default (`max_loss` = δ: stop when the rest of the token budget would buy less than δ of the
-    run's gain); `eta` (absolute) or `eta_rel` (ρ·r_ref) replace it. The defaults live in `core.stop_rule`."""
+    run's gain); `eta` (absolute) or `eta_rel` (ρ·r_ref) replace it. The defaults and the checks of these values
+    live in `core.stop_rule` (`cpr replay` uses them too); `rule_config()` applies them."""
 
     enforce: bool = True
     """False: shadow mode, decisions are logged but the job runs to its budget."""
     resource: str = "energy_kwh"
+    """A `core.resources.ResourceKind` value."""
     max_loss: float | None = None
-    """δ in (0, 0.5]; None with neither eta nor eta_rel set: core.stop_rule.DEFAULT_MAX_LOSS (0.01)."""
+    """δ in (0, 0.5]; None with neither eta nor eta_rel set: core.stop_rule.DEFAULT_MAX_LOSS."""
     eta: float | None = None
     eta_rel: float | None = None
     """ρ: η = ρ·r_ref (first positive window ratio after warm-up)."""
-    window: int = stop_rule.DEFAULT_WINDOW
-    patience: int = stop_rule.DEFAULT_PATIENCE
-    min_checks: int = stop_rule.DEFAULT_MIN_CHECKS
+    window: Annotated[int, Field(le=MAX_COUNT)] = stop_rule.DEFAULT_WINDOW
+    patience: Annotated[int, Field(le=MAX_COUNT)] = stop_rule.DEFAULT_PATIENCE
+    min_checks: Annotated[int, Field(le=MAX_COUNT)] = stop_rule.DEFAULT_MIN_CHECKS
     min_fraction: float = 0.0
     budget: float | None = None
     """Cap on Γ of `resource`, in its units; None: only the token budget (train.max_tokens) caps the job."""
     estimator: str = "lstsq"
-    max_nonfinite: int = 3
+    """A `core.slopes.SlopeEstimator` value."""
+    max_nonfinite: Annotated[int, Field(le=MAX_COUNT)] = 3
     """The tolerance for non-finite training: this many successive NaN/Inf validation losses (Ψ), or training-loss
     reports, stop the job as `diverged` (it keeps its last checkpoint of a finite state)."""
 
+    def rule_config(self) -> StopRuleConfig:
+        """The pure core's rule settings (which check themselves: InputError naming the `stop.` field)."""
+        from orchestrator.core.resources import ResourceKind
+        from orchestrator.core.stop_rule import StopRuleConfig
 
+        return StopRuleConfig(
+            resource=ResourceKind.parse(self.resource, field="stop.resource"),
+            window=self.window,
+            patience=self.patience,
+            max_loss=self.max_loss,
+            eta=self.eta,
+            eta_rel=self.eta_rel,
+            min_checks=self.min_checks,
+            min_fraction=self.min_fraction,
+            budget=self.budget,
+            estimator=self.estimator,  # type: ignore[arg-type]
+            max_nonfinite=self.max_nonfinite,
+        )
+
+
+@with_config(STRICT)
 @dataclass
 class HistogramConfig:
     """Magnitude-histogram bins of the probe: [0, lo), log bins lo..hi, [hi, inf) (`HistogramSpec`)."""
 
-    lo: float = 1e-12
-    hi: float = 1e4
-    bins_per_decade: int = 8
+    lo: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-12
+    hi: Annotated[float, Field(gt=0.0, le=1e30)] = 1e4
+    bins_per_decade: Count = 8
+
+    def spec(self) -> HistogramSpec:
+        """The bins as the core's HistogramSpec. A range too narrow for the gradients is met by the first probe,
+        which then fails the job naming probe.histogram.hi (nothing may land at or above hi)."""
+        from orchestrator.core.gradmass import HistogramSpec
+
+        if not self.hi > self.lo:
+            raise InputError("probe.histogram.hi", f"must be above probe.histogram.lo ({self.lo:g})", "e.g. 1e4")
+        spec = HistogramSpec(lo=float(self.lo), hi=float(self.hi), bins_per_decade=self.bins_per_decade)
+        if spec.n_bins > MAX_HISTOGRAM_BINS:
+            raise InputError(
+                "probe.histogram.bins_per_decade",
+                f"gives {spec.n_bins} bins over {self.lo:g}..{self.hi:g}, more than {MAX_HISTOGRAM_BINS}",
+                "fewer bins per decade or a narrower range",
+            )
+        return spec
 
 
+@with_config(STRICT)
 @dataclass
 class ProbeConfig:
     """The gradient probe and the blueprints it feeds (§5, App. A): what is measured, when, and how it is summarised."""
 
     enabled: bool = True
-    interval: int = 250
+    interval: Count = 250
     """Optimizer steps between periodic probes (logged as grad/norm/<id>); blueprint checkpoints probe as well."""
-    batches: int = 4
+    batches: Count = 4
     """Validation batches each rank probes per domain (each is one sample of every submodule's norm)."""
-    checkpoints: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.8, 1.0])
-    """Fractions of train.max_tokens at which a blueprint is published; one is also published at a STOP."""
+    checkpoints: Annotated[list[Fraction], Field(min_length=1)] = field(default_factory=lambda: [0.25, 0.5, 0.8, 1.0])
+    """Fractions of train.max_tokens at which a blueprint is published; one is also published at a STOP. The
+    default run usually stops near 40 %: 0.25 gives it a blueprint before its STOP."""
     domains: list[str] | None = None
-    """Names from data.domains to probe at blueprint checkpoints; None: all of them."""
+    """Names from data.domains to probe at blueprint checkpoints; None: all of them (see `JobConfig.probe_domains`)."""
     histogram: HistogramConfig = field(default_factory=HistogramConfig)
-    statistic: str = "mean"
-    """mean | median of the per-batch norms (§5 "Fidelity"), with a bootstrap CI."""
-    ci_level: float = 0.95
-    n_resamples: int = 1000
-    fit_method: str = "binned-mle"
-    """binned-mle | rank-lstsq: how the power-law exponent α is fitted to each histogram."""
-    top_k: float = 0.1
+    statistic: Statistic = Statistic.mean
+    """The statistic of the per-batch norms, with a bootstrap CI."""
+    ci_level: Annotated[float, Field(gt=0.0, le=0.999999)] = 0.95
+    n_resamples: Count = 1000
+    fit_method: FitMethod = FitMethod["binned-mle"]  # type: ignore[valid-type]
+    top_k: Fraction = 0.1
     """Fraction k of a submodule's entries whose share of gradient mass, m(k), is logged (grad/topk_share/<id>)."""
-    noise_multiplier: float = 0.0
+    noise_multiplier: Annotated[float, Field(ge=0.0, le=1e6)] = 0.0
     """> 0: Gaussian noise σ = noise_multiplier·noise_clip on the published norms (recorded in the file)."""
-    noise_clip: float = 1.0
+    noise_clip: Annotated[float, Field(gt=0.0, le=1e30)] = 1.0
     model_id: str | None = None
     """The blueprints' model id; None: the job id."""
 
 
+@with_config(STRICT)
 @dataclass
 class TelemetryConfig:
     """Per-rank energy/power/memory sampling: NVML for GPUs, codecarbon for CPU/RAM and carbon."""
 
     enabled: bool = True
-    interval_s: float = 1.0
+    interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
     nvml: bool = True
     codecarbon: bool = True
-    country_iso_code: str = "USA"
-    codecarbon_measure_s: float = 1.0
+    country_iso_code: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "USA"
+    """An ISO 3166-1 alpha-3 code, e.g. USA, FRA, DEU."""
+    codecarbon_measure_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
 
 
+@with_config(STRICT)
 @dataclass
 class TrackingConfig:
     """MLflow: any tracking URI; None is a SQLite store under `runs_dir`."""
 
     uri: str | None = None
-    experiment: str = "cpr"
+    experiment: Annotated[str, Field(pattern=NOT_BLANK)] = "cpr"
     enabled: bool = True
 
 
+@with_config(STRICT)
 @dataclass
 class ClusterConfig:
     """Where the workers run: a local Ray instance (address None) or an existing cluster."""
 
-    address: str | None = None
+    address: Annotated[str, Field(pattern=NOT_BLANK)] | None = None
     """None: start Ray on this machine; "auto" or "host:port": join a running cluster."""
-    num_workers: int = 2
+    num_workers: Count = 2
     """Data-parallel ranks (one Ray actor each) the job starts with."""
-    min_workers: int | None = None
+    min_workers: Count | None = None
     """Fewest ranks the scheduler may shrink it to while others wait (None: num_workers, never shrunk)."""
-    max_workers: int | None = None
+    max_workers: Count | None = None
     """Most ranks the scheduler may grow it to while it pays above η (None: num_workers, never grown).
     A resize is a checkpoint-restart; the global batch stays micro_batch × grad_accum × num_workers sequences."""
-    resize_cooldown_s: float = 120.0
+    resize_cooldown_s: Annotated[float, Field(ge=0.0, le=1e7)] = 120.0
     """Least time between two resizes of this job (each costs a checkpoint-restart)."""
-    cpus_per_worker: int = 1
-    gpus_per_worker: int = 0
+    cpus_per_worker: Count = 1
+    gpus_per_worker: Annotated[int, _ints(0)] = 0
     """0 on CPU (gloo); 1 for one rank per GPU (NCCL)."""
-    memory_gb_per_worker: float | None = None
+    memory_gb_per_worker: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
     """Memory a rank may use; None: the node's memory divided by the ranks placed on it."""
-    backend: str | None = None
-    """gloo | nccl; None: nccl with GPUs, gloo without."""
-    num_cpus: int | None = None
+    backend: Backend | None = None
+    """None: nccl with GPUs, gloo without."""
+    num_cpus: Count | None = None
     """Local Ray only: logical CPUs to declare (None: this machine's count)."""
     namespace: str = "cpr"
     dashboard: bool = False
     """Start the Ray dashboard (local Ray or a detached head only); it has no authentication."""
     dashboard_host: str = "127.0.0.1"
     """Address the Ray dashboard listens on; 127.0.0.1 keeps it on this machine."""
-    metrics_export_port: int | None = None
+    metrics_export_port: Annotated[int, _ints(1, 65535)] | None = None
     """Local Ray only: the port of this node's Ray metrics agent, where Prometheus scrapes Ray's and the controller's
     metrics (`ray_cpr_*`); None: Ray picks one and lists it in /tmp/ray/prom_metrics_service_discovery.json."""
-    max_restarts: int = 3
+    max_restarts: Annotated[int, _ints(0)] = 3
     """Times a job's gang may lose a rank (a killed or crashed process, a lost node) and be restarted from its last
     checkpoint before the job fails; a rank's Python exception fails the job at once."""
 
+    def world_sizes(self) -> list[int]:
+        """Every data-parallel size the job may run at, smallest first (just num_workers unless it may resize)."""
+        lo = self.num_workers if self.min_workers is None else self.min_workers
+        hi = self.num_workers if self.max_workers is None else self.max_workers
+        return list(range(lo, hi + 1))
 
+    def slot_unit(self) -> tuple[str, int]:
+        """The pool a job's ranks draw from and the slots one rank takes: GPUs when its ranks use GPUs (a GPU is
+        the scarce slot there), else CPUs."""
+        return ("GPU", self.gpus_per_worker) if self.gpus_per_worker > 0 else ("CPU", self.cpus_per_worker)
+
+
+@with_config(STRICT)
 @dataclass
 class JobConfig:
     """One pretraining job: the root of `conf/config.yaml`."""
 
-    name: str = "cpr"
-    seed: int = 0
+    name: Annotated[str, Field(pattern=NAME_PATTERN)] = "cpr"
+    """1-64 letters, digits, '_', '.', '-' (it names folders)."""
+    seed: Annotated[int, _ints(0, MAX_SEED)] = 0
     detach: bool = False
     """Return at once with the job id; the job runs on in the Ray cluster."""
-    priority: int = 5
-    """0 (lowest) to 9 (highest): the order in which queued jobs get the pool's free slots."""
-    group: str | None = None
+    priority: Annotated[int, _ints(PRIORITY_MIN, PRIORITY_MAX)] = 5
+    """0 (lowest) to 9 (highest): queued jobs get the pool's free slots by priority, then submission time."""
+    group: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     """Jobs of one group (e.g. a sweep: `cpr submit -m train.lr=1e-3,3e-3 group=lr`) compete for its best Ψ: the
     scheduler stops a job whose forecast Ψ at its budget is below the best Ψ another already reached."""
-    runs_dir: str = "cpr_runs"
+    runs_dir: Annotated[str, Field(pattern=NOT_BLANK)] = "cpr_runs"
     """Local home of the default MLflow store, checkpoints and the controller's state."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -268,3 +451,132 @@ class JobConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences of one optimizer step over all ranks: DeepSpeed's train_batch_size."""
+        return self.train.micro_batch * self.train.grad_accum * self.cluster.num_workers
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all ranks."""
+        return self.train.seq_len * self.sequences_per_step
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the token budget."""
+        return self.train.max_tokens // self.tokens_per_step
+
+    def world_sizes(self) -> list[int]:
+        """Every data-parallel size the job may run at, smallest first."""
+        return self.cluster.world_sizes()
+
+    def slot_unit(self) -> tuple[str, int]:
+        """The Ray resource its ranks are counted in and the slots one rank takes."""
+        return self.cluster.slot_unit()
+
+    def resized(self, world: int) -> JobConfig:
+        """The job at another data-parallel size with the same global batch: grad_accum absorbs the change, so the
+        tokens per optimizer step, the step count and the LR schedule stay as they were."""
+        t = self.train
+        return dataclasses.replace(
+            self,
+            cluster=dataclasses.replace(self.cluster, num_workers=world),
+            train=dataclasses.replace(t, grad_accum=self.sequences_per_step // (t.micro_batch * world)),
+        )
+
+    def resource_model(self, n_params: int) -> ResourceModel:
+        """The per-rank bytes per parameter (optimizer, precision, ZeRO stage, world size and micro-batch
+        activations): the memory check at submit and k* in its blueprints (Prop. B.1) both use it."""
+        from orchestrator.core.resource_model import activation_bytes, resource_model
+
+        m, t, d = self.model, self.train, self.deepspeed
+        return resource_model(
+            n_params=n_params,
+            optimizer=d.optimizer.value,  # type: ignore[arg-type]
+            precision=d.precision.value,  # type: ignore[arg-type]
+            zero_stage=d.zero_stage,
+            dp_world_size=self.cluster.num_workers,
+            activation_bytes=activation_bytes(
+                seq_len=t.seq_len,
+                micro_batch=t.micro_batch,
+                hidden=m.hidden_size,
+                n_layers=m.num_layers,
+                n_heads=m.num_heads,
+                bytes_per_value=d.bytes_per_value,
+            ),
+        )
+
+    def probe_domains(self) -> list[str]:
+        """The validation domains the probe measures at blueprint checkpoints (checked against data.domains)."""
+        defined = list(self.data.domains)
+        if self.probe.domains is None:
+            return defined
+        for name in self.probe.domains:
+            if name not in defined:
+                raise InputError(
+                    "probe.domains",
+                    f"unknown domain {name!r}",
+                    f"define it under data.domains (defined: {', '.join(defined) or 'none'})",
+                )
+        return list(dict.fromkeys(self.probe.domains))
+
+
+def shown(value: Any) -> str:
+    """A value as an error message shows it: repr, shortened."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 80 else f"{text[:60]}… ({len(text)} characters)"
+
+
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter:
+    """pydantic's validator of a type, built once."""
+    return TypeAdapter(kind)
+
+
+def _checked(adapter: TypeAdapter, value: Any, where: str) -> Any:
+    """`value` validated by `adapter`; the first violation as an InputError naming its field under `where`."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        field_name = (where + loc).lstrip(".")
+        problem = error["msg"][:1].lower() + error["msg"][1:]
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            raise InputError(field_name, "unknown key", "check the spelling; the schema lists every key") from None
+        hint = _default_of(adapter, error["loc"])
+        raise InputError(field_name, f"{problem}, got {shown(error['input'])}", hint) from None
+
+
+def _default_of(adapter: TypeAdapter, loc: tuple[Any, ...]) -> str | None:
+    """`default: <value>` of the schema field at `loc` under the adapter's dataclass, if it has a plain one."""
+    kind = getattr(adapter, "_type", None)
+    default: Any = None
+    for part in loc:
+        fields = {f.name: f for f in dataclasses.fields(kind)} if dataclasses.is_dataclass(kind) else {}
+        if part not in fields:
+            return None
+        f = fields[part]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = type(default)
+    if dataclasses.is_dataclass(default):
+        return None
+    return f"default: {default.value if isinstance(default, StrEnum) else default}"
+
+
+def check_value(adapter: TypeAdapter, value: Any, where: str, requirement: str) -> None:
+    """One value against a constrained type, refused as `where: must be <requirement>`."""
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        raise InputError(where, f"must be {requirement}, got {shown(value)}", None) from None
+
+
+def check_fields(config: Any, where: str = "") -> None:
+    """Every field constraint of a config (a JobConfig or one of its parts) with pydantic: InputError naming the
+    first field that breaks one."""
+    _checked(_adapter(type(config)), config, where)

@@ -15,7 +15,7 @@ def deepspeed_config(job: JobConfig, *, load_universal: bool = False) -> dict[st
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch,
         "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.micro_batch * t.grad_accum * job.cluster.num_workers,
+        "train_batch_size": job.sequences_per_step,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": d.zero_stage},
         "bf16": {"enabled": d.precision == "bf16"},

@@ -123,7 +123,6 @@ class TrainWorker:
         torch.set_num_threads(job.train.threads_per_worker or job.cluster.cpus_per_worker)
         import deepspeed
 
-        from orchestrator.config.validate import checkpoint_interval
         from orchestrator.core.reports import EvalReport, TrainReport
         from orchestrator.data.batches import TrainBatches, val_batches
         from orchestrator.data.prepare import PreparedData
@@ -135,8 +134,8 @@ class TrainWorker:
         t = job.train
         prepared = PreparedData.from_dict(self.prepared)
         model = build_model(job.model, prepared.vocab_size, t.seq_len, job.seed)
-        per_step = t.seq_len * t.micro_batch * t.grad_accum * self.world_size
-        total_steps = t.max_tokens // per_step
+        per_step = job.tokens_per_step  # the group starts each rank with its world size as cluster.num_workers
+        total_steps = job.total_steps
         resume = self.resume
         engine = build_engine(job, model, total_steps, load_universal=bool(resume and resume["universal"]))
         batches = TrainBatches(prepared, t.seq_len, t.micro_batch, t.grad_accum, self.rank, self.world_size, job.seed)
@@ -175,13 +174,12 @@ class TrainWorker:
 
         probe, probe_sets, probe_steps, probe_s = None, {}, {}, 0.0
         if job.probe.enabled and not bare:
-            from orchestrator.config.validate import histogram_spec, probe_domains
             from orchestrator.worker.probe import GradientProbe
 
             pc = job.probe
-            probe = GradientProbe(engine, histogram_spec(job))
+            probe = GradientProbe(engine, pc.histogram.spec())
             n_seq = pc.batches * t.micro_batch * self.world_size
-            for domain in ["general", *probe_domains(job)]:
+            for domain in ["general", *job.probe_domains()]:
                 split = "val" if domain == "general" else domain
                 windows = val_batches(prepared, t.seq_len, t.micro_batch, n_seq, split=split)
                 probe_sets[domain] = windows[self.rank :: self.world_size][: pc.batches]
@@ -241,7 +239,7 @@ class TrainWorker:
             return Path(self.checkpoint_dir) / tag
 
         # The latest checkpoint of a finite state: a periodic one, else the one this gang started from.
-        every = checkpoint_interval(job)
+        every = t.checkpoint_steps()
         finite_ckpt = str(Path(resume["dir"]) / resume["tag"]) if resume is not None else None
         periodic: list[Path] = []
         finite = True  # the latest train report's loss and evaluation check were finite

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config.compose import GROUPS, compose_job, options
-from orchestrator.config.validate import stop_rule_config, validate_job
+from orchestrator.config.validate import validate_job
 from orchestrator.core import stop_rule
 from tests.cli.conftest import refused
 
@@ -66,15 +66,15 @@ def test_the_stop_defaults_are_the_cores(option: str) -> None:
     """No threshold set: the budget-aware η with the core's δ, window, patience and warm-up (as `cpr replay`)."""
     stop = compose_job([f"stop={option}"]).stop
     assert (stop.max_loss, stop.eta, stop.eta_rel) == (None, None, None)
-    rule = stop_rule_config(stop)
+    rule = stop.rule_config()
     assert (rule.max_loss, rule.eta, rule.eta_rel) == (stop_rule.DEFAULT_MAX_LOSS, None, None)
     assert (rule.window, rule.patience, rule.min_checks) == (
         stop_rule.DEFAULT_WINDOW,
         stop_rule.DEFAULT_PATIENCE,
         stop_rule.DEFAULT_MIN_CHECKS,
     )
-    assert stop_rule_config(compose_job([f"stop={option}", "stop.max_loss=0.05"]).stop).max_loss == 0.05
-    relative = stop_rule_config(compose_job([f"stop={option}", "stop.eta_rel=0.05"]).stop)
+    assert compose_job([f"stop={option}", "stop.max_loss=0.05"]).stop.rule_config().max_loss == 0.05
+    relative = compose_job([f"stop={option}", "stop.eta_rel=0.05"]).stop.rule_config()
     assert (relative.max_loss, relative.eta_rel) == (None, 0.05)
 
 
