@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.controller.actor import Controller, JobHandle
+from orchestrator.controller.actor import Controller
+from orchestrator.controller.events import GangStarted
+from orchestrator.controller.handles import JobHandle, new_entry
 from orchestrator.controller.metrics import EXPORTED, METRICS, ControllerMetrics
 from orchestrator.controller.store import JobStore
 from orchestrator.core.ledger import Metric
@@ -102,15 +104,17 @@ class FakeWriter:
 def controller(tmp_path) -> Controller:
     """A controller outside Ray (no sink: the values only) holding one job fed by hand."""
     c = Controller()
-    h = JobHandle(job_id="j", job=JobConfig(), tracker=tracker(), store=JobStore(tmp_path), writer=FakeWriter())
+    entry = new_entry("j", JobConfig(), tracker(), submitted_t=T0, run_id="run", sweep=None)
+    h = JobHandle(entry=entry, job=JobConfig(), store=JobStore(tmp_path), writer=FakeWriter())
     c.jobs["j"] = h
+    c.state.jobs["j"] = entry
     c.metrics.job_state("j", h.state)
     return c
 
 
 def test_the_controller_updates_them_at_its_events(controller: Controller) -> None:
     c, h = controller, controller.jobs["j"]
-    c._set_state(h, "running")
+    c.step_job(h, GangStarted("j", 1))
     for i in range(1, 40):
         t = T0 + 10 * i
         sample = {"sample_id": f"cpu/{i}", "source": "n/rank0/cpu", "metric": Metric.ENERGY_J.value, "t_s": t}
