@@ -2,14 +2,13 @@
 
 Types, enums and unknown keys were checked by OmegaConf, each field's range by `schema.check_fields`; this checks
 how fields fit together. Checks that need the outside world (data on disk, the Ray cluster, the tracking store)
-live with the code that talks to it and run in `launch.submit` before anything starts.
+live with the code that talks to it and run in `orchestrator.submission.preflight` before anything starts.
 """
 
 from __future__ import annotations
 
 from orchestrator.blueprints.store import check_model_id
-from orchestrator.config.schema import DomainConfig, JobConfig, StopConfig, check_fields
-from orchestrator.core.resource_model import ResourceModel
+from orchestrator.config.schema import JobConfig, check_fields
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRuleConfig
 from orchestrator.errors import InputError
@@ -111,36 +110,3 @@ def validate_job(job: JobConfig) -> StopRuleConfig:
         if job.probe.model_id is not None:
             check_model_id(job.probe.model_id)
     return validate_stop(job)
-
-
-# kept for callers being rewritten: the controller, launch.submit; use the JobConfig methods instead.
-def stop_rule_config(stop: StopConfig) -> StopRuleConfig:  # kept for callers being rewritten
-    return stop.rule_config()
-
-
-def job_resource_model(job: JobConfig, n_params: int) -> ResourceModel:  # kept for callers being rewritten
-    return job.resource_model(n_params)
-
-
-def world_sizes(job: JobConfig) -> list[int]:  # kept for callers being rewritten
-    return job.world_sizes()
-
-
-def slot_unit(job: JobConfig) -> tuple[str, int]:  # kept for callers being rewritten
-    return job.slot_unit()
-
-
-def resized(job: JobConfig, world: int) -> JobConfig:  # kept for callers being rewritten
-    return job.resized(world)
-
-
-def tokens_per_step(job: JobConfig) -> int:  # kept for callers being rewritten
-    return job.tokens_per_step
-
-
-def domain_configs(job: JobConfig) -> dict[str, DomainConfig]:  # kept for callers being rewritten
-    return job.data.domain_configs()
-
-
-def probe_domains(job: JobConfig) -> list[str]:  # kept for callers being rewritten
-    return job.probe_domains()

@@ -44,7 +44,6 @@ from orchestrator.controller.events import (
     Train,
 )
 from orchestrator.controller.handles import JobHandle, load_handle, new_entry
-from orchestrator.controller.job_facts import rule_config
 from orchestrator.controller.metrics import ControllerMetrics, default_sink
 from orchestrator.controller.publishing import publish_blueprint
 from orchestrator.controller.registry import JobRegistry, default_registry
@@ -154,7 +153,7 @@ class Controller:
             )
         tracker = JobTracker(
             job_id=job_id,
-            rule_config=rule_config(cfg),
+            rule_config=cfg.stop.rule_config(),
             enforce=cfg.stop.enforce,
             max_tokens=cfg.train.max_tokens,
             flops_model=FlopsModel(**flops_model),

@@ -24,7 +24,6 @@ from orchestrator.controller.events import (
     RestartReady,
 )
 from orchestrator.controller.handles import JobHandle
-from orchestrator.controller.job_facts import at_size
 from orchestrator.errors import InputError
 from orchestrator.tracking.runs import is_stop_requested
 from orchestrator.worker.group import WorkerGroup
@@ -57,7 +56,7 @@ def run_job(ctl: Controller, h: JobHandle, adopt: bool = False) -> None:
     try:
         while True:
             world = ctl.state.gang_world(h.job_id, adopt=adopt)
-            job = at_size(h.job, world)
+            job = h.job.resized(world)
             rec = h.entry.record
             h.group = group = WorkerGroup(
                 job_id=h.job_id,

@@ -1,27 +1,16 @@
-"""A job's config as the controller needs it: the one module of the controller that reads `orchestrator.config`'s
-derived values (slot unit, world sizes, tokens per step, a resized copy, the stop rule's and resource model's
-configs), so a change to how they are computed touches only this file."""
+"""A job's config as the pure controller state needs it: plain facts drawn from the typed config's derived values
+(`JobConfig.slot_unit`, `world_sizes`, `tokens_per_step`)."""
 
 from __future__ import annotations
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.config.validate import (
-    job_resource_model,
-    resized,
-    slot_unit,
-    stop_rule_config,
-    tokens_per_step,
-    world_sizes,
-)
 from orchestrator.controller.records import JobFacts
-from orchestrator.core.resource_model import ResourceModel
-from orchestrator.core.stop_rule import StopRuleConfig
 
 
 def job_facts(job: JobConfig) -> JobFacts:
     """What the pure controller state decides on."""
-    kind, step = slot_unit(job)
-    sizes = world_sizes(job)
+    kind, step = job.slot_unit()
+    sizes = job.world_sizes()
     c = job.cluster
     return JobFacts(
         name=job.name,
@@ -35,20 +24,6 @@ def job_facts(job: JobConfig) -> JobFacts:
         resize_cooldown_s=c.resize_cooldown_s,
         max_restarts=c.max_restarts,
         max_tokens=job.train.max_tokens,
-        tokens_per_step=tokens_per_step(job),
+        tokens_per_step=job.tokens_per_step,
         zero_stage=job.deepspeed.zero_stage,
     )
-
-
-def at_size(job: JobConfig, world: int) -> JobConfig:
-    """The job run with `world` ranks."""
-    return resized(job, world)
-
-
-def rule_config(job: JobConfig) -> StopRuleConfig:
-    return stop_rule_config(job.stop)
-
-
-def resource_at_size(job: JobConfig, world: int, n_params: int) -> ResourceModel:
-    """Its resource model (what a blueprint records) at `world` ranks."""
-    return job_resource_model(resized(job, world), n_params)

@@ -10,7 +10,6 @@ from orchestrator.blueprints.publish import BlueprintSettings, blueprint_from_pr
 from orchestrator.config.compose import job_to_yaml
 from orchestrator.controller.events import BlueprintPublished
 from orchestrator.controller.handles import JobHandle
-from orchestrator.controller.job_facts import resource_at_size
 from orchestrator.core.reports import ProbeReport
 
 
@@ -45,7 +44,7 @@ def publish_blueprint(h: JobHandle, reports: list[ProbeReport]) -> BlueprintPubl
     bp = blueprint_from_probes(
         reports,
         settings,
-        resource=resource_at_size(job, world, n_params),
+        resource=job.resized(world).resource_model(n_params),
         run_id=h.writer.run_id,
         provenance=provenance,
     )

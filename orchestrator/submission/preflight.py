@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from orchestrator.config.schema import JobConfig
-from orchestrator.config.validate import domain_configs, probe_domains
 from orchestrator.errors import InputError
 
 
@@ -100,8 +99,8 @@ def preflight(job: JobConfig) -> None:
         check_tracking_uri(uri)
     check_data(job.data)
     if job.probe.enabled:
-        configs = domain_configs(job)
-        for name in probe_domains(job):
+        configs = job.data.domain_configs()
+        for name in job.probe_domains():
             open_domain(name, configs[name])
     c = job.cluster
     if c.address is None:
@@ -115,12 +114,10 @@ def check_memory(job: JobConfig, n_params: int) -> float:
     size the scheduler may resize the job to (fewer ranks hold bigger ZeRO shards; more ranks share the node)."""
     import psutil
 
-    from orchestrator.config.validate import job_resource_model, resized, world_sizes
-
     c = job.cluster
     at_start = 0.0
-    for world in world_sizes(job):
-        rm = job_resource_model(resized(job, world), n_params)
+    for world in job.world_sizes():
+        rm = job.resized(world).resource_model(n_params)
         need_gb = (rm.cost_fixed + rm.cost_per_param) * n_params / 1e9
         if c.memory_gb_per_worker is not None:
             limit, where = c.memory_gb_per_worker, "cluster.memory_gb_per_worker"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config.compose import job_to_dict
-from orchestrator.config.validate import domain_configs, probe_domains
 from orchestrator.errors import InputError
 from orchestrator.submission.plan import JobPlan
 from orchestrator.submission.preflight import check_memory
@@ -87,8 +86,8 @@ def prepare(
         carbon = carbon_intensity_kg_per_kwh(job.telemetry.country_iso_code)
     prepared = prepare_data(job.data, log=log)
     if job.probe.enabled:
-        domains = probe_domains(job)
-        configs = domain_configs(job)
+        domains = job.probe_domains()
+        configs = job.data.domain_configs()
         prepared = prepare_domains({d: configs[d] for d in domains}, prepared, log=log)
         need = job.probe.batches * job.train.micro_batch * job.cluster.num_workers + job.train.seq_len + 1
         for name in domains:

@@ -12,10 +12,10 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from launch.submit import plan
 from orchestrator.config.compose import compose_job
 from orchestrator.controller.actor import controller_handle
 from orchestrator.controller.metrics import EXPORTED, RAY_PREFIX
+from orchestrator.submission import plan_of, prepare
 from tests.integration.cluster import wait_all
 
 NAMESPACE = "cpr-metrics-test"
@@ -118,7 +118,8 @@ def test_the_real_controllers_gauges_stay_after_its_job_ends(metrics_port: int, 
     """The real controller, a real short job: its gauges are still scraped once the agent would have dropped any
     series set for the last time when the job ended (Ray exports a gauge value once; cpr re-records them)."""
     controller = controller_handle(NAMESPACE, detached=False)
-    job, _ = plan(compose_job(["+experiment=debug", "probe=off", "telemetry=off", f"runs_dir={tmp_path / 'runs'}"]))
+    overrides = ["+experiment=debug", "probe=off", "telemetry=off", f"runs_dir={tmp_path / 'runs'}"]
+    job = prepare(plan_of(compose_job(overrides))).submission
     job.send(controller)
     result, _ = wait_all(controller, [job.job_id], timeout_s=400)
     assert result[job.job_id]["summary"]["reason"] == "marginal_return"

@@ -50,7 +50,10 @@ def test_every_job_of_a_sweep_is_composed_named_and_checked_once(monkeypatch) ->
     [
         ([f"seed=range(0,{MAX_SWEEP_JOBS + 1})"], f"--multirun: the sweep expands to {MAX_SWEEP_JOBS + 1} jobs"),
         (["seed=1,2", "name=same"], "name: the sweep gives several jobs the name 'same'"),
-        (["seed=1,2", "priority=12"], "job #0 (seed=1 priority=12): priority: must be an integer in 0..9"),
+        (
+            ["seed=1,2", "priority=12"],
+            "job #0 (seed=1 priority=12): priority: input should be less than or equal to 9, got 12",
+        ),
         (["seed=interval(0,1)"], "overrides: seed: an interval sweep has no discrete values"),
     ],
 )
@@ -117,5 +120,8 @@ def test_a_hydra_app_with_cprs_launcher_gets_a_refused_sweep_back_as_its_error(t
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},  # this checkout's cpr
     )
     assert done.returncode != 0
-    assert "InputError: job #0 (+experiment=debug seed=1 priority=12): priority: must be an integer" in done.stderr
+    assert (
+        "InputError: job #0 (+experiment=debug seed=1 priority=12): priority: input should be less than or equal to 9"
+        in done.stderr
+    )
     assert not (tmp_path / "cpr_runs" / "jobs").exists()
