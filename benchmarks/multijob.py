@@ -32,6 +32,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from orchestrator.core import names
+
 POOL = 2
 JOB = [
     "+experiment=debug",
@@ -131,8 +133,8 @@ def measure(out: dict[str, Any]) -> dict[str, Any]:
     for job_id in out["jobs"]:
         done = out["result"][job_id]
         run_id = done["run_id"]
-        loss = {m.step: (m.timestamp / 1000, -m.value) for m in client.get_metric_history(run_id, "val/loss")}
-        by_step = {m.step: m.value for m in client.get_metric_history(run_id, "cpr/gamma/energy_kwh")}
+        loss = {m.step: (m.timestamp / 1000, -m.value) for m in client.get_metric_history(run_id, names.VAL_LOSS)}
+        by_step = {m.step: m.value for m in client.get_metric_history(run_id, names.gamma("energy_kwh"))}
         energy = sorted((t, by_step[step]) for step, (t, _) in loss.items() if step in by_step)
         slots = [(d["t_s"], d["to_slots"]) for d in log if d["job_id"] == job_id]
         s = done["summary"] or {}

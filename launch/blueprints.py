@@ -1,4 +1,4 @@
-"""`cpr blueprint validate|show|diff|aggregate`: inspect gradient blueprint files (§5, App. A; README: blueprints).
+"""`cpr blueprint validate|show|diff|aggregate`: inspect gradient blueprint files (§5, App. A; docs/blueprints.md).
 
 Human output is rich tables; `--json` prints one JSON object. Bad files raise InputError, which the dispatcher
 prints as one line with exit code 2.

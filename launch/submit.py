@@ -145,9 +145,7 @@ def follow(started: Started, job: JobConfig) -> Outcome:
     from orchestrator.submission import follow as follow_job
     from orchestrator.submission import request_stop
 
-    total_steps = job.train.max_tokens // (
-        job.train.seq_len * job.train.micro_batch * job.train.grad_accum * job.cluster.num_workers
-    )
+    total_steps = job.total_steps
     interrupted = {"n": 0}
 
     def on_sigint(signum: int, frame: Any) -> None:

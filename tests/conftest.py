@@ -19,6 +19,18 @@ from launch.cli import main
 settings.register_profile("cpr", deadline=None, print_blob=True)
 settings.load_profile("cpr")
 
+ENGINE_DIRS = tuple(Path(__file__).parent / d for d in ("integration", "e2e"))
+"""Every test under these starts real engines (Ray, DeepSpeed, MLflow, a venv)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the engine tests `integration`, so `make test` (and a bare `pytest`) leaves them to `make
+    test-integration`."""
+    for item in items:
+        if any(d in item.path.parents for d in ENGINE_DIRS):
+            item.add_marker(pytest.mark.integration)
+
+
 CPR = str(Path(sys.executable).with_name("cpr"))
 """The installed `cpr` entry point of this interpreter's environment."""
 

@@ -1,4 +1,4 @@
-"""Gradient blueprints (§5, App. A; README: blueprints): build, validate, store, compare, drift-check and noise them.
+"""Gradient blueprints (§5, App. A; docs/blueprints.md): build, validate, store, compare, drift-check and noise them.
 
 Pure code: standard library, numpy, scipy, jsonschema and pydantic only. The JSON Schema ships as package data
 (`schema/blueprint.schema.json`), generated from the document models in `documents` by `schema_gen`.

@@ -1,7 +1,7 @@
 """Checks a valid blueprint can still fail: do its numbers follow from each other as the paper defines them?
 
 These are notes, not errors: the paper's own Appendix A example pairs α = 1.47 with γ = 0.60, while
-γ = 1 − α/(1+α) gives 0.405 (README: maths, erratum), and a consumer should know before relying on γ or k*.
+γ = 1 − α/(1+α) gives 0.405 (docs/maths.md, erratum), and a consumer should know before relying on γ or k*.
 """
 
 from __future__ import annotations

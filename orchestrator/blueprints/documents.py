@@ -113,7 +113,7 @@ class BlueprintPaper(_Paper):
 
 
 class Fit(_Strict):
-    """How `alpha` was fitted and how well (README: maths: a stated method and its quality); `error` says why there
+    """How `alpha` was fitted and how well (docs/maths.md: a stated method and its quality); `error` says why there
     is no fit."""
 
     method: Literal["binned-mle", "rank-lstsq"]

@@ -1,7 +1,7 @@
 """Parameter names to blueprint ids (App. A.1 (i): "attn.0", "ffn.12"), with the prefixes each id covers.
 
 An adapter freezes/unfreezes by prefix, so every id records the exact module paths (ending with ".") it covers
-(README: blueprints). Hugging Face Llama/Mistral/Qwen and GPT-2 names are recognised; a leading wrapper such as
+(docs/blueprints.md). Hugging Face Llama/Mistral/Qwen and GPT-2 names are recognised; a leading wrapper such as
 ``module.`` (DeepSpeed/DDP) or ``_orig_mod.`` (torch.compile) is ignored for matching but kept in the prefixes.
 Anything else goes to the id ``other``.
 """

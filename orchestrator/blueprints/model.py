@@ -1,4 +1,4 @@
-"""Blueprint files (§5, App. A.1; README: blueprints): typed values, strict JSON reading/writing, schema validation.
+"""Blueprint files (§5, App. A.1; docs/blueprints.md): typed values, strict JSON reading/writing, schema validation.
 
 Two shapes load: the paper's Appendix A.1 shape (no `schema_version`; fields it does not know are kept verbatim
 in `extra` so the file round-trips), and schema 1.0 (`schema_version: "1.0"`), which adds versioning, fidelity,

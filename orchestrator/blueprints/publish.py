@@ -1,4 +1,4 @@
-"""From a training job's gradient probes to published blueprint versions (§5, App. A; README: build, blueprints).
+"""From a training job's gradient probes to published blueprint versions (§5, App. A; docs/blueprints.md).
 
 Pure: the controller passes plain probe reports and job facts in, and writes what comes out to MLflow. A version
 is published once per (run, step, checkpoint): publishing again, e.g. after a controller restart replays its

@@ -1,4 +1,4 @@
-"""A local, versioned blueprint store: root/<model_id>/v<N>/blueprint.json (README: blueprints).
+"""A local, versioned blueprint store: root/<model_id>/v<N>/blueprint.json (docs/blueprints.md).
 
 Published versions are immutable: a file is written once, through a temporary file hard-linked into place
 (`os.link` fails if the target exists), so a crash never leaves half a file and two publishers never overwrite

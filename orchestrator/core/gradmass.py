@@ -2,7 +2,7 @@
 
 Gradient magnitudes are summarised in a mergeable log-spaced histogram (each rank/shard builds its own with the
 same spec; merging is exact in the counts), and every quantity is computed from that measured distribution rather
-than from the paper's integral approximation (README: maths). Names: ``powerlaw_alpha`` is the rank-size exponent
+than from the paper's integral approximation (docs/maths.md). Names: ``powerlaw_alpha`` is the rank-size exponent
 of eq. (1); ``cost_fixed`` / ``cost_per_param`` are the paper's α, β of the resource model (eq. (10)).
 """
 

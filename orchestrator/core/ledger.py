@@ -1,4 +1,4 @@
-"""Resource ledger: cumulative Γ of every kind from telemetry samples (README: maths; Γ of §3).
+"""Resource ledger: cumulative Γ of every kind from telemetry samples (docs/maths.md; Γ of §3).
 
 Samples arrive from many sources (one per GPU, per node's CPU/RAM meter, per training rank) as plain data.
 Each (source, metric) pair is one time series:

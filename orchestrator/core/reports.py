@@ -56,7 +56,7 @@ class EvalReport:
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeReport:
-    """One gradient probe of one domain's validation batches, combined over ranks (§5; README: build).
+    """One gradient probe of one domain's validation batches, combined over ranks (§5; docs/blueprints.md).
 
     Per blueprint id: the gradient norm of every probe batch (one sample per rank and batch) and the magnitude
     histogram of all of them merged (`MagnitudeHistogram.to_dict` form). Only these statistics ever leave a rank.

@@ -1,4 +1,4 @@
-"""Resource kinds Γ that the ledger tracks and the stop rule can use (README: maths)."""
+"""Resource kinds Γ that the ledger tracks and the stop rule can use (docs/maths.md)."""
 
 from __future__ import annotations
 

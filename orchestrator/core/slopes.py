@@ -2,7 +2,7 @@
 
 Three estimators, chosen by `stop.estimator`:
 - ``endpoint``: (Ψ_last − Ψ_first) / (Γ_last − Γ_first), the paper's literal ΔΨ/ΔΓ; noisy.
-- ``lstsq``: ordinary least-squares slope of Ψ on Γ over the window (README: maths: a robust slope over the window).
+- ``lstsq``: ordinary least-squares slope of Ψ on Γ over the window (docs/maths.md: a robust slope over the window).
 - ``theil-sen``: the median of pairwise slopes (scipy.stats.theilslopes); robust to a noisy evaluation.
 """
 

@@ -1,4 +1,4 @@
-"""A real run seen in a real browser (issue 7): `cpr ui` over the store of one `cpr submit +experiment=debug` run,
+"""A real run seen in a real browser: `cpr ui` over the store of one `cpr submit +experiment=debug` run,
 its pages opened in Debian's headless Chromium through Selenium, and the run's CPR report (report/report.html, an
 artifact of the run) opened from a downloaded copy. The CPR metrics and every plot must render; screenshots land in
 artifacts/screenshots/ at the repository root.

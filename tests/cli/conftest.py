@@ -1,4 +1,4 @@
-"""The bad-input contract (README: bad input, issue 6) as the hostile-input tests assert it, for configs, blueprints and
+"""The bad-input contract (docs/bad-input.md) as the hostile-input tests assert it, for configs, blueprints and
 curves alike: exit code 2, one `cpr: error: ` line on stderr naming the field, no traceback, nothing written,
 nothing started."""
 

@@ -1,5 +1,6 @@
-"""Malformed and hostile blueprint files (issue 6, README: blueprints): `cpr blueprint validate|show|diff|aggregate`
-refuses each in one line naming the file and the field, exit 2, writing nothing; loading never executes anything.
+"""Malformed and hostile blueprint files (docs/blueprints.md, docs/bad-input.md):
+`cpr blueprint validate|show|diff|aggregate` refuses each in one line naming the file and the field, exit 2,
+writing nothing; loading never executes anything.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def test_the_store_refuses_model_ids_that_are_not_one_safe_folder_name(tmp_path,
 
 
 def test_loading_code_uses_plain_json_only():
-    """No pickle, marshal, eval or unsafe YAML anywhere a blueprint is read (README: blueprints)."""
+    """No pickle, marshal, eval or unsafe YAML anywhere a blueprint is read (docs/blueprints.md)."""
     files = [*(REPO / "orchestrator/blueprints").glob("*.py"), REPO / "launch/blueprints.py"]
     files.append(REPO / "orchestrator/tracking/published.py")
     forbidden = re.compile(r"\bimport (pickle|marshal|yaml|shelve|dill)\b|\b(eval|exec)\(|yaml\.(unsafe_)?load\(")

@@ -1,4 +1,4 @@
-"""Hostile `cpr submit` configs (issue 6): each is refused in one line naming the field, exit 2, before Hydra makes
+"""Hostile `cpr submit` configs: each is refused in one line naming the field, exit 2, before Hydra makes
 its output folder, before the data is prepared and before Ray starts; nothing is written.
 
 The `hostile` fixture (tests/cli/conftest.py) turns Hydra's app, Ray and data preparation into test failures, so a

@@ -1,4 +1,4 @@
-"""Bad curves for `cpr replay` (issue 6): each is refused in one line naming the file, row and column, exit 2,
+"""Bad curves for `cpr replay`: each is refused in one line naming the file, row and column, exit 2,
 nothing written; random CSV text either replays cleanly or is refused that way, never with a warning or traceback.
 """
 

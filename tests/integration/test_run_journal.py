@@ -78,7 +78,7 @@ def test_a_torn_last_line_is_skipped_and_marks_are_kept(tmp_path: Path) -> None:
 
 def test_a_step_below_the_highest_is_still_owed() -> None:
     """The reports a rank sent while the controller was down are retried concurrently on the restarted actor: step
-    40's may be logged before step 35's, which must not then be taken for a duplicate (a CI failure, issue 6)."""
+    40's may be logged before step 35's, which must not then be taken for a duplicate (a CI failure once)."""
     marks = Marks()
     for step in (5, 10, 15, 20, 25, 30, 40):
         marks.add("train", step)
