@@ -24,3 +24,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_json_lines(path: Path, records: list[Any], *, strict: bool = True) -> None:
+    """Append one JSON line per record and fsync: a crash loses no line already returned. `strict`: non-finite
+    numbers become null (`json_safe`); otherwise NaN is written as JSON's NaN extension."""
+    if not records:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        for record in records:
+            fh.write((json.dumps(json_safe(record), allow_nan=False) if strict else json.dumps(record)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -63,6 +63,11 @@ CONTROLLER_NAME = "cpr-controller"
 SCHEDULER_TICK_S = 0.5
 
 
+def scheduler_log(job_dir: str | Path) -> Path:
+    """The cluster's scheduler decisions, next to its jobs' folders: `<runs_dir>/scheduler/decisions.jsonl`."""
+    return Path(job_dir).parent.parent / "scheduler" / "decisions.jsonl"
+
+
 class Controller:
     """Ray actor body; create it with `controller_handle()`. `registry`: the file listing its jobs' folders (None:
     none kept, as in tests outside Ray)."""
@@ -113,7 +118,7 @@ class Controller:
             self.jobs[h.job_id] = h
             self.state.jobs[h.job_id] = h.entry
             self.metrics.restore(h.job_id, h.state, h.tracker.view())
-            self._schedule_log = root.parent.parent / "scheduler" / "decisions.jsonl"
+            self._schedule_log = scheduler_log(root)
         live = [h for h in self.jobs.values() if not h.done.is_set()]
         for h in live:
             if h.state not in WAITING:  # its gang was running (or starting, restarting, stopping)
@@ -208,7 +213,7 @@ class Controller:
         if self.registry is not None:
             self.registry.register(job_id, state_dir)
         with self.pool_lock:
-            self._schedule_log = Path(state_dir).parent.parent / "scheduler" / "decisions.jsonl"
+            self._schedule_log = scheduler_log(state_dir)
         self._start_scheduler()
         return {"job_id": job_id, "run_id": writer.run_id}
 

@@ -4,7 +4,6 @@ job later, publish a blueprint, poll `cpr stop`) through the `Shell` it is given
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +34,7 @@ from orchestrator.controller.events import (
 from orchestrator.controller.handles import JobHandle
 from orchestrator.controller.metrics import ControllerMetrics
 from orchestrator.core.decisions import StopReason
-from orchestrator.core.numbers import json_safe
+from orchestrator.files import append_json_lines
 from orchestrator.tracking.published import record_version
 
 
@@ -133,8 +132,5 @@ class EffectApplier:
 
     def _schedule_entry(self, e: ScheduleEntry) -> None:
         path = self.schedule_log()
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(json_safe(e.entry)) + "\n")
+        if path is not None:
+            append_json_lines(path, [e.entry])

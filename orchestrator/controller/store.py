@@ -8,12 +8,10 @@ rebuilds every job from these files; nothing lives only in its memory.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.numbers import json_safe
-from orchestrator.files import write_json_atomic
+from orchestrator.files import append_json_lines, write_json_atomic
 
 
 class JobStore:
@@ -35,13 +33,7 @@ class JobStore:
 
     def append(self, name: str, records: list[dict[str, Any]]) -> None:
         """Append JSON lines and flush them to disk."""
-        if not records:
-            return
-        with self.path(name).open("a", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_json_lines(self.path(name), records)
 
     def read_lines(self, name: str) -> list[dict[str, Any]]:
         path = self.path(name)

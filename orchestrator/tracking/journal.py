@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.files import write_json_atomic
+from orchestrator.files import append_json_lines, write_json_atomic
 
 JOURNAL = "mlflow_journal.jsonl"
 ACK = "mlflow_ack.json"
@@ -66,10 +66,7 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """One write, durable before it is queued (NaN metric values are legal in MLflow and in this JSON)."""
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_json_lines(self.path, [record], strict=False)
 
     def ack(self, seq: int, marks: Marks, *, drained: bool) -> None:
         """Everything up to `seq` is in the store; `drained`: nothing else is owed, so the log starts afresh."""
