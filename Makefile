@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/pip install -c constraints.txt
 STAMP := $(VENV)/.installed
+# faulthandler stays on past pytest's own (which ends with the session): a crash while the interpreter shuts down
+# prints every thread's stack instead of a bare "Segmentation fault".
+PYTEST := PYTHONFAULTHANDLER=1 $(BIN)/pytest
 
 .PHONY: install run test lint test-integration test-slow browser test-browser clean
 
@@ -29,16 +32,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The README's test command: lint, unit and CLI tests (pytest's default selection; no engine is started).
+# The README's test command: lint, unit and CLI tests (pytest's default selection; no engine is started), one
+# pytest worker per core (the blueprint tail fits and privacy accounting are CPU-bound).
 test: lint
-	$(BIN)/pytest
+	$(PYTEST) -n auto
 
 # Real jobs: Ray, DeepSpeed ranks, MLflow in a temp dir, a fresh venv.
 test-integration: $(STAMP)
-	$(BIN)/pytest -m "integration and not slow and not browser"
+	$(PYTEST) -m "integration and not slow and not browser"
 
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(PYTEST) -m slow
 
 # Debian's Chromium and its WebDriver (no browser download at run time); needs root or sudo.
 browser:
@@ -48,7 +52,7 @@ browser:
 
 # The MLflow UI and a run's report opened in headless Chromium; screenshots land in artifacts/screenshots/.
 test-browser: $(STAMP) browser
-	$(BIN)/pytest -m browser
+	$(PYTEST) -m browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -32,19 +32,19 @@ class _Rank:
 
     def run(self, addr: str, port: int, steps: int) -> dict[str, Any]:
         set_rank_env(addr, port, self.rank, self.world, self.rank, gpus=False)
-        import deepspeed
         import torch
         import torch.distributed as dist
 
         from orchestrator.data.batches import TrainBatches, val_batches
         from orchestrator.data.prepare import PreparedData
         from orchestrator.models import build_model
+        from orchestrator.worker.distributed import init_distributed
         from orchestrator.worker.engine import build_engine, token_loss
         from orchestrator.worker.probe import GradientProbe
 
         job, t = self.job, self.job.train
         torch.set_num_threads(job.cluster.cpus_per_worker)
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        init_distributed("gloo")
         prepared = PreparedData.from_dict(self.prepared)
         vocab = job.model.vocab_size or prepared.vocab_size
         engine = build_engine(job, build_model(job.model, vocab, t.seq_len, job.seed), 1000)

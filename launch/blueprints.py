@@ -24,7 +24,7 @@ from orchestrator.blueprints import (
     diff_blueprints,
     load_blueprint,
 )
-from orchestrator.blueprints.consistency import consistency_notes
+from orchestrator.blueprints.consistency import consistency_notes, degenerate_entries
 from orchestrator.errors import InputError
 
 EPILOG = """\
@@ -80,9 +80,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "validate",
         help="check files against the blueprint schema",
         description="Validate blueprint files against the JSON Schema and the rules it cannot say (finite "
-        "numbers, unique ids, size cap). Prints one OK line per file; stops at the first bad one (exit 2).",
+        "numbers, unique ids, size cap). Prints one OK line per file, with notes on numbers that do not follow from "
+        "each other and warnings on entries whose fit supports no recommendation; stops at the first bad file "
+        "(exit 2).",
     )
     v.add_argument("files", nargs="+", metavar="FILE", help="blueprint JSON files")
+    v.add_argument("--strict", action="store_true", help="exit 1 when any entry has a warning (for CI gates)")
     v.set_defaults(func=run_validate)
 
     s = sub.add_parser(
@@ -189,12 +192,16 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    warned = False
     for path in args.files:
         bp = load_blueprint(path)
         print(f"OK {path} ({len(bp.layers)} layers, schema {bp.shape})", flush=True)
         for note in consistency_notes(bp):
             print(f"  note: {note}", flush=True)
-    return 0
+        for warning in degenerate_entries(bp):
+            print(f"  warning: {warning}", flush=True)
+            warned = True
+    return 1 if args.strict and warned else 0
 
 
 # --------------------------------------------------------------------------------------------- show
@@ -233,7 +240,15 @@ def run_show(args: argparse.Namespace) -> int:
         )
     if bp.privacy is not None:
         p = bp.privacy
-        con.print(f"privacy: {p.mechanism} noise, clip {fmt(p.clip)}, σ {fmt(p.sigma)}: {escape(p.note)}")
+        guarantee = (
+            f"ε {fmt(p.epsilon)}, δ {p.delta:g} ({escape(p.accountant or 'accountant unknown')}, "
+            f"{p.composed_releases} queries; adjacency: {escape(p.adjacency or 'unstated')})"
+            if p.epsilon is not None and p.delta is not None
+            else "no stated ε, δ"
+        )
+        con.print(f"privacy: {p.mechanism} noise, clip {fmt(p.clip)}, σ {fmt(p.sigma)}, {guarantee}: {escape(p.note)}")
+        if p.withheld:
+            con.print(f"withheld: {escape(', '.join(p.withheld))}")
     table = Table(show_edge=False)
     for name, justify in (
         ("id", "left"),

@@ -27,17 +27,17 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from launch import blueprints, jobs, replay, report, submit, ui
+    from launch import adapt, blueprints, export, jobs, replay, report, submit, ui
 
     parser = OneLineParser(
         prog="cpr",
         description="Capability-per-resource pretraining orchestrator: submit jobs, watch and stop them, replay the "
-        "stop rule, and handle gradient blueprints.",
+        "stop rule, handle gradient blueprints, adapt a model with them, and export a job's model.",
     )
     parser.add_argument("--version", action="version", version=f"cpr {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    for module in (submit, jobs, replay, blueprints, report, ui):
+    for module in (submit, adapt, jobs, replay, blueprints, report, export, ui):
         module.register(verbs)
     return parser
 

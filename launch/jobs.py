@@ -67,9 +67,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from orchestrator.controller.liveness import observe
+    from orchestrator.core.lifecycle import LOST, lost_label
     from orchestrator.tracking.runs import list_jobs
 
-    rows = list_jobs(_tracking_uri(args.tracking_uri), args.experiment)
+    rows = [observe(r) for r in list_jobs(_tracking_uri(args.tracking_uri), args.experiment)]
     if args.json:
         for row in rows:
             print(json.dumps(asdict(row), default=str))
@@ -82,6 +84,8 @@ def status(args: argparse.Namespace) -> int:
     for r in rows:
         gamma = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.gamma.items())) or MISSING
         state = r.state + (" (stop requested)" if r.stop_requested and r.state == "running" else "")
+        if r.state == LOST:
+            state = lost_label(r.last_report_t, time.time())
         table.add_row(
             r.job_id,
             r.run_id[:12],
@@ -99,14 +103,19 @@ def status(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    from orchestrator.core.lifecycle import ENDED
+    from orchestrator.controller.liveness import observe
+    from orchestrator.core.lifecycle import ENDED, LOST
     from orchestrator.tracking.runs import find_run, list_jobs, request_stop
 
     uri = _tracking_uri(args.tracking_uri)
     run_id = find_run(uri, args.job, args.experiment)
-    row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
+    row = next((observe(r) for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)
     if row is not None and row.state in ENDED:
         raise InputError("job", f"{row.job_id} already ended ({row.state}, reason {row.reason})", "nothing to stop")
+    if row is not None and row.state == LOST:
+        raise InputError(
+            "job", f"{row.job_id} is lost: its controller is gone", f"`cpr submit +resume={row.job_id}` continues it"
+        )
     request_stop(uri, run_id)
     out = console()
     out.print(f"stop requested for {row.job_id if row else args.job} (run {run_id}); it checkpoints and ends shortly")

@@ -10,9 +10,11 @@ from rich.console import Console
 MISSING = "–"
 
 
-def console() -> Console:
-    """A rich console that never breaks a line of text; piped output gets 160 columns for tables, not 80."""
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+def console(*, stderr: bool = False) -> Console:
+    """A rich console that never breaks a line of text; piped output gets 160 columns for tables, not 80. `stderr`:
+    one that writes there (when stdout carries data, e.g. `--cfg`'s YAML)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(highlight=False, soft_wrap=True, stderr=stderr, width=None if stream.isatty() else 160)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

@@ -64,7 +64,8 @@ def hf_config(cfg: Any, vocab_size: int) -> Any:
     )
 
 
-def _model_class(arch: str) -> Any:
+def model_class(arch: str) -> Any:
+    """The transformers class of an architecture: LlamaForCausalLM or GPT2LMHeadModel."""
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
     return LlamaForCausalLM if arch == "llama" else GPT2LMHeadModel
@@ -81,7 +82,7 @@ def build_model(cfg: Any, vocab_size: int, seq_len: int, seed: int) -> Any:
             "raise it or shorten train.seq_len",
         )
     torch.manual_seed(seed)
-    return _model_class(cfg.arch)(hf_config(cfg, vocab_size))
+    return model_class(cfg.arch)(hf_config(cfg, vocab_size))
 
 
 def count_parameters(cfg: Any, vocab_size: int) -> ParamCount:
@@ -89,7 +90,7 @@ def count_parameters(cfg: Any, vocab_size: int) -> ParamCount:
     import torch
 
     with torch.device("meta"):
-        model = _model_class(cfg.arch)(hf_config(cfg, vocab_size))
+        model = model_class(cfg.arch)(hf_config(cfg, vocab_size))
     total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors are yielded once
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return ParamCount(total=total, embedding=embedding)

@@ -42,11 +42,22 @@ class CliResult:
     err: str
 
 
+def _spare_pytests_stderr() -> None:
+    """An in-process `cpr submit` starts Hydra's job logging, which closes every log handler; absl's handler (loaded
+    by an earlier test through dp-accounting) then closes the stream it took at import unless that stream is the
+    current sys.stderr: under capsys it is pytest's own captured stderr, and pytest crashes at its next snapshot. A
+    `cpr` process never meets this (its stderr is the same throughout), so absl's handler gets the real stderr here."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 @pytest.fixture
 def cli(capsys) -> Callable[..., CliResult]:
     """Run `cpr ARGS...` in-process; argparse's own exits are caught and their code returned."""
 
     def run(*argv: str) -> CliResult:
+        _spare_pytests_stderr()
         try:
             code = main(list(argv))
         except SystemExit as exc:

@@ -1,7 +1,7 @@
 """Gradient blueprints (§5, App. A; docs/blueprints.md): build, validate, store, compare, drift-check and noise them.
 
-Pure code: standard library, numpy, scipy, jsonschema and pydantic only. The JSON Schema ships as package data
-(`schema/blueprint.schema.json`), generated from the document models in `documents` by `schema_gen`.
+Pure code: standard library, numpy, scipy, jsonschema, pydantic and dp-accounting only. The JSON Schema ships as
+package data (`schema/blueprint.schema.json`), generated from the document models in `documents` by `schema_gen`.
 """
 
 from orchestrator.blueprints.builder import build_blueprint
@@ -35,7 +35,7 @@ from orchestrator.blueprints.model import (
     parse_blueprint,
     validate_document,
 )
-from orchestrator.blueprints.privacy import add_gaussian_noise
+from orchestrator.blueprints.privacy import add_gaussian_noise, dp_epsilon, dp_release
 from orchestrator.blueprints.store import BlueprintVersionExists, LocalBlueprintStore
 
 __all__ = [
@@ -64,6 +64,8 @@ __all__ = [
     "build_blueprint",
     "coarse_id",
     "diff_blueprints",
+    "dp_epsilon",
+    "dp_release",
     "drift_check",
     "dumps_blueprint",
     "group_of",

@@ -2,7 +2,9 @@
 
 Per id: the mean or median gradient norm over validation batches with a bootstrap CI (§5 "Fidelity"); from its
 magnitude histogram the power-law exponent α with the fit's quality, γ = 1 − α/(1+α), the empirical γ of
-m(k) ≈ k^γ, and k* from the job's resource model (Prop. B.1); domain weights relative to the general set.
+m(k) ≈ k^γ, the CSN tail fit with its likelihood-ratio tests, k* from the measured γ and the job's resource model
+(Prop. B.1), and a recommendation that is null with its reason when the fit does not support one; domain weights
+relative to the general set.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from orchestrator.blueprints.model import (
     blueprint_to_dict,
     resource_record_from_dict,
 )
+from orchestrator.blueprints.tailfit import FitPolicy, TailFit, fit_tail, unsupported
 from orchestrator.core.gradmass import (
     MagnitudeHistogram,
     fit_gamma,
@@ -88,16 +91,35 @@ def _bootstrap_ci(
     return ConfidenceInterval(low=max(low, 0.0), high=max(high, 0.0), level=float(ci_level))
 
 
-def _fit_fields(hist: MagnitudeHistogram, fit_method: str, resource_model: ResourceModel | None) -> dict[str, object]:
-    """alpha, gamma, gamma_fit, k_star, k_star_interior and fit of one id, from its magnitude histogram."""
+def _tail_fields(tail: TailFit) -> dict[str, object]:
+    return {
+        "tail_alpha": tail.pdf_alpha,
+        "tail_x_min": tail.x_min,
+        "tail_n": tail.n,
+        "tail_n_tail": tail.n_tail,
+        "tail_share": tail.tail_share,
+        "tail_ks_distance": tail.ks_distance,
+        "likelihood_ratios": {k: {"ratio": c.ratio, "p": c.p} for k, c in tail.comparisons.items()},
+    }
+
+
+def _fit_fields(
+    hist: MagnitudeHistogram, fit_method: str, resource_model: ResourceModel | None, policy: FitPolicy
+) -> dict[str, object]:
+    """alpha, gamma, gamma_fit, k_star, k_star_interior, fit and the recommendation of one id, from its histogram.
+
+    k* uses gamma_fit, the measured exponent of m(k) ≈ k^γ: it is m(k) that the partial-update gain G(k) of
+    App. B.2 divides by cost(k), and the paper's γ = 1 − α/(1+α) matches it only for an exact power law
+    (docs/maths.md). The paper's γ is published beside it as `gamma`."""
     out: dict[str, object] = {}
+    fit: dict[str, object] = {"method": fit_method}
     try:
         pl = fit_powerlaw(hist, method=fit_method)
     except ValueError as err:  # too little data: say so in the entry instead of inventing numbers
-        out["fit"] = FitInfo(method=fit_method, error=" ".join(str(err).split())[:_MAX_FIT_ERROR_CHARS])
+        fit["error"] = " ".join(str(err).split())[:_MAX_FIT_ERROR_CHARS]
     else:
         out["alpha"] = float(pl.powerlaw_alpha)
-        out["fit"] = FitInfo(
+        fit.update(
             method=pl.method,
             r2=None if pl.r2 is None else float(pl.r2),
             ks_distance=None if pl.ks_distance is None else float(pl.ks_distance),
@@ -105,19 +127,35 @@ def _fit_fields(hist: MagnitudeHistogram, fit_method: str, resource_model: Resou
             n_tail=int(pl.n_tail),
             rank_range=None if pl.rank_range is None else (float(pl.rank_range[0]), float(pl.rank_range[1])),
         )
-        gamma: float | None
-        try:
-            gamma = gamma_from_alpha(pl.powerlaw_alpha)  # App. A (ii): γ = 1 − α/(1+α)
-        except ValueError:  # α <= 0: no concentration to speak of
-            gamma = None
-        if gamma is not None:
-            out["gamma"] = float(gamma)
-            if resource_model is not None:
-                ks = k_star(gamma, resource_model.cost_fixed, resource_model.cost_per_param)  # Prop. B.1
-                out["k_star"] = float(ks.k_star)
-                out["k_star_interior"] = bool(ks.interior)
+        with contextlib.suppress(ValueError):  # α <= 0: no concentration to speak of
+            out["gamma"] = float(gamma_from_alpha(pl.powerlaw_alpha))  # App. A (ii): γ = 1 − α/(1+α)
+    reason: str | None = None
+    try:
+        tail = fit_tail(hist)
+    except ValueError as err:
+        reason = f"no tail fit: {err}"
+    else:
+        fit.update(_tail_fields(tail))
+        reason = unsupported(tail, policy)
+    gamma_fit: float | None = None
     with contextlib.suppress(ValueError):  # an empty histogram has no m(k)
-        out["gamma_fit"] = float(fit_gamma(hist).gamma)  # empirical γ of m(k) ≈ k^γ (§4.1)
+        gamma_fit = float(fit_gamma(hist).gamma)  # empirical γ of m(k) ≈ k^γ (§4.1)
+        out["gamma_fit"] = gamma_fit
+    if "alpha" in out and gamma_fit is not None and resource_model is not None and 0 < gamma_fit < 1:
+        ks = k_star(gamma_fit, resource_model.cost_fixed, resource_model.cost_per_param)  # Prop. B.1
+        out["k_star"] = float(ks.k_star)
+        out["k_star_interior"] = bool(ks.interior)
+        if reason is None:
+            out["recommendation"] = float(ks.k_star)
+            reason = (
+                f"k* = {ks.k_star:.3g} from gamma_fit = {gamma_fit:.3g}"
+                if ks.interior
+                else f"full update: gamma_fit = {gamma_fit:.3g} is not below cost_per_param/(cost_fixed+cost_per_param)"
+            )
+    elif reason is None:
+        reason = "no resource model" if resource_model is None else f"no k*: gamma_fit {gamma_fit} is not in (0, 1)"
+    out["recommendation_reason"] = reason
+    out["fit"] = FitInfo(**fit)  # type: ignore[arg-type]
     return out
 
 
@@ -199,6 +237,7 @@ def build_blueprint(
     blueprint_version: int | None = None,
     provenance: Mapping[str, str | int | float | bool] | None = None,
     fit_method: str = "binned-mle",
+    fit_policy: FitPolicy | None = None,
     created_at: str | _dt.datetime | None = None,
 ) -> Blueprint:
     """A schema 1.0 blueprint from per-batch gradient norms per id (and optionally their magnitude histograms).
@@ -225,7 +264,7 @@ def build_blueprint(
         value = float(reduce(x))
         fields: dict[str, object] = {}
         if layer_id in histograms:
-            fields = _fit_fields(histograms[layer_id], fit_method, resource_model)
+            fields = _fit_fields(histograms[layer_id], fit_method, resource_model, fit_policy or FitPolicy())
         group = groups.get(layer_id) if groups is not None else None
         layers.append(
             LayerEntry(

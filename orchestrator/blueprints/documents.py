@@ -112,9 +112,17 @@ class BlueprintPaper(_Paper):
     layers: Annotated[tuple[LayerPaper, ...], Field(min_length=1, max_length=MAX_ITEMS)]
 
 
+class LikelihoodRatio(_Strict):
+    """A Clauset–Shalizi–Newman likelihood-ratio test of the power law against an alternative: R > 0 favours the
+    power law, p is the significance of R's sign (docs/maths.md)."""
+
+    ratio: Real
+    p: Fraction
+
+
 class Fit(_Strict):
     """How `alpha` was fitted and how well (docs/maths.md: a stated method and its quality); `error` says why there
-    is no fit."""
+    is no fit. The `tail_*` fields and `likelihood_ratios` are the CSN fit of the tail (x ≥ tail_x_min)."""
 
     method: Literal["binned-mle", "rank-lstsq"]
     r2: Annotated[float, Field(ge=-_BOUND, le=1)] | None = None
@@ -124,6 +132,17 @@ class Fit(_Strict):
     rank_range: RankRange | None = None
     """The rank fractions [lo, hi] the rank-lstsq fit used."""
     error: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    tail_alpha: Real | None = None
+    """The CSN exponent of the tail's density p(x) ∝ x^(−tail_alpha); the rank-size α is 1/(tail_alpha − 1)."""
+    tail_x_min: Magnitude | None = None
+    tail_n: Count | None = None
+    """Values the tail fit saw (quantiles of the magnitude histogram)."""
+    tail_n_tail: Count | None = None
+    tail_share: Fraction | None = None
+    """The share of the submodule's entries in the fitted tail (tail_n_tail / tail_n)."""
+    tail_ks_distance: Fraction | None = None
+    likelihood_ratios: dict[Key, LikelihoodRatio] | None = None
+    """Per alternative (exponential, lognormal): the power law's LR test against it."""
 
 
 class Layer_1_0(_Strict):
@@ -155,6 +174,10 @@ class Layer_1_0(_Strict):
     gamma_fit: Real | None = None
     k_star: Fraction | None = None
     k_star_interior: bool | None = None
+    recommendation: Fraction | None = None
+    """The update fraction the blueprint recommends for this id (k* from gamma_fit), or null when the fit does not
+    support one; `recommendation_reason` says which (docs/blueprints.md)."""
+    recommendation_reason: Text | None = None
     fit: Fit | None = None
     domain_tags: DomainTags | None = None
 
@@ -175,7 +198,8 @@ class ResourceModel(_Strict):
 
 
 class Privacy(_Strict):
-    """Noise added before release (§5 Privacy) and any DP accounting."""
+    """Noise added before release (§5 Privacy) and, for a differentially private release (schema 1.1), its accounting
+    (docs/blueprints.md "Privacy")."""
 
     mechanism: Literal["gaussian"]
     clip: Annotated[float, Field(gt=0, le=_BOUND)]
@@ -184,12 +208,27 @@ class Privacy(_Strict):
     epsilon: Annotated[float, Field(gt=0, le=_BOUND)] | None = None
     delta: Annotated[float, Field(ge=0, lt=1)] | None = None
     note: Text
+    release: Literal["noise", "dp"] | None = None
+    """Schema 1.1: "noise" (noised norms, no stated guarantee) or "dp" ((epsilon, delta)-DP under `adjacency`)."""
+    accountant: ShortText | None = None
+    """Schema 1.1: the library, its version and the method that computed epsilon, e.g. "dp-accounting 0.6.0 rdp"."""
+    adjacency: Text | None = None
+    """Schema 1.1: what two neighbouring inputs differ in (the unit the guarantee protects)."""
+    composed_releases: Count | None = None
+    """Schema 1.1: Gaussian queries of this noise multiplier composed into epsilon (this and earlier versions)."""
+    withheld: dict[Key, Text] | None = None
+    """Schema 1.1: fields left out of every layer entry, each with the reason."""
+
+
+PRIVACY_1_1_FIELDS = ("release", "accountant", "adjacency", "composed_releases", "withheld")
+"""The privacy record's fields that a schema 1.0 file may not carry."""
 
 
 class Blueprint_1_0(_Strict):
-    """Schema 1.0: the paper's shape plus versioning, fidelity, fit quality, resource model, privacy and provenance."""
+    """Schema 1.x: the paper's shape plus versioning, fidelity, fit quality, resource model, privacy and provenance;
+    1.1 adds the privacy record's differential-privacy accounting."""
 
-    schema_version: Literal["1.0"]
+    schema_version: Literal["1.0", "1.1"]
     model_id: ModelId
     blueprint_version: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
     training_checkpoint: Fraction

@@ -2,7 +2,8 @@
 
 Two shapes load: the paper's Appendix A.1 shape (no `schema_version`; fields it does not know are kept verbatim
 in `extra` so the file round-trips), and schema 1.0 (`schema_version: "1.0"`), which adds versioning, fidelity,
-fit quality, parameter prefixes, resource model, privacy and provenance, and rejects unknown fields.
+fit quality, parameter prefixes, resource model, privacy and provenance, and rejects unknown fields; schema 1.1
+(what is written now) adds a differentially private release's accounting to the privacy record; 1.0 files stay valid.
 Loading is plain `json` with hooks that refuse NaN/Infinity and duplicate keys: nothing in a file is executed.
 Every problem is an `InputError` naming the JSON path of the offending field.
 
@@ -30,8 +31,8 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.blueprints import documents
 from orchestrator.errors import InputError
 
-SCHEMA_VERSION = "1.0"
-KNOWN_SCHEMA_VERSIONS: tuple[str, ...] = (SCHEMA_VERSION,)
+SCHEMA_VERSION = "1.1"  # what this code writes; 1.1 adds the privacy record's DP accounting
+KNOWN_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", SCHEMA_VERSION)
 PAPER_SHAPE = "paper-A.1"  # how a file without `schema_version` is described
 MAX_BLUEPRINT_BYTES = 16 * 1024 * 1024
 MAX_NESTING_DEPTH = 64  # a schema 1.0 file nests 4 deep; paper-shape extras get some room
@@ -65,6 +66,13 @@ class FitInfo:
     n_tail: int | None = None
     rank_range: tuple[float, float] | None = None  # rank fractions used by rank-lstsq
     error: str | None = None
+    tail_alpha: float | None = None  # the CSN fit of the tail (blueprints/tailfit.py)
+    tail_x_min: float | None = None
+    tail_n: int | None = None
+    tail_n_tail: int | None = None
+    tail_share: float | None = None
+    tail_ks_distance: float | None = None
+    likelihood_ratios: dict[str, dict[str, float]] | None = None  # alternative -> {"ratio": R, "p": p}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +93,8 @@ class LayerEntry:
     gamma_fit: float | None = None  # empirical γ from m(k) ≈ k^γ
     fit: FitInfo | None = None
     k_star_interior: bool | None = None
+    recommendation: float | None = None  # k* when the fit supports one, else None with the reason
+    recommendation_reason: str | None = None
     extra: dict[str, Any] | None = None  # paper-shape files only: fields the paper's shape does not name
 
 
@@ -106,7 +116,7 @@ class ResourceModelRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyRecord:
-    """Noise added to the released statistics before publication (§5 "Privacy")."""
+    """Noise added to the released statistics before publication (§5 "Privacy"), and a DP release's accounting."""
 
     mechanism: str
     clip: float
@@ -115,6 +125,11 @@ class PrivacyRecord:
     noise_multiplier: float | None = None
     epsilon: float | None = None
     delta: float | None = None
+    release: str | None = None  # "noise" | "dp" (schema 1.1)
+    accountant: str | None = None
+    adjacency: str | None = None
+    composed_releases: int | None = None
+    withheld: dict[str, str] | None = None  # field -> why it is not released
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,6 +466,15 @@ def validate_document(doc: Any, *, source: str) -> None:
         raise InputError(
             f"{source}: schema_version", f"unknown schema version {_show(version)}", _FIXES["schema_version"]
         )
+    privacy = doc.get("privacy")
+    if version == "1.0" and isinstance(privacy, dict):
+        newer = next((key for key in documents.PRIVACY_1_1_FIELDS if key in privacy), None)
+        if newer is not None:
+            raise InputError(
+                f"{source}: privacy.{newer}",
+                "is a schema 1.1 field but the file says 1.0",
+                'set "schema_version": "1.1"',
+            )
     errors = list(_validator().iter_errors(doc))
     if errors:
         # Report the first problem in path order, so the message does not depend on jsonschema's internals; at one
@@ -547,7 +571,10 @@ def _entry(layer: documents.LayerPaper | documents.Layer_1_0) -> LayerEntry:
     values = _fields_of(layer)
     low, high, level = (values.pop(key, None) for key in ("ci_low", "ci_high", "ci_level"))
     if values.get("fit") is not None:
-        values["fit"] = FitInfo(**_fields_of(values["fit"]))
+        fit = _fields_of(values["fit"])
+        if fit.get("likelihood_ratios") is not None:
+            fit["likelihood_ratios"] = {k: v.model_dump() for k, v in fit["likelihood_ratios"].items()}
+        values["fit"] = FitInfo(**fit)
     ci = ConfidenceInterval(low=low, high=high, level=level) if low is not None else None
     return LayerEntry(**values, ci=ci, extra=layer.model_extra or None)
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.blueprints.builder import GENERAL_DOMAIN, build_blueprint
 from orchestrator.blueprints.grouping import ParamGroup
 from orchestrator.blueprints.model import Blueprint
-from orchestrator.blueprints.privacy import add_gaussian_noise
+from orchestrator.blueprints.privacy import add_gaussian_noise, dp_release
 from orchestrator.blueprints.store import LocalBlueprintStore
+from orchestrator.blueprints.tailfit import FitPolicy
 from orchestrator.core.gradmass import MagnitudeHistogram
 from orchestrator.core.reports import ProbeReport
 from orchestrator.core.resource_model import ResourceModel
@@ -35,16 +36,24 @@ class BlueprintSettings:
     ci_level: float = 0.95
     n_resamples: int = 1000
     fit_method: str = "binned-mle"
+    fit_policy: FitPolicy = field(default_factory=FitPolicy)
     seed: int = 0
+    """Seeds the bootstrap's resampling only; privacy noise always comes from the OS's entropy."""
+    privacy: str = "none"
+    """none | noise | dp (docs/blueprints.md "Privacy")."""
     noise_multiplier: float = 0.0
     noise_clip: float = 1.0
+    dp_delta: float = 1e-5
 
 
-def probe_metrics(report: ProbeReport, top_k: float) -> dict[str, float]:
+def probe_metrics(report: ProbeReport, top_k: float, *, privacy: str = "none") -> dict[str, float]:
     """MLflow metrics of one probe: per submodule its mean gradient norm over batches (grad/norm/<id>) and the
     share of its gradient mass in its top-k fraction of entries, m(k) (grad/topk_share/<id>; §4.1), and m(k) of
-    the whole model."""
+    the whole model. None under privacy dp: they are the un-noised statistics a dp blueprint withholds, and the run
+    that would hold them also holds the blueprints."""
     out: dict[str, float] = {}
+    if privacy == "dp":
+        return out
     hists = []
     for gid in report.ids:
         norms = report.batch_norms[gid]
@@ -78,9 +87,11 @@ def blueprint_from_probes(
     run_id: str | None,
     provenance: Mapping[str, str | int | float | bool],
     created_at: str | None = None,
+    prior_releases: int = 0,
 ) -> Blueprint:
     """A blueprint from one checkpoint's probes: the general set's per-batch norms and histograms, each domain's
-    mean norms as `domain_tags` relative to the general set (App. A.1 (vi)), optional noise (§5 "Privacy")."""
+    mean norms as `domain_tags` relative to the general set (App. A.1 (vi)), released as `settings.privacy` says
+    (§5 "Privacy"); a dp release composes its queries with the `prior_releases` of the run's earlier versions."""
     general = next((r for r in reports if r.domain == GENERAL_DOMAIN), None)
     if general is None:
         raise ValueError("a blueprint needs the probe of the general validation set")
@@ -106,13 +117,33 @@ def blueprint_from_probes(
         tokens_seen=general.tokens,
         provenance={**provenance, CHECKPOINT_KEY: general.label or ""},
         fit_method=settings.fit_method,
+        fit_policy=settings.fit_policy,
         created_at=created_at,
     )
-    if settings.noise_multiplier > 0:
-        bp = add_gaussian_noise(
-            bp, clip=settings.noise_clip, noise_multiplier=settings.noise_multiplier, seed=settings.seed + general.step
+    if settings.privacy == "noise":
+        bp = add_gaussian_noise(bp, clip=settings.noise_clip, noise_multiplier=settings.noise_multiplier)
+    elif settings.privacy == "dp":
+        bp = dp_release(
+            bp,
+            general.batch_norms,
+            clip=settings.noise_clip,
+            noise_multiplier=settings.noise_multiplier,
+            delta=settings.dp_delta,
+            prior_releases=prior_releases,
         )
+    elif settings.privacy != "none":
+        raise ValueError(f"unknown privacy mode {settings.privacy!r}")
     return bp
+
+
+def run_dp_releases(store: LocalBlueprintStore, model_id: str, run_id: str | None) -> int:
+    """The Gaussian queries this run's published dp versions composed so far (each version's count is cumulative)."""
+    counts = [0]
+    for version in store.versions(model_id):
+        old = store.get(model_id, version)
+        if old.run_id == run_id and old.privacy is not None and old.privacy.composed_releases is not None:
+            counts.append(old.privacy.composed_releases)
+    return max(counts)
 
 
 def published_version(store: LocalBlueprintStore, bp: Blueprint) -> int | None:

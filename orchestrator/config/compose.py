@@ -22,7 +22,9 @@ CONFIG_NAME = "config"
 CONFIG_MODULE = "orchestrator.conf"
 JOB_NAME = "submit"
 """Hydra's `hydra.job.name`: names the run's log file (`submit.log`) in its output folder."""
-GROUPS = ("model", "data", "deepspeed", "stop", "telemetry", "probe", "tracking", "cluster", "experiment")
+GROUPS = (
+    "model", "data", "deepspeed", "stop", "telemetry", "probe", "psi", "adapt", "tracking", "cluster", "experiment"
+)  # fmt: skip
 
 
 def config_dir() -> Path:

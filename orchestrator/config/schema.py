@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,10 +20,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, with_config
 
 from orchestrator.core import stop_rule
+from orchestrator.core.psi import GENERAL, LOSS_UNITS, SCORE_UNITS, PsiKind, PsiSpec, default_name, normalised
 from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from orchestrator.adapt import LinearShape, SelectionRequest, SubmoduleInput
     from orchestrator.core.gradmass import HistogramSpec
     from orchestrator.core.resource_model import ResourceModel
     from orchestrator.core.stop_rule import StopRuleConfig
@@ -95,6 +101,16 @@ class Statistic(StrEnum):
     median = "median"
 
 
+class PrivacyMode(StrEnum):
+    """How blueprints protect the probe's statistics (docs/blueprints.md "Privacy"): none | noise (clipped, noised
+    norms and CI bounds; no stated guarantee) | dp (the Gaussian mechanism on clipped per-batch means with (ε, δ) from
+    an RDP accountant; every other statistic withheld)."""
+
+    none = "none"
+    noise = "noise"
+    dp = "dp"
+
+
 # OmegaConf looks enum members up by name, and these names have hyphens: the functional form allows them.
 FitMethod = StrEnum("FitMethod", [("binned-mle", "binned-mle"), ("rank-lstsq", "rank-lstsq")], module=__name__)
 """binned-mle | rank-lstsq: how the power-law exponent α is fitted to each magnitude histogram."""
@@ -151,7 +167,8 @@ class DataConfig:
     path: str | None = None
     """text_dir: a folder; hf_files: a file or folder; memmap: a folder with train.bin, val.bin, meta.json."""
     glob: str | None = None
-    """Files to take under `path` (text_dir default: **/*.txt)."""
+    """Files to take under `path` (text_dir default: **/*.txt); stdlib: relative to the standard library, e.g.
+    test/test_*.py (default: its library sources)."""
     text_field: str = "text"
     hf_format: str | None = None
     """json | csv | parquet | text; None: from the file suffix."""
@@ -160,11 +177,16 @@ class DataConfig:
     max_files: Annotated[int, _ints(2)] | None = 150
     """None: every file. The default job is data-constrained on purpose (the stop rule needs a flat part to find)."""
     tokenizer_vocab: Annotated[int, _ints(257, MAX_MODEL_DIM)] = 4096
+    """Size of the byte-level BPE tokenizer trained on the training split (not read when `tokenizer` is set)."""
+    tokenizer: str | None = None
+    """A Hugging Face `tokenizers` file (tokenizer.json, as `Tokenizer.save` or `save_pretrained` writes it) or a
+    folder holding one: the corpus is encoded with it instead of a trained tokenizer (an adaptation job uses its
+    base model's); it must have the <|endoftext|> token. Not for a memmap corpus, whose ids are already made."""
     cache_dir: str | None = None
     domains: dict[str, Any] = field(default_factory=dict)
-    """Validation domains for the gradient probe's per-domain weights (blueprint `domain_tags`): name -> the
-    fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`. Read through
-    `domain_configs()` (a typed dict here would refuse that command-line form)."""
+    """Validation domains for the gradient probe's per-domain weights (blueprint `domain_tags`) and Ψ's mix
+    (`psi=domains`): name -> the fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`.
+    Read through `domain_configs()` (a typed dict here would refuse that command-line form)."""
 
     def domain_configs(self) -> dict[str, DomainConfig]:
         """`domains` as DomainConfig objects; a bad name, unknown key or wrong value names its field."""
@@ -343,13 +365,130 @@ class ProbeConfig:
     ci_level: Annotated[float, Field(gt=0.0, le=0.999999)] = 0.95
     n_resamples: Count = 1000
     fit_method: FitMethod = FitMethod["binned-mle"]  # type: ignore[valid-type]
+    fit_min_tail: Annotated[int, _ints(10)] = 100
+    """Fewest values in a power-law tail for its fit to support a recommendation (docs/blueprints.md)."""
+    fit_min_tail_share: Fraction = 0.1
+    """Least share of a submodule's entries in the tail for its fit to support a recommendation."""
+    fit_p_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Significance at which a likelihood-ratio test's preference for the exponential withholds a recommendation."""
     top_k: Fraction = 0.1
     """Fraction k of a submodule's entries whose share of gradient mass, m(k), is logged (grad/topk_share/<id>)."""
+    privacy: PrivacyMode = PrivacyMode.none
+    """none | noise | dp: what protects the published statistics (recorded in the file's `privacy`)."""
     noise_multiplier: Annotated[float, Field(ge=0.0, le=1e6)] = 0.0
-    """> 0: Gaussian noise σ = noise_multiplier·noise_clip on the published norms (recorded in the file)."""
+    """z, > 0 with privacy noise or dp: the noise's std is σ = z·noise_clip (noise), z·noise_clip/n for a mean of n
+    probe batches (dp)."""
     noise_clip: Annotated[float, Field(gt=0.0, le=1e30)] = 1.0
+    """C: each published norm (noise) or each per-batch norm before the mean (dp) is clipped to C."""
+    dp_delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    """δ of the (ε, δ) a dp blueprint states; ε follows from noise_multiplier and the queries released so far."""
     model_id: str | None = None
     """The blueprints' model id; None: the job id."""
+
+
+@with_config(STRICT)
+@dataclass
+class PsiConfig:
+    """What Ψ, the capability the stop rule weighs against Γ, measures (§3); higher is always better. docs/psi.md."""
+
+    kind: PsiKind = PsiKind.val_loss
+    """val_loss: −validation loss (the default); domains: −Σ w_d·loss_d over held-out domains; fn: a user score."""
+    name: Annotated[str, Field(pattern=NOT_BLANK, max_length=64)] | None = None
+    """Logged as the MLflow param psi.name and on every figure; None: -val_loss, -domain_mix_loss or the function's
+    name."""
+    units: Annotated[str, Field(pattern=NOT_BLANK, max_length=64)] | None = None
+    """None: nats/token for the loss kinds, "score" for fn."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """domains: weight per domain ("general" = the job's own validation split, else a name from data.domains),
+    normalised to sum 1; add one with `+psi.weights.code=1`, drop one with `~psi.weights.general`."""
+    fn: str | None = None
+    """fn: `package.module:function`, called on the rank-0 model at each check as fn(model, tokenizer, device) and
+    returning a float, higher is better."""
+
+    def spec(self) -> PsiSpec:
+        """Ψ's definition for the core and the run's params: default name and units filled in, weights normalised."""
+        weights = normalised(self.weights) if self.kind is PsiKind.domains else {}
+        units = self.units or (SCORE_UNITS if self.kind is PsiKind.fn else LOSS_UNITS)
+        fn = self.fn if self.kind is PsiKind.fn else None
+        name = self.name or default_name(self.kind, fn)
+        return PsiSpec(kind=self.kind, name=name, units=units, weights=weights, fn=fn)
+
+    def domains(self) -> list[str]:
+        """The data.domains Ψ's mix evaluates at every check besides the job's own validation split."""
+        return [d for d in self.weights if d != GENERAL] if self.kind is PsiKind.domains else []
+
+    def function(self) -> Callable[..., Any]:
+        """The callable `fn` names, its module imported; InputError on psi.fn when it cannot be."""
+        fix = "give package.module:function, e.g. psi.fn=orchestrator.examples.psi_score:next_token_accuracy"
+        path = self.fn or ""
+        module_name, sep, attr = path.partition(":")
+        if not sep or not module_name.strip() or not attr.strip():
+            raise InputError("psi.fn", f"must be module:function, got {shown(self.fn)}", fix)
+        try:
+            target: Any = importlib.import_module(module_name)
+        except Exception as exc:  # whatever the user's module raises while importing, it is the same bad input
+            problem = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            raise InputError("psi.fn", problem[:300], fix) from None
+        for part in attr.split("."):
+            target = getattr(target, part, None)
+        if not callable(target):
+            raise InputError("psi.fn", f"{attr!r} of module {module_name!r} is not a callable"[:300], fix)
+        return target
+
+
+class AdaptStrategy(StrEnum):
+    """`orchestrator.adapt.Strategy` by the names OmegaConf matches (its members' names are upper case)."""
+
+    blueprint = "blueprint"
+    local = "local"
+    full = "full"
+    last_k = "last_k"
+    lisa = "lisa"
+    inverse = "inverse"
+    lora = "lora"
+
+
+class OnDriftMode(StrEnum):
+    blocks = "blocks"
+    local = "local"
+
+
+@with_config(STRICT)
+@dataclass
+class AdaptConfig:
+    """`cpr adapt`: fine-tune a base model on the job's data (the target domain), training only the submodules a
+    selection strategy picks (the paper's Algorithm 1; docs/adapt.md). Unused while `base` is null (pretraining)."""
+
+    base: str | None = None
+    """The model to adapt: a cpr job id (or its folder; its checkpoint is exported as by `cpr export`) or a Hugging
+    Face `save_pretrained` folder (`cpr export`'s bundle). Its architecture and tokenizer become the job's."""
+    step: Annotated[int, _ints(1)] | None = None
+    """The base job's checkpoint step; None: its newest."""
+    blueprint: str | None = None
+    """`MODEL_ID[:vN]` in the local blueprint store, or a blueprint JSON file; None: the newest blueprint shipped
+    with the base (its job's, or the bundle's `blueprints/`)."""
+    strategy: AdaptStrategy = AdaptStrategy.blueprint
+    """blueprint, local, full, last_k, lisa, inverse or lora: which submodules to train (`adapt=<strategy>`)."""
+    a: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """The blend G′ = a·Ḡ + (1 − a)·G̃ of the blueprint's and the local gradient shares (Algorithm 1 step 2)."""
+    memory_gb: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
+    """Per-rank memory budget in GB for the frozen model plus what the trained part costs; None: no memory budget."""
+    max_fraction: Fraction | None = 0.4
+    """The largest share of the model's parameters trained; None: no parameter budget."""
+    rho_threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.7
+    """Drift: below this Spearman ρ(Ḡ, G̃) the selection falls back (`on_drift`)."""
+    on_drift: OnDriftMode = OnDriftMode.blocks
+    """blocks: select whole transformer blocks (a kept if the blocks agree); local: a = 0."""
+    probe_batches: Count = 4
+    """Micro-batches per rank of the target's training split the local gradient sample G̃ is measured on."""
+    lisa_interval: Count = 50
+    """lisa: optimizer steps between two draws of the trained blocks."""
+    lora_alpha: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
+    """lora: LoRA's scaling numerator; None: twice the rank."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.base is not None
 
 
 @with_config(STRICT)
@@ -435,6 +574,10 @@ class JobConfig:
     seed: Annotated[int, _ints(0, MAX_SEED)] = 0
     detach: bool = False
     """Return at once with the job id; the job runs on in the Ray cluster."""
+    interrupt_grace_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 25.0
+    """An attached `cpr submit` that gets SIGTERM or SIGINT asks for a checkpoint and a STOP, and exits at most this
+    many seconds later (143 or 130). Keep it under the scheduler's kill delay: Slurm's KillWait and Kubernetes'
+    terminationGracePeriodSeconds are 30 s by default."""
     priority: Annotated[int, _ints(PRIORITY_MIN, PRIORITY_MAX)] = 5
     """0 (lowest) to 9 (highest): queued jobs get the pool's free slots by priority, then submission time."""
     group: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
@@ -449,6 +592,8 @@ class JobConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    psi: PsiConfig = field(default_factory=PsiConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
@@ -466,6 +611,10 @@ class JobConfig:
     def total_steps(self) -> int:
         """Optimizer steps of the token budget."""
         return self.train.max_tokens // self.tokens_per_step
+
+    def eval_sequences(self) -> int:
+        """Held-out sequences of one evaluation over all ranks (per domain of Ψ's mix too): an equal share each."""
+        return max(1, self.train.eval_sequences // self.cluster.num_workers) * self.cluster.num_workers
 
     def world_sizes(self) -> list[int]:
         """Every data-parallel size the job may run at, smallest first."""
@@ -507,6 +656,27 @@ class JobConfig:
             ),
         )
 
+    def selection_request(
+        self, submodules: Sequence[SubmoduleInput], n_params: int, linear_shapes: Sequence[LinearShape] = ()
+    ) -> SelectionRequest:
+        """What an adapt job asks its selection strategy (`orchestrator.adapt.select`): these submodules under its
+        budget, blend and drift guard, costed by its resource model, drawn (lisa) from its seed."""
+        from orchestrator.adapt import Budget, SelectionRequest
+
+        a = self.adapt
+        return SelectionRequest(
+            submodules=tuple(submodules),
+            resource=self.resource_model(n_params),
+            budget=Budget(memory_gb=a.memory_gb, max_fraction=a.max_fraction),
+            a=a.a,
+            rho_threshold=a.rho_threshold,
+            on_drift=a.on_drift.value,  # type: ignore[arg-type]
+            lisa_interval=a.lisa_interval,
+            seed=self.seed,
+            linear_shapes=tuple(linear_shapes),
+            partial_units=False,  # the engine freezes whole tensors: a unit trains whole or not at all
+        )
+
     def probe_domains(self) -> list[str]:
         """The validation domains the probe measures at blueprint checkpoints (checked against data.domains)."""
         defined = list(self.data.domains)
@@ -520,6 +690,11 @@ class JobConfig:
                     f"define it under data.domains (defined: {', '.join(defined) or 'none'})",
                 )
         return list(dict.fromkeys(self.probe.domains))
+
+    def held_out_domains(self) -> list[str]:
+        """Every data.domains entry the ranks read: the probe's (when it is on) and Ψ's mix."""
+        probed = self.probe_domains() if self.probe.enabled else []
+        return list(dict.fromkeys([*probed, *self.psi.domains()]))
 
 
 def shown(value: Any) -> str:

@@ -7,8 +7,21 @@ live with the code that talks to it and run in `orchestrator.submission.prefligh
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from orchestrator.blueprints.store import check_model_id
-from orchestrator.config.schema import JobConfig, check_fields
+from orchestrator.config.schema import (
+    AdaptStrategy,
+    DataConfig,
+    DataSource,
+    DomainConfig,
+    JobConfig,
+    PrivacyMode,
+    Schedule,
+    Statistic,
+    check_fields,
+)
+from orchestrator.core.psi import GENERAL, PsiKind, PsiSpec
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRuleConfig
 from orchestrator.errors import InputError
@@ -96,17 +109,165 @@ def validate_stop(job: JobConfig) -> StopRuleConfig:
     return rule
 
 
-def validate_job(job: JobConfig) -> StopRuleConfig:
-    """Check every value of a job; returns the stop rule's config (already validated)."""
+# What each data source reads (orchestrator/data/sources.py): any other file-selection key is ignored by it.
+_SOURCE_IGNORES: dict[DataSource, tuple[str, ...]] = {
+    DataSource.stdlib: ("path", "text_field", "hf_format"),
+    DataSource.text_dir: ("text_field", "hf_format"),
+    DataSource.hf_files: (),
+    DataSource.memmap: ("glob", "text_field", "hf_format", "max_files"),
+}
+# Keys the training corpus ignores besides those (a memmap corpus is already split and tokenized).
+_DATA_IGNORES: dict[DataSource, tuple[str, ...]] = {
+    DataSource.memmap: ("val_every", "tokenizer_vocab", "tokenizer"),
+}
+# Of those, the ones whose value alone is enough to refuse (a shipped experiment file may set the others for the
+# sources that read them; those are refused when given on the command line).
+_REFUSED_BY_VALUE = frozenset({"path", "glob", "text_field", "hf_format", "tokenizer"})
+
+
+def _readers(name: str, table: dict[DataSource, tuple[str, ...]]) -> str:
+    """'drop it', or the sources that read `name`."""
+    readers = [s.value for s in DataSource if name not in table.get(s, ()) + _SOURCE_IGNORES[s]]
+    return f"drop it, or pick a source that reads it: {', '.join(readers)}" if readers else "drop it"
+
+
+def ignored_keys(job: JobConfig) -> Iterator[tuple[str, str, str, bool]]:
+    """Every key this job's choices make meaningless: (key, why, fix, whether its value alone refuses it).
+
+    A data key is listed when its value differs from the schema's default (or null); the keys of a switched-off
+    group, of a schedule that has no floor, or of a local-only cluster setting are listed whatever their value and
+    refused only when the user set them on the command line (`refuse_ignored`)."""
+    data_default, domain_default = DataConfig(), DomainConfig()
+    for name in (*_SOURCE_IGNORES[job.data.source], *_DATA_IGNORES.get(job.data.source, ())):
+        value = getattr(job.data, name)
+        if value is not None and value != getattr(data_default, name):
+            why = f"is ignored by data.source={job.data.source}"
+            yield f"data.{name}", why, _readers(name, _DATA_IGNORES), name in _REFUSED_BY_VALUE
+    if job.data.tokenizer is not None and job.data.source != DataSource.memmap:
+        yield "data.tokenizer_vocab", "is ignored with data.tokenizer set (no tokenizer is trained)", "drop it", False
+    for domain, cfg in job.data.domain_configs().items():
+        for name in _SOURCE_IGNORES[cfg.source]:
+            value = getattr(cfg, name)
+            if value is not None and value != getattr(domain_default, name):
+                why = f"is ignored by its source={cfg.source}"
+                yield f"data.domains.{domain}.{name}", why, _readers(name, {}), True
+    if job.train.schedule == Schedule.constant:
+        why, fix = "is ignored by train.schedule=constant", "drop it, or set train.schedule=cosine, whose floor it is"
+        yield "train.min_lr_fraction", why, fix, False
+    groups = (("probe", job.probe), ("telemetry", job.telemetry), ("tracking", job.tracking))
+    for group, cfg in groups:
+        if not cfg.enabled:
+            for name in cfg.__dataclass_fields__:
+                if name != "enabled":
+                    yield f"{group}.{name}", f"is ignored with {group}.enabled=false", "drop it", False
+    if not job.adapt.enabled:
+        for name in job.adapt.__dataclass_fields__:
+            if name != "base":
+                yield f"adapt.{name}", "is read by `cpr adapt` only (adapt.base is not set)", "drop it", False
+    if job.cluster.address is not None:
+        for name in ("num_cpus", "metrics_export_port"):
+            yield f"cluster.{name}", "applies to a local Ray only (cluster.address is set)", "drop it", False
+
+
+def refuse_ignored(job: JobConfig, overrides: Iterable[str] = ()) -> None:
+    """Refuse a key the job's source or groups ignore, like an unknown key: the user meant it to do something.
+
+    Refused when set on the command line (`overrides`), and for the data sources' file selection whatever set it
+    (`cpr submit data.path=/x` on the stdlib source would otherwise train on the standard library without a word)."""
+    given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    for key, why, fix, by_value in ignored_keys(job):
+        if by_value or key in given:
+            raise InputError(key, why, fix)
+
+
+def validate_psi(job: JobConfig) -> PsiSpec:
+    """Ψ's inputs exist: its domains under data.domains with usable weights, its function importable and callable
+    (imported here, at plan time, so a typo fails in one line before anything starts)."""
+    p = job.psi
+    if p.weights and p.kind is not PsiKind.domains:
+        raise InputError("psi.weights", f"are only read by psi=domains, not psi={p.kind.value}", "choose psi=domains")
+    if p.fn is not None and p.kind is not PsiKind.fn:
+        raise InputError("psi.fn", f"is only called by psi=fn, not psi={p.kind.value}", "choose psi=fn")
+    if p.kind is PsiKind.domains:
+        if not p.weights:
+            raise InputError("psi.weights", "are empty", "e.g. +psi.weights.general=1")
+        defined = list(job.data.domains)
+        for name in p.weights:
+            if name != GENERAL and name not in defined:
+                raise InputError(
+                    f"psi.weights.{name}",
+                    f"unknown domain {name!r}",
+                    f"use {GENERAL!r} or define it under data.domains (defined: {', '.join(defined) or 'none'})",
+                )
+    if p.kind is PsiKind.fn:
+        if job.deepspeed.zero_stage == 3:  # rank 0's forward pass alone would wait forever for the others' shards
+            raise InputError("psi.fn", "cannot run on rank 0 alone under ZeRO-3", "use deepspeed=zero2 or lower")
+        p.function()
+    return p.spec()
+
+
+def validate_privacy(job: JobConfig) -> None:
+    """Noise needs a privacy mode and a mode needs noise; a DP release bounds the sensitivity of a mean only."""
+    p = job.probe
+    if p.privacy == PrivacyMode.none and p.noise_multiplier > 0:
+        raise InputError(
+            "probe.noise_multiplier",
+            "adds noise only with probe.privacy=noise or dp",
+            "set probe.privacy=dp for a stated ε and δ, or probe.privacy=noise, or drop noise_multiplier",
+        )
+    if p.privacy != PrivacyMode.none and p.noise_multiplier == 0:
+        raise InputError(
+            "probe.noise_multiplier",
+            f"must be > 0 with probe.privacy={p.privacy}",
+            "e.g. probe.noise_multiplier=1.0",
+        )
+    if p.privacy == PrivacyMode.dp and p.statistic != Statistic.mean:
+        raise InputError(
+            "probe.statistic",
+            f"must be mean with probe.privacy=dp, got {p.statistic}: the mechanism bounds the sensitivity of a mean",
+            "set probe.statistic=mean",
+        )
+
+
+def validate_job(job: JobConfig, overrides: Iterable[str] = ()) -> StopRuleConfig:
+    """Check every value of a job (and that none of its `overrides` is ignored); returns the stop rule's config."""
     check_fields(job)
+    refuse_ignored(job, overrides)
     validate_model_shape(job)
     validate_train(job)
     if job.cluster.backend == "nccl" and job.cluster.gpus_per_worker == 0:
         raise InputError("cluster.backend", "nccl needs GPUs", "set cluster.gpus_per_worker=1 or backend=gloo")
     job.data.domain_configs()
+    validate_psi(job)
     if job.probe.enabled:  # a disabled probe's domains and bins are never used
         job.probe_domains()
         job.probe.histogram.spec()
         if job.probe.model_id is not None:
             check_model_id(job.probe.model_id)
+        validate_privacy(job)
+    validate_adapt(job)
     return validate_stop(job)
+
+
+def validate_adapt(job: JobConfig) -> None:
+    """An adapt job's settings that need more than one field (docs/adapt.md)."""
+    a = job.adapt
+    if not a.enabled:
+        return
+    if job.probe.enabled:
+        raise InputError(
+            "probe.enabled",
+            "an adapt job publishes no blueprints (its frozen submodules have no gradient to measure)",
+            "use probe=off (`cpr adapt` sets it)",
+        )
+    if a.strategy == AdaptStrategy.lisa and job.deepspeed.zero_stage != 0:
+        raise InputError(
+            "adapt.strategy",
+            f"lisa re-freezes blocks between steps, which ZeRO-{job.deepspeed.zero_stage}'s flat partitions do not "
+            "allow (a frozen block would still move through Adam's moments)",
+            "add deepspeed=zero0",
+        )
+    if a.strategy != AdaptStrategy.full and a.memory_gb is None and a.max_fraction is None:
+        raise InputError("adapt.max_fraction", f"adapt={a.strategy.value} needs a budget", "set it or adapt.memory_gb")
+    if a.strategy == AdaptStrategy.lora and a.max_fraction is None:
+        raise InputError("adapt.max_fraction", "lora's rank is matched to a parameter budget", "set it, e.g. 0.2")

@@ -30,12 +30,14 @@ from orchestrator.controller import gangs
 from orchestrator.controller.effects import EffectApplier
 from orchestrator.controller.endings import Endings
 from orchestrator.controller.events import (
+    Adapted,
     BlueprintFailed,
     Checkpointed,
     Effects,
     Eval,
     Event,
     Probe,
+    Resumed,
     Sources,
     StopRequest,
     Submitted,
@@ -44,6 +46,7 @@ from orchestrator.controller.events import (
     Train,
 )
 from orchestrator.controller.handles import JobHandle, load_handle, new_entry
+from orchestrator.controller.liveness import identity
 from orchestrator.controller.metrics import ControllerMetrics, default_sink
 from orchestrator.controller.publishing import publish_blueprint
 from orchestrator.controller.registry import JobRegistry, default_registry
@@ -121,6 +124,7 @@ class Controller:
             self._schedule_log = scheduler_log(root)
         live = [h for h in self.jobs.values() if not h.done.is_set()]
         for h in live:
+            h.writer.set_tags({names.CONTROLLER: identity()})  # this process runs them now
             if h.state not in WAITING:  # its gang was running (or starting, restarting, stopping)
                 self._thread(gangs.run_job, self, h, True, name=f"job-{h.job_id}")
         if live:
@@ -164,12 +168,17 @@ class Controller:
             flops_model=FlopsModel(**flops_model),
             carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh,
             start_t=None,  # set when its ranks start: its time in the queue is not its wall-clock Γ
+            psi=cfg.psi.spec(),
         )
         tags = {
             names.JOB_ID: job_id,
             names.STATE: JobLifecycle.QUEUED.value,
             names.MODEL: cfg.model.name,
             names.DATA: cfg.data.name,
+            names.CONTROLLER: identity(),
+            names.STATE_DIR: str(Path(state_dir).resolve()),
+            names.PSI_NAME: tracker.psi.name,
+            names.PSI_UNITS: tracker.psi.units,
             **({names.SWEEP: sweep} if sweep else {}),
         }
         writer = RunWriter.create(
@@ -302,7 +311,11 @@ class Controller:
         with h.lock:
             logged = h.writer.logged("probe", general.step)
             nonfinite = any(r.nonfinite for r in parsed)
-            metrics = {} if logged or nonfinite else probe_metrics(general, h.job.probe.top_k)
+            metrics = (
+                {}
+                if logged or nonfinite
+                else probe_metrics(general, h.job.probe.top_k, privacy=str(h.job.probe.privacy))
+            )
             self._probes[(job_id, general.step)] = parsed
             try:
                 event = Probe(job_id, general.step, metrics, general.label, nonfinite, logged)
@@ -314,18 +327,45 @@ class Controller:
         """Rank 0: every rank's part of a periodic checkpoint is on disk; a lost gang restarts from it."""
         self.step_job(self.jobs[job_id], Checkpointed(job_id, record))
 
-    # -- user requests ------------------------------------------------------------------------------------
-    def request_stop(self, job_id: str) -> dict[str, Any]:
-        """A user STOP: recorded now; the ranks see it at their next report, checkpoint and end."""
-        return self._halt(job_id, StopReason.USER)
+    def adapted(self, job_id: str, record: dict[str, Any]) -> None:
+        """Rank 0 of an adapt job: its selection, then what its engine measured (docs/adapt.md)."""
+        self.step_job(self.jobs[job_id], Adapted(job_id, record))
 
-    def _halt(self, job_id: str, reason: StopReason) -> dict[str, Any]:
+    # -- user requests ------------------------------------------------------------------------------------
+    def request_stop(
+        self, job_id: str, reason: str = StopReason.USER.value, detail: str | None = None
+    ) -> dict[str, Any]:
+        """A user STOP (`user`, or `interrupted` with the client's signal as `detail`): recorded now; the ranks see
+        it at their next report, checkpoint and end."""
+        return self._halt(job_id, StopReason(reason), detail)
+
+    def _halt(self, job_id: str, reason: StopReason, detail: str | None = None) -> dict[str, Any]:
         h = self.jobs.get(job_id)
         if h is None:
             return {"ok": False, "error": f"no job {job_id}"}
-        fx = self.step_job(h, StopRequest(job_id, reason))
+        fx = self.step_job(h, StopRequest(job_id, reason, detail))
         assert fx.answer is not None
         return fx.answer
+
+    def resume(self, state_dir: str, resume: dict[str, Any], step: int, was: str) -> dict[str, Any]:
+        """`cpr submit +resume=JOB`: load an interrupted or lost job back from its store folder (same MLflow run,
+        tracker as persisted) and queue it to continue from `resume`; returns its ids at once."""
+        h = load_handle(Path(state_dir))
+        if h.job_id in self.jobs and not self.jobs[h.job_id].done.is_set():
+            raise InputError("resume", f"{h.job_id} is already live on this cluster", "follow it with `cpr status`")
+        h.done.clear()
+        self.jobs[h.job_id] = h
+        with self.pool_lock:
+            self.state.jobs[h.job_id] = h.entry
+        h.writer.reopen()
+        h.writer.set_tags({names.CONTROLLER: identity()})
+        self.step_job(h, Resumed(h.job_id, resume, step, was))
+        if self.registry is not None:
+            self.registry.register(h.job_id, state_dir)
+        with self.pool_lock:
+            self._schedule_log = scheduler_log(state_dir)
+        self._start_scheduler()
+        return {"job_id": h.job_id, "run_id": h.writer.run_id}
 
     def view(self, job_id: str) -> dict[str, Any]:
         h = self.jobs[job_id]

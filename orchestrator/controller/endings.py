@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.controller.events import Ended, Fail, Finish, Release
 from orchestrator.controller.handles import JobHandle
+from orchestrator.core.lifecycle import JobLifecycle
 from orchestrator.report import log_run_report, log_sweep_report
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ class Endings:
     def finish(self, h: JobHandle) -> None:
         """Ended by a STOP or at its budget."""
         self.ctl.step_job(h, Finish(h.job_id))
-        self._close(h, "FINISHED")
+        # An interrupted run is KILLED in MLflow's words; `cpr submit +resume` marks it RUNNING again.
+        self._close(h, "KILLED" if h.state is JobLifecycle.INTERRUPTED else "FINISHED")
 
     def fail(self, h: JobHandle, error: str, input_error: dict[str, Any] | None) -> None:
         try:

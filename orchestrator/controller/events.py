@@ -74,6 +74,14 @@ class Checkpointed:
 
 
 @dataclass(frozen=True)
+class Adapted:
+    """Rank 0 of an adapt job: its selection (S_adapt with every submodule's figures), or what its engine measured."""
+
+    job_id: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Sources:
     job_id: str
     rank: int
@@ -84,6 +92,8 @@ class Sources:
 class StopRequest:
     job_id: str
     reason: StopReason = StopReason.USER
+    detail: str | None = None
+    """What asked, when the reason alone does not say: the signal of an `interrupted` stop (e.g. "SIGTERM")."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +159,18 @@ class Ended:
     job_id: str
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """`cpr submit +resume=JOB`: an interrupted or lost job, loaded back from its store folder, continues from
+    `resume` ({"dir", "tag", "universal"}, saved at `step`) with its tracker's ledger, window and decisions."""
+
+    job_id: str
+    resume: dict[str, Any]
+    step: int
+    was: str
+    """What it was: `interrupted (SIGTERM)` or `lost`."""
+
+
 Event = (
     Submitted
     | Train
@@ -158,6 +180,7 @@ Event = (
     | BlueprintPublished
     | BlueprintFailed
     | Checkpointed
+    | Adapted
     | Sources
     | StopRequest
     | Tick
@@ -169,6 +192,7 @@ Event = (
     | Fail
     | Release
     | Ended
+    | Resumed
 )
 
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from orchestrator.controller.actor import Controller
 
 STOP_POLL_S = 2.0
+PEER_DEATH_S = 20.0
+"""How long a rank's error waits for Ray to report a peer's death that may have caused it (a gloo or NCCL error)."""
 
 
 class GangLost(RuntimeError):
@@ -134,13 +136,16 @@ def _await(ctl: Controller, h: JobHandle, refs: list[Any]) -> tuple[list[dict[st
                 return results, f"a rank died: {' '.join(str(exc).split())[:300]}"
             except Exception:
                 # A peer's death often reaches the survivors first, as a gloo/NCCL error in a collective: if a rank
-                # of the gang died, the gang was lost; otherwise the rank's error is the job's.
-                try:
-                    ray.get(pending, timeout=10)
-                except RayActorError as exc:
-                    return results, f"a rank died: {' '.join(str(exc).split())[:300]}"
-                except Exception:
-                    pass
+                # of the gang died, the gang was lost; otherwise the rank's error is the job's. Every other rank is
+                # asked, those of this same wait too (the dead one may come after the survivor in `done`).
+                deadline = time.monotonic() + PEER_DEATH_S
+                for other in [r for r in done if r is not ref] + pending:
+                    try:
+                        ray.get(other, timeout=max(0.1, deadline - time.monotonic()))
+                    except RayActorError as exc:
+                        return results, f"a rank died: {' '.join(str(exc).split())[:300]}"
+                    except Exception:
+                        continue
                 raise
             if result is None:  # adopted, but its `run` never ran (the controller died starting it)
                 return results, "its ranks never ran"

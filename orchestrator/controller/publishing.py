@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from orchestrator.blueprints.publish import BlueprintSettings, blueprint_from_probes, publish_once
+from orchestrator.blueprints.publish import BlueprintSettings, blueprint_from_probes, publish_once, run_dp_releases
+from orchestrator.blueprints.tailfit import FitPolicy
 from orchestrator.config.compose import job_to_yaml
 from orchestrator.controller.events import BlueprintPublished
 from orchestrator.controller.handles import JobHandle
@@ -27,9 +28,12 @@ def publish_blueprint(h: JobHandle, reports: list[ProbeReport]) -> BlueprintPubl
         ci_level=p.ci_level,
         n_resamples=p.n_resamples,
         fit_method=p.fit_method,
+        fit_policy=FitPolicy(min_tail=p.fit_min_tail, min_tail_share=p.fit_min_tail_share, p_level=p.fit_p_level),
         seed=job.seed,
+        privacy=str(p.privacy),
         noise_multiplier=p.noise_multiplier,
         noise_clip=p.noise_clip,
+        dp_delta=p.dp_delta,
     )
     world = h.entry.record.world or job.cluster.num_workers
     provenance: dict[str, Any] = {
@@ -41,12 +45,14 @@ def publish_blueprint(h: JobHandle, reports: list[ProbeReport]) -> BlueprintPubl
         "world_size": world,
         "probe_batches": len(next(iter(general.batch_norms.values()))),
     }
+    run_id = h.writer.run_id
     bp = blueprint_from_probes(
         reports,
         settings,
         resource=job.resized(world).resource_model(n_params),
-        run_id=h.writer.run_id,
+        run_id=run_id,
         provenance=provenance,
+        prior_releases=0 if p.privacy != "dp" else run_dp_releases(h.blueprint_store, settings.model_id, run_id),
     )
     version, path, fresh = publish_once(h.blueprint_store, bp)
     record = {

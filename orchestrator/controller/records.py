@@ -73,6 +73,8 @@ class HandleRecord:
     error: str | None = None
     input_error: dict[str, Any] | None = None
     """Set when it failed on bad input met at run time: InputError's field, problem and fix."""
+    interrupted_by: str | None = None
+    """The signal its client got (e.g. "SIGTERM") when it was interrupted."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +95,8 @@ class HandleRecord:
             "failures": self.failures,
             "error": self.error,
             "input_error": self.input_error,
+            # Only when set: a record of a job never interrupted keeps the earlier controller's keys.
+            **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
         }
 
     @classmethod
@@ -117,6 +121,7 @@ class HandleRecord:
             failures=int(data.get("failures", r.failures)),
             error=data.get("error"),
             input_error=data.get("input_error"),
+            interrupted_by=data.get("interrupted_by"),
         )
 
 
@@ -140,6 +145,8 @@ class JobEntry:
     """Its last gang's results, one per rank."""
     summary: dict[str, Any] | None = None
     done: bool = False
+    adapt: dict[str, Any] | None = None
+    """An adapt job's selection and measured memory, as rank 0 sent them (`Adapted`)."""
 
     @property
     def state(self) -> JobLifecycle:
@@ -163,6 +170,7 @@ class JobEntry:
             "results": self.results,
             "summary": self.summary,
             "done": self.done,
+            "adapt": self.adapt,
         }
 
     @classmethod
@@ -180,4 +188,5 @@ class JobEntry:
             results=list(data["results"]),
             summary=data["summary"],
             done=data["done"],
+            adapt=data.get("adapt"),
         )

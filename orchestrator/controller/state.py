@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.adapt.record import chosen_tag, measured_metrics, selection_metrics, summary_of
 from orchestrator.controller.events import (
+    Adapted,
     AppendLog,
     BlueprintFailed,
     BlueprintPublished,
@@ -43,6 +45,7 @@ from orchestrator.controller.events import (
     RecordBlueprint,
     Release,
     RestartReady,
+    Resumed,
     SaveHandle,
     SaveSummary,
     SaveTracker,
@@ -229,6 +232,23 @@ class ControllerState:
         rec.checkpoint = ev.record
         out.add(SaveHandle(ev.job_id), SetTags(ev.job_id, {names.CHECKPOINT: ev.record["path"]}))
 
+    def _on_Adapted(self, ev: Adapted, now: float, out: Effects) -> None:
+        """An adapt job's selection (logged once: a restarted gang selects again, the same set) or its measured
+        memory: metrics, tags, the record as an artifact and in its summary."""
+        e = self.jobs[ev.job_id]
+        before = e.adapt or {}
+        rec = ev.record
+        if "selection" in rec and "selection" not in before:
+            sel = rec["selection"]
+            out.add(
+                LogMetrics(e.job_id, selection_metrics(sel), 0),
+                SetTags(e.job_id, {names.ADAPT_STRATEGY: str(sel["strategy"]), names.ADAPT_CHOSEN: chosen_tag(sel)}),
+            )
+        if "measured" in rec and "measured" not in before:
+            out.add(LogMetrics(e.job_id, measured_metrics(rec["measured"]), int(rec["measured"].get("step", 1))))
+        e.adapt = {**rec, **before}  # the first of each part stays
+        out.add(LogText(e.job_id, json.dumps(json_safe(e.adapt), indent=2), "adapt/selection.json"))
+
     def _on_Sources(self, ev: Sources, now: float, out: Effects) -> None:
         e = self.jobs[ev.job_id]
         e.sources[ev.rank] = ev.statuses
@@ -254,6 +274,9 @@ class ControllerState:
         if fresh:
             self._decided(e, out, d.reason.value if d.reason else None)
             out.add(SetTags(e.job_id, decision_tags(d.action.value, d.reason)))
+            if ev.detail is not None and ev.reason is StopReason.INTERRUPTED:
+                e.record.interrupted_by = ev.detail
+                out.add(SaveHandle(e.job_id), SetTags(e.job_id, {names.INTERRUPTED_BY: ev.detail}))
         out.answer = {"ok": True, "decision": d.to_dict()}
 
     # -- the queue and the pool (pool lock) -----------------------------------------------------------------------
@@ -549,12 +572,19 @@ class ControllerState:
             restarts=list(e.record.restarts),
             blueprints=list(e.blueprints),
         )
-        e.summary = summary
+        if e.adapt is not None:
+            summary["adapt"] = summary_of(e.adapt)
         reason = summary["reason"] or "budget"
+        if reason == StopReason.INTERRUPTED.value:
+            summary["interrupted_by"] = e.record.interrupted_by
+            if e.results:  # its final checkpoint: where `cpr submit +resume` continues it
+                rank0 = min(e.results, key=lambda r: r["rank"])
+                e.record.checkpoint = {"step": rank0["step"], "path": rank0["checkpoint"], "world_size": e.record.world}
+        e.summary = summary
         out.add(SetTags(e.job_id, {names.DECISION: "stop", names.REASON: reason}))
         self._artifacts(e, out)
         out.add(SaveTracker(e.job_id), SaveSummary(e.job_id))
-        self._set_state(e, JobLifecycle.FINISHED if reason == "budget" else JobLifecycle.STOPPED, out)
+        self._set_state(e, _ENDED_BY.get(reason, JobLifecycle.STOPPED), out)
 
     def _on_Fail(self, ev: Fail, now: float, out: Effects) -> None:
         e = self.jobs[ev.job_id]
@@ -570,6 +600,34 @@ class ControllerState:
     def _on_Ended(self, ev: Ended, now: float, out: Effects) -> None:
         self.jobs[ev.job_id].done = True
         out.add(SetDone(ev.job_id))
+
+    def _on_Resumed(self, ev: Resumed, now: float, out: Effects) -> None:
+        """Back in the queue from its checkpoint as a new incarnation (its ranks' telemetry sources are new ones, so
+        no counter spans the time it was gone); its tracker goes on from what it persisted."""
+        e = self.jobs[ev.job_id]
+        rec = e.record
+        e.tracker.resume(now)
+        e.done, e.summary, e.results = False, None, []
+        rec.resume = ev.resume
+        rec.incarnation += 1
+        rec.slots, rec.restart_to, rec.checkpoint = 0, None, None
+        rec.error, rec.input_error, rec.interrupted_by = None, None, None
+        rec.restarts.append(
+            {
+                "step": ev.step,
+                "from_workers": rec.world,
+                "to_workers": rec.world,
+                "reason": f"resumed ({ev.was})",
+                "since": now,
+            }
+        )
+        tags = {names.RESUMED: f"from step {ev.step} ({ev.was})", names.DECISION: "", names.REASON: ""}
+        out.add(SaveTracker(e.job_id), SaveHandle(e.job_id), SetTags(e.job_id, tags))
+        self._set_state(e, JobLifecycle.QUEUED, out)
+
+
+_ENDED_BY = {StopReason.BUDGET.value: JobLifecycle.FINISHED, StopReason.INTERRUPTED.value: JobLifecycle.INTERRUPTED}
+"""The state a STOP's reason ends a job in (any other reason: `stopped`)."""
 
 
 def _plain_resume(path: str) -> dict[str, Any]:

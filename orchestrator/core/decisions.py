@@ -26,6 +26,8 @@ class StopReason(StrEnum):
     """Ψ was non-finite (NaN/Inf loss) for the configured number of successive checks."""
     USER = "user"
     """Someone asked for it."""
+    INTERRUPTED = "interrupted"
+    """Its attached client got SIGTERM or SIGINT (a scheduler's or a person's kill): checkpointed, resumable."""
     DOMINATED = "dominated"
     """The scheduler stopped it: another job of its group already has a Ψ its forecast says it will not reach by
     its budget, so its remaining Γ buys the group nothing."""

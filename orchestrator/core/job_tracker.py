@@ -21,6 +21,7 @@ from orchestrator.core.flops import FlopsModel
 from orchestrator.core.forecast import OPTIMISTIC_WINDOW, fit_forecast, optimistic_psi_at
 from orchestrator.core.gain_left import explain
 from orchestrator.core.ledger import J_PER_KWH, AddResult, Metric, ResourceLedger, TelemetrySample
+from orchestrator.core.psi import PsiSpec
 from orchestrator.core.reports import EvalReport, TrainReport
 from orchestrator.core.resources import ResourceKind, projected_to_budget
 from orchestrator.core.stop_rule import StopRule, StopRuleConfig
@@ -38,6 +39,11 @@ CURVE_MAX = 1024
 _NAMES: dict[Any, str] = {k: k.value for k in (*ResourceKind, *AddResult)}
 _GAMMA_KEYS = {k: names.gamma(k.value) for k in ResourceKind}
 _STOP = Action.STOP.value
+
+
+def _psi_of(row: dict[str, float]) -> float:
+    """Ψ of a curve row (a row saved before `psi=` existed has only the loss: Ψ = −loss then)."""
+    return row["psi"] if "psi" in row else -row["loss"]
 
 
 def _thinned(rows: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -69,9 +75,12 @@ class JobTracker:
         flops_model: FlopsModel | None = None,
         carbon_intensity_kg_per_kwh: float | None = None,
         start_t: float | None,
+        psi: PsiSpec | None = None,
     ) -> None:
-        """`start_t`: when its ranks started; None for a job still waiting in the queue (see `started`)."""
+        """`start_t`: when its ranks started; None for a job still waiting in the queue (see `started`).
+        `psi`: what Ψ is (None: −validation loss)."""
         self.job_id = job_id
+        self.psi = psi or PsiSpec()
         self.enforce = enforce
         self.max_tokens = int(max_tokens)
         self.rule = StopRule(rule_config)
@@ -150,16 +159,20 @@ class JobTracker:
         self.last_eval = report
         totals = self.ledger.totals()
         kind = self.rule.config.resource
-        row = {"step": float(report.step), "loss": report.val_loss, **{_NAMES[k]: v for k, v in totals.items()}}
+        row = {"step": float(report.step), "loss": report.val_loss, "psi": report.psi}
+        row.update({_NAMES[k]: v for k, v in totals.items()})
         self._add_row(row)
         metrics: dict[str, float] = {names.VAL_LOSS: report.val_loss, names.PSI: report.psi}
+        metrics.update({names.domain_loss(d): v for d, v in report.domain_losses.items()})
         metrics.update({_GAMMA_KEYS[k]: v for k, v in totals.items()})
         if self.rule.stopped is not None:  # shadow mode after the rule's STOP: keep the curve, no more decisions
             return CheckOutcome(decision=None, metrics=metrics, halt=False)
         if kind not in totals:
             raise KeyError(f"no telemetry source measures {kind.value} (measured: {', '.join(sorted(totals))})")
         horizon = projected_to_budget(totals[kind], totals.get(ResourceKind.TOKENS, 0.0), self.max_tokens)
-        decision = self.rule.observe(psi=report.psi, gamma=totals[kind], step=report.step, horizon=horizon)
+        # The divergence guard reads the validation loss whatever Ψ is: a user's score may stay finite on NaN weights.
+        psi = report.psi if math.isfinite(report.val_loss) else math.nan
+        decision = self.rule.observe(psi=psi, gamma=totals[kind], step=report.step, horizon=horizon)
         if decision.ratio is not None:
             metrics[names.RATIO] = decision.ratio
         if decision.eta is not None:
@@ -196,6 +209,16 @@ class JobTracker:
         self.stop = decision
         return decision
 
+    def resume(self, t_s: float) -> None:
+        """`cpr submit +resume` at `t_s`: the time it was gone is no wall hour of its, and an `interrupted` STOP is
+        withdrawn (the rule's own state, window and decisions go on as persisted); any other STOP stands."""
+        self.ledger.went_offline(t_s)
+        if self.stop is None or self.stop.reason is not StopReason.INTERRUPTED:
+            return
+        self.stop = None
+        if self.rule.stopped is not None and self.rule.stopped.reason is StopReason.INTERRUPTED:
+            self.rule.state.stopped = None
+
     def budget_reached(self, *, step: int, t_s: float) -> Decision:
         """The workers used the whole token budget (train.max_tokens) without a STOP: reason `budget`."""
         if self.stop is not None:
@@ -226,6 +249,7 @@ class JobTracker:
             "loss": self.last_train.loss if self.last_train else None,
             "val_loss": self.last_eval.val_loss if self.last_eval else None,
             "psi": self.last_eval.psi if self.last_eval else None,
+            "psi_name": self.psi.name,
             "resource": self.rule.config.resource.value,
             "gamma": {k.value: v for k, v in totals.items()},
             "ratio": last["ratio"] if last else None,
@@ -264,6 +288,7 @@ class JobTracker:
             "rule_decision": self.rule_decision(),
             "enforce": self.enforce,
             "psi": self.last_eval.psi if self.last_eval else None,
+            "psi_definition": self.psi.to_dict(),
             "val_loss": self.last_eval.val_loss if self.last_eval else None,
             "step": self.last_eval.step if self.last_eval else None,
             "checks": s.checks,
@@ -297,13 +322,16 @@ class JobTracker:
         return {node: math.fsum(parts) / J_PER_KWH for node, parts in sorted(by_node.items())}
 
     def curve_csv(self) -> str:
-        """The Ψ–Γ curve in `cpr replay`'s CSV format (step, loss, one cumulative column per kind measured)."""
+        """The Ψ–Γ curve in `cpr replay`'s CSV format: step, then `loss` (psi=val_loss: Ψ = −loss) or `psi` (any
+        other Ψ), then one cumulative column per kind measured."""
         kinds = [k.value for k in CURVE_KINDS if any(k.value in row for row in self.curve)]
-        lines = [",".join(["step", "loss", *kinds])]
+        column = "loss" if self.psi.is_val_loss else "psi"
+        lines = [",".join(["step", column, *kinds])]
         for row in self.curve:
             if not all(k in row for k in kinds):  # a kind that started late: the CSV needs full columns
                 continue
-            cells = [str(int(row["step"])), repr(float(row["loss"])), *(repr(float(row[k])) for k in kinds)]
+            value = row["loss"] if self.psi.is_val_loss else _psi_of(row)
+            cells = [str(int(row["step"])), repr(float(value)), *(repr(float(row[k])) for k in kinds)]
             lines.append(",".join(cells))
         return "\n".join(lines) + "\n"
 
@@ -317,7 +345,8 @@ class JobTracker:
         record = {"job_id": self.job_id, "t_s": t_s, **decision.to_dict()}
         max_loss = self.rule.config.max_loss
         if decision.stopped and decision.evidence is not None and max_loss is not None:
-            record["why"] = explain(decision.evidence, max_loss=max_loss, loss=-decision.psi)
+            loss = -decision.psi if self.psi.is_val_loss else None  # a share of the loss only where Ψ is one
+            record["why"] = explain(decision.evidence, max_loss=max_loss, loss=loss)
         self.decisions.append(record)
         # Keep the newest DECISIONS_KEPT, and the first STOP before them (`rule_decision` must find that one).
         pinned = self.decisions[0]["action"] == _STOP
@@ -335,10 +364,10 @@ class JobTracker:
         tokens at a fixed global batch and, unlike measured energy, carry no start-up offset that would bend the
         curve in log scale (`forecast.optimistic_psi_at`; None while it has too few checks)."""
         rows = self.curve[-OPTIMISTIC_WINDOW:]
-        return optimistic_psi_at([r["step"] for r in rows], [-r["loss"] for r in rows], float(step))
+        return optimistic_psi_at([r["step"] for r in rows], [_psi_of(r) for r in rows], float(step))
 
     def _last_psi(self) -> float:
-        return -self.curve[-1]["loss"] if self.curve else math.nan
+        return _psi_of(self.curve[-1]) if self.curve else math.nan
 
     # -- persistence ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +376,7 @@ class JobTracker:
             "enforce": self.enforce,
             "max_tokens": self.max_tokens,
             "start_t": self.start_t,
+            "psi": self.psi.to_dict(),
             "rule": self.rule.to_json(),
             "ledger": self.ledger.to_dict(),
             "decisions": self.decisions,
@@ -365,6 +395,7 @@ class JobTracker:
         tracker.enforce = data["enforce"]
         tracker.max_tokens = data["max_tokens"]
         tracker.start_t = data["start_t"]
+        tracker.psi = PsiSpec.from_dict(data["psi"]) if data.get("psi") else PsiSpec()
         tracker.rule = rule
         tracker.ledger = ResourceLedger.from_dict(data["ledger"])
         # A state saved before these bounds existed may hold more: bound it as the live path would have.

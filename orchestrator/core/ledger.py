@@ -207,6 +207,8 @@ class ResourceLedger:
         self._t_min: float | None = None
         self._t_max: float | None = None
         self._reported: dict[ResourceKind, float] = {}
+        self._offline_s = 0.0
+        """Time the job was gone between its samples (interrupted or lost, until resumed): not its wall hours."""
         self.n_added = 0
         self.n_duplicates = 0
         self.n_rejected = 0
@@ -237,6 +239,11 @@ class ResourceLedger:
         if self._t_max is None or t > self._t_max:
             self._t_max = t
         return _ADDED
+
+    def went_offline(self, until_t: float) -> None:
+        """The job was gone from its newest sample until `until_t` (its resume): that span is no wall hour of its."""
+        if self._t_max is not None and until_t > self._t_max:
+            self._offline_s += until_t - self._t_max
 
     def add_many(self, samples: list[TelemetrySample]) -> dict[AddResult, int]:
         counts = dict.fromkeys(_RESULTS, 0)
@@ -276,7 +283,7 @@ class ResourceLedger:
             if self.flops_model is not None:
                 out[ResourceKind.FLOPS] = self.flops_model.training_flops(tokens)
         if self._t_min is not None and self._t_max is not None:
-            out[ResourceKind.WALL_HOURS] = (self._t_max - self._t_min) / S_PER_HOUR
+            out[ResourceKind.WALL_HOURS] = max(0.0, self._t_max - self._t_min - self._offline_s) / S_PER_HOUR
         return out
 
     def totals(self) -> dict[ResourceKind, float]:
@@ -302,6 +309,7 @@ class ResourceLedger:
             "t_range": [self._t_min, self._t_max],
             "reported": {k.value: v for k, v in self._reported.items()},
             "counts": [self.n_added, self.n_duplicates, self.n_rejected, self.n_late],
+            **({"offline_s": self._offline_s} if self._offline_s else {}),
         }
 
     @classmethod
@@ -331,6 +339,7 @@ class ResourceLedger:
         if "t_range" in data:
             ledger._t_min, ledger._t_max = data["t_range"]
         ledger._reported = {ResourceKind(k): v for k, v in data["reported"].items()}
+        ledger._offline_s = float(data.get("offline_s", 0.0))
         counts = list(data["counts"])
         ledger.n_added, ledger.n_duplicates, ledger.n_rejected = counts[:3]
         ledger.n_late = counts[3] if len(counts) > 3 else 0

@@ -4,7 +4,11 @@ the tracking store tags (`cpr.state`) and the CLI shows.
     queued ─► starting ─► running ─┬─► stopping ─► stopped | finished
       ▲                            ├─► restarting ─► running        (a resize, or a lost rank)
       └──── paused ◄── pausing ◄───┤
-                                   └─► failed
+                                   ├─► failed
+                                   └─► interrupted ─► (`cpr submit +resume=JOB`) queued
+
+`lost` is no state the controller sets: it is what a reader (`cpr status`, `+resume`) observes of a job whose
+record says live while its controller can no longer be reached (its client killed, its machine rebooted).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class JobLifecycle(StrEnum):
     STOPPED = "stopped"
     """Ended by a STOP: the rule's, a user's, the scheduler's or a divergence."""
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """Its attached client got SIGTERM/SIGINT: checkpointed and ended; `cpr submit +resume=JOB` continues it."""
 
     @property
     def ended(self) -> bool:
@@ -53,7 +59,7 @@ class JobLifecycle(StrEnum):
         return self in RUNNING
 
 
-ENDED = frozenset({JobLifecycle.FINISHED, JobLifecycle.STOPPED, JobLifecycle.FAILED})
+ENDED = frozenset({JobLifecycle.FINISHED, JobLifecycle.STOPPED, JobLifecycle.FAILED, JobLifecycle.INTERRUPTED})
 WAITING = frozenset({JobLifecycle.QUEUED, JobLifecycle.PAUSED})
 RUNNING = frozenset({JobLifecycle.STARTING, JobLifecycle.RUNNING, JobLifecycle.RESTARTING})
 LIVE = frozenset(JobLifecycle) - ENDED
@@ -65,3 +71,30 @@ def lifecycle(state: str | None) -> JobLifecycle | None:
         return JobLifecycle(state) if state is not None else None
     except ValueError:
         return None
+
+
+LOST = "lost"
+"""The observed state of a job whose record says live but whose controller or cluster is gone (never stored)."""
+
+RESUMABLE = frozenset({JobLifecycle.INTERRUPTED.value, LOST})
+"""What `cpr submit +resume=JOB` continues from its last checkpoint."""
+
+
+def observed_state(state: str, controller_reachable: bool | None) -> str:
+    """The state a reader shows: `lost` for a live record whose controller cannot be reached (None: not known,
+    e.g. a record of an older version without the controller's identity), the stored state otherwise."""
+    known = lifecycle(state)
+    if known is not None and known.live and controller_reachable is False:
+        return LOST
+    return state
+
+
+def lost_label(last_report_t: float | None, now: float) -> str:
+    """`lost (last report 14:02:11 / 7 min ago)` in local time; without a known last report, just `lost`."""
+    import time
+
+    if last_report_t is None:
+        return LOST
+    ago = max(0.0, now - last_report_t)
+    since = f"{ago:.0f} s" if ago < 60 else f"{ago / 60:.0f} min" if ago < 5400 else f"{ago / 3600:.1f} h"
+    return f"{LOST} (last report {time.strftime('%H:%M:%S', time.localtime(last_report_t))} / {since} ago)"

@@ -12,8 +12,11 @@ from collections.abc import Mapping
 TRAIN_LOSS = "train/loss"
 TRAIN_LR = "train/lr"
 VAL_LOSS = "val/loss"
+"""The job's own held-out loss at a check, logged whatever Ψ is (the divergence guard reads it too)."""
+VAL_LOSS_PREFIX = "val/loss/"
+"""psi=domains: each domain's held-out loss, `val/loss/<domain>`."""
 PSI = "cpr/psi"
-"""Ψ at a check: −validation loss."""
+"""Ψ at a check, as the job defines it (`psi=`; its name and units are the run's psi.* params and tags)."""
 RATIO = "cpr/ratio"
 """The stop rule's windowed ΔΨ/ΔΓ (budget-aware default: the bound on the gain left per Γ unit left)."""
 ETA = "cpr/eta"
@@ -31,6 +34,11 @@ SCHEDULER_SLOTS = "scheduler/slots"
 def gamma(kind: str) -> str:
     """The metric of Γ of one kind (a `ResourceKind` value)."""
     return GAMMA_PREFIX + kind
+
+
+def domain_loss(domain: str) -> str:
+    """The metric of one held-out domain's loss in Ψ's mix."""
+    return VAL_LOSS_PREFIX + domain
 
 
 def gamma_kinds(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -53,6 +61,15 @@ DATA = "cpr.data"
 ERROR = "cpr.error"
 STOP_REQUESTED = "cpr.stop_requested"
 CHECKPOINT = "cpr.checkpoint"
+INTERRUPTED_BY = "cpr.interrupted_by"
+"""The signal that interrupted the job's attached client (SIGTERM, SIGINT)."""
+CONTROLLER = "cpr.controller"
+"""Where the job's controller runs (JSON: host, pid, its process's start time, Ray's GCS address): what `cpr status`
+checks to tell a live job from a `lost` one."""
+STATE_DIR = "cpr.state_dir"
+"""The job's store folder (`<runs_dir>/jobs/<job_id>`): its files' times are its last report."""
+RESUMED = "cpr.resumed"
+"""How often `cpr submit +resume` continued it, and from which step last."""
 RESTARTS = "cpr.restarts"
 LAST_RESTART = "cpr.last_restart"
 ABSENT_SOURCES = "cpr.absent_sources"
@@ -65,4 +82,13 @@ BLUEPRINT_LATEST = "cpr.blueprint.latest"
 REPORT = "cpr.report"
 SWEEP_REPORT = "cpr.sweep_report"
 N_PARAMS = "cpr.n_params"
+PSI_NAME = "cpr.psi.name"
+"""What Ψ is (also the param psi.name): runs are compared, and ranked, only on the same Ψ."""
+PSI_UNITS = "cpr.psi.units"
 HYDRA_OUTPUT_DIR = "cpr.hydra_output_dir"
+ADAPT_STRATEGY = "cpr.adapt.strategy"
+"""An adapt job's selection strategy (`cpr adapt`, docs/adapt.md)."""
+ADAPT_CHOSEN = "cpr.adapt.chosen"
+"""The submodules it trains (S_adapt), comma-separated; `lora` for LoRA."""
+ADAPT_PREFIX = "adapt/"
+"""An adapt job's selection figures (per submodule: `adapt/<figure>/<id>`) and its measured memory."""

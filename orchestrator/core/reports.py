@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -32,7 +32,7 @@ class TrainReport:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalReport:
-    """One evaluation check on the held-out split: Ψ = −val_loss by default."""
+    """One evaluation check: Ψ as the job defines it (`psi=`), and the held-out loss, always measured."""
 
     step: int
     tokens: int
@@ -41,10 +41,15 @@ class EvalReport:
     t_s: float
     final: bool = False
     """True for the evaluation at the end of the token budget."""
+    psi: float = None  # type: ignore[assignment]  # None: −val_loss, set in __post_init__
+    """Ψ at this check, higher is better (`core.psi`); −val_loss when not given (and in reports from before `psi=`)."""
+    psi_name: str = "-val_loss"
+    domain_losses: dict[str, float] = field(default_factory=dict)
+    """psi=domains: the held-out loss of each domain of Ψ's mix ("general" included)."""
 
-    @property
-    def psi(self) -> float:
-        return -self.val_loss
+    def __post_init__(self) -> None:
+        if self.psi is None:
+            object.__setattr__(self, "psi", -self.val_loss)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

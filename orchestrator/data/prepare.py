@@ -1,9 +1,11 @@
-"""Tokenize a corpus once into flat token memmaps (nanoGPT's train.bin / val.bin) with a locally trained tokenizer.
+"""Tokenize a corpus once into flat token memmaps (nanoGPT's train.bin / val.bin) with a locally trained tokenizer,
+or with a given one (`data.tokenizer`: a base model's, for adaptation).
 
 The cache sits next to the data (`<data>/.cpr_cache/<fingerprint>/`, or `~/.cache/cpr/data/` when the data's folder
 is not writable, as for the stdlib) and is keyed by a fingerprint of the files (path, size, mtime), the split and
-the tokenizer's size: a changed corpus is tokenized again, an unchanged one is reused at once. Concurrent
-preparations of the same corpus take a file lock; the results appear by an atomic rename.
+the tokenizer (the trained one's size, or the given file's sha256): a changed corpus or tokenizer is tokenized
+again, an unchanged one is reused at once. Concurrent preparations of the same corpus take a file lock; the results
+appear by an atomic rename.
 """
 
 from __future__ import annotations
@@ -58,22 +60,22 @@ class PreparedData:
         return np.memmap(path, dtype=self.dtype, mode="r")
 
 
-def fingerprint(corpus: Corpus, tokenizer_vocab: int | None) -> str:
-    """Files (path, size, mtime), split and tokenizer size: what the prepared tokens depend on."""
+def fingerprint(corpus: Corpus, tokenizer_vocab: int | None, tokenizer_sha256: str | None = None) -> str:
+    """Files (path, size, mtime), split and tokenizer (the trained one's size or the given file's sha256): what the
+    prepared tokens depend on."""
+    key: list[Any] = [
+        FORMAT_VERSION,
+        corpus.source,
+        corpus.val_every,
+        corpus.max_files,
+        tokenizer_vocab,
+        corpus.text_field,
+        corpus.hf_format,
+    ]
+    if tokenizer_sha256 is not None:  # appended only when given: a trained tokenizer's caches keep their names
+        key.append(tokenizer_sha256)
     h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            [
-                FORMAT_VERSION,
-                corpus.source,
-                corpus.val_every,
-                corpus.max_files,
-                tokenizer_vocab,
-                corpus.text_field,
-                corpus.hf_format,
-            ]
-        ).encode()
-    )
+    h.update(json.dumps(key).encode())
     for f in corpus.files:
         st = f.stat()
         h.update(f"{f.relative_to(corpus.root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -161,18 +163,69 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     return tok
 
 
+@dataclass(frozen=True)
+class GivenTokenizer:
+    """The tokenizer `data.tokenizer` names: its file, the bytes read from it once (hashed, parsed and copied into
+    the cache: a file changed meanwhile cannot make them disagree), their sha256 and the `tokenizers.Tokenizer`."""
+
+    path: Path
+    data: bytes = field(repr=False)
+    sha256: str
+    tokenizer: Any
+
+    @property
+    def vocab_size(self) -> int:
+        """Every id the tokenizer can produce fits below it (added tokens included, gaps in the ids too)."""
+        ids = self.tokenizer.get_vocab(with_added_tokens=True).values()
+        return max(self.tokenizer.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
+
+
+def given_tokenizer(cfg: Any) -> GivenTokenizer | None:
+    """`data.tokenizer` read (a tokenizer.json, or a folder holding one); None when it is not set.
+
+    InputError naming `data.tokenizer` for a memmap corpus (its ids are already made), a missing path, a file
+    `tokenizers` cannot read, or a tokenizer without the EOS token the documents are separated by."""
+    if cfg.tokenizer is None:
+        return None
+    field = "data.tokenizer"
+    if cfg.source == "memmap":
+        raise InputError(field, "is ignored by data.source=memmap: its token ids are already made", "drop it")
+    path = Path(cfg.tokenizer).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise InputError(field, f"{path} does not exist", "point it at a tokenizer.json or a folder that holds one")
+    from tokenizers import Tokenizer
+
+    try:
+        data = path.read_bytes()
+        tok = Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise InputError(
+            field, f"{path} is not a readable tokenizers file ({exc})", "save it with Tokenizer.save or save_pretrained"
+        ) from None
+    if tok.token_to_id(EOS) is None:
+        raise InputError(
+            field, f"{path} has no {EOS} token", f"use a tokenizer that has {EOS}: it separates the documents"
+        )
+    return GivenTokenizer(path=path, data=data, sha256=hashlib.sha256(data).hexdigest(), tokenizer=tok)
+
+
 def encode(tok: Any, texts: list[str], eos_id: int, dtype: str) -> np.ndarray:
-    """All documents' tokens, each followed by EOS, as one flat array."""
+    """All documents' tokens, each followed by EOS, as one flat array (no other special tokens: a given tokenizer's
+    post-processor, e.g. a BOS, is not applied)."""
     parts = []
-    for enc in tok.encode_batch(texts):
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
         parts.append(np.asarray(enc.ids, dtype=dtype))
         parts.append(np.asarray([eos_id], dtype=dtype))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def check_data(cfg: Any) -> None:
-    """The corpus a DataConfig names is there (files listed, a memmap's meta.json read); nothing is written."""
+    """The corpus a DataConfig names is there (files listed, a memmap's meta.json read, a given tokenizer loaded);
+    nothing is written."""
     corpus = open_corpus(cfg)
+    given_tokenizer(cfg)
     if corpus.source == "memmap":
         _memmap_source(corpus)
 
@@ -181,13 +234,17 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
     """The corpus of a DataConfig as token memmaps, from the cache when nothing changed."""
     say = log or (lambda _line: None)
     corpus = open_corpus(cfg)
+    given = given_tokenizer(cfg)
     if corpus.source == "memmap":
         return _memmap_source(corpus)
-    if not isinstance(cfg.tokenizer_vocab, int) or not 256 < cfg.tokenizer_vocab <= 1 << 20:
+    if given is not None:
+        fp = fingerprint(corpus, None, given.sha256)  # data.tokenizer_vocab is not read: nothing is trained
+    elif not isinstance(cfg.tokenizer_vocab, int) or not 256 < cfg.tokenizer_vocab <= 1 << 20:
         raise InputError(
             "data.tokenizer_vocab", f"must be an integer in (256, 1048576], got {cfg.tokenizer_vocab!r}", "e.g. 4096"
         )
-    fp = fingerprint(corpus, cfg.tokenizer_vocab)
+    else:
+        fp = fingerprint(corpus, cfg.tokenizer_vocab)
     base = cache_base(corpus, cfg)
     cache = base / fp
     if (cache / "meta.json").exists():
@@ -208,11 +265,16 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
                 f"{corpus.root}: {len(splits['train'])} training and {len(splits['val'])} validation documents",
                 "add documents or lower data.val_every",
             )
-        say(
-            f"{corpus.source}: training a {cfg.tokenizer_vocab}-token BPE tokenizer on {len(splits['train'])} documents"
-        )
-        tok = train_tokenizer(splits["train"], cfg.tokenizer_vocab)
-        vocab = tok.get_vocab_size()
+        if given is None:
+            say(
+                f"{corpus.source}: training a {cfg.tokenizer_vocab}-token BPE tokenizer on "
+                f"{len(splits['train'])} documents"
+            )
+            tok = train_tokenizer(splits["train"], cfg.tokenizer_vocab)
+            vocab = tok.get_vocab_size()
+        else:
+            say(f"{corpus.source}: encoding with the tokenizer {given.path}")
+            tok, vocab = given.tokenizer, given.vocab_size
         dtype = "uint16" if vocab <= 65535 else "uint32"
         eos_id = tok.token_to_id(EOS)
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{fp}."))
@@ -222,7 +284,10 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
                 ids = encode(tok, texts, eos_id, dtype)
                 ids.tofile(tmp / f"{split}.bin")
                 n[split] = int(ids.size)
-            tok.save(str(tmp / "tokenizer.json"))
+            if given is None:
+                tok.save(str(tmp / "tokenizer.json"))
+            else:
+                (tmp / "tokenizer.json").write_bytes(given.data)  # the same bytes: downstream reads it as before
             meta = {
                 "dtype": dtype,
                 "vocab_size": vocab,
@@ -233,6 +298,7 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
                 "root": str(corpus.root),
                 "files": len(corpus.files),
                 "format_version": FORMAT_VERSION,
+                **({} if given is None else {"tokenizer": str(given.path), "tokenizer_sha256": given.sha256}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             os.replace(tmp, cache)

@@ -140,13 +140,15 @@ def _check_split(files: tuple[Path, ...], cfg: Any, where: Path) -> None:
         raise InputError(
             "data.val_every", f"must be an integer ≥ 2, got {val_every!r}", "e.g. 20: every 20th file is held out"
         )
+    # The stdlib has no data.path: there only data.glob selects the files.
+    field, fix = (
+        ("data.glob", "check data.glob") if cfg.source == "stdlib" else ("data.path", "check data.path and data.glob")
+    )
     if not files:
-        raise InputError(
-            "data.path", f"no files under {where} match {cfg.glob or '**/*.txt'!r}", "check data.path and data.glob"
-        )
+        raise InputError(field, f"no files under {where} match {cfg.glob or '**/*.txt'!r}", fix)
     if len(files) < val_every and cfg.source != "hf_files":
         raise InputError(
-            "data.path",
+            field,
             f"{len(files)} files under {where}: too few to hold out every {val_every}th for validation",
             f"add files or lower data.val_every (≥ 2) to at most {max(2, len(files))}",
         )
@@ -162,7 +164,11 @@ def open_corpus(cfg: Any) -> Corpus:
         )
     if cfg.source == "stdlib":
         root = _stdlib_root()
-        files = _stdlib_sources(root)
+        files = (
+            sorted((p for p in root.glob(cfg.glob) if p.is_file()), key=lambda p: p.as_posix())
+            if cfg.glob
+            else _stdlib_sources(root)
+        )
     elif cfg.source == "text_dir":
         root = _cfg_path(cfg)
         if not root.is_dir():

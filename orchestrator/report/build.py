@@ -37,7 +37,7 @@ class ReportFiles:
 
 # (file stem, drawing function, title, caption) of a run's figures, in page order.
 _RUN_FIGURES = (
-    ("psi_gamma", fg.psi_vs_gamma, "Ψ against Γ", "Ψ = −validation loss at each check against the stop rule's Γ."),
+    ("psi_gamma", fg.psi_vs_gamma, "Ψ against Γ", "Ψ (as the job defines it) at each check against the stop rule's Γ."),
     ("psi_gamma_kinds", fg.psi_vs_each_gamma, "Ψ against the other kinds of Γ", "The same checks, other Γ kinds."),
     ("ratio_eta", fg.ratio_vs_eta, "Marginal return against η", "Shaded: successive checks below η (patience)."),
     ("gamma_kinds", fg.gamma_breakdown, "Γ by kind, with CO₂", "Cumulative Γ of every kind; energy per source."),

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator.blueprints import Blueprint, parse_blueprint
 from orchestrator.core import names
+from orchestrator.core.psi import PsiSpec
 from orchestrator.errors import InputError
 from orchestrator.tracking.published import artifact_path
 
@@ -73,8 +74,17 @@ class RunData:
     rule_stop: StopPoint | None = None
     """The rule's own STOP when it differs from `stop` (shadow mode, or a later budget/user stop)."""
     forecast: dict[str, Any] | None = None
+    psi_label: str = PsiSpec().label()
+    """What Ψ is, from the run's psi.name and psi.units params (a run from before `psi=`: −validation loss)."""
     summary: dict[str, Any] | None = None
     blueprints: list[Blueprint] = field(default_factory=list)
+    adapt_strategy: str | None = None
+    """An adapt job's selection strategy (tag cpr.adapt.strategy): a sweep's legend names it."""
+
+    @property
+    def label(self) -> str:
+        """How a comparison names the run: its job id, and an adapt job's strategy."""
+        return f"{self.job_id} ({self.adapt_strategy})" if self.adapt_strategy else self.job_id
 
     def gamma_final(self) -> dict[str, float]:
         return {k: s.values[-1] for k, s in self.gamma.items() if s}
@@ -124,6 +134,12 @@ def _int(text: str | None) -> int | None:
     return int(text) if text is not None and text.strip().lstrip("-").isdigit() else None
 
 
+def _psi_label(params: dict[str, str]) -> str:
+    """`Ψ = <name> [<units>]` from a run's params."""
+    default = PsiSpec()
+    return PsiSpec(name=params.get("psi.name", default.name), units=params.get("psi.units", default.units)).label()
+
+
 def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
     run_id, tags, params, metrics = run.info.run_id, run.data.tags, run.data.params, run.data.metrics
     raw = _artifact(client, run_id, "summary.json")
@@ -153,6 +169,7 @@ def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
         decision=tags.get(names.DECISION) or None,
         reason=tags.get(names.REASON) or None,
         psi=psi,
+        psi_label=_psi_label(params),
         gamma=dict(sorted(gamma.items())),
         ratio=_history(client, run_id, names.RATIO),
         eta=_history(client, run_id, names.ETA),
@@ -163,6 +180,7 @@ def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
         forecast=forecast if isinstance(forecast, dict) and forecast.get("ok") else None,
         summary=summary,
         blueprints=_blueprints(client, run) if blueprints else [],
+        adapt_strategy=tags.get(names.ADAPT_STRATEGY) or None,
     )
 
 

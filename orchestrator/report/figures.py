@@ -63,10 +63,10 @@ def psi_vs_gamma(run: RunData, path: Path) -> Path | None:
         return None
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    ax.plot(xs, ys, ".-", color="#2471a3", label="Ψ = −val loss")
+    ax.plot(xs, ys, ".-", color="#2471a3", label=run.psi_label)
     _mark_stops(ax, run, kind)
     ax.set_xlabel(f"Γ ({kind}), cumulative")
-    ax.set_ylabel("Ψ")
+    ax.set_ylabel(run.psi_label)
     ax.set_title(f"{run.job_id}: Ψ against Γ [{kind}] (the stop rule's kind)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -87,7 +87,7 @@ def psi_vs_each_gamma(run: RunData, path: Path) -> Path | None:
         ax.plot(xs, ys, ".-", color="#2471a3", ms=3)
         _mark_stops(ax, run, kind)
         ax.set_xlabel(f"Γ ({kind})")
-        ax.set_ylabel("Ψ")
+        ax.set_ylabel(run.psi_label)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.job_id}: Ψ against the other kinds of Γ")
     return _save(fig, path)
@@ -196,7 +196,7 @@ def forecast(run: RunData, path: Path) -> Path | None:
     _mark_stops(ax, run, run.resource)
     ax.set_xscale("log")
     ax.set_xlabel(f"Γ ({run.resource})")
-    ax.set_ylabel("Ψ")
+    ax.set_ylabel(run.psi_label)
     ax.set_title(f"{run.job_id}: forecast")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -266,7 +266,7 @@ def sweep_psi_vs_gamma(runs: Sequence[RunData], kind: str, path: Path) -> Path |
         xs, ys = _paired(run.gamma[kind], run.psi)
         if not xs:
             continue
-        (line,) = ax.plot(xs, ys, ".-", ms=3, label=run.job_id)
+        (line,) = ax.plot(xs, ys, ".-", ms=3, label=run.label)
         drawn += 1
         if run.stop is not None and run.stop.step is not None:
             g, p = run.gamma[kind].at(run.stop.step), run.psi.at(run.stop.step)
@@ -275,7 +275,8 @@ def sweep_psi_vs_gamma(runs: Sequence[RunData], kind: str, path: Path) -> Path |
     if not drawn:
         return None
     ax.set_xlabel(f"Γ ({kind})")
-    ax.set_ylabel("Ψ")
+    labels = {run.psi_label for run in runs}
+    ax.set_ylabel(labels.pop() if len(labels) == 1 else "Ψ (the jobs define it differently: not comparable)")
     ax.set_title(f"sweep of {len(runs)} jobs: Ψ against Γ [{kind}] (circles: stop)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

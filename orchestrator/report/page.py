@@ -88,6 +88,7 @@ def run_page(run: RunData, figures: Sequence[tuple[str, str, Path]]) -> str:
         ("stop rule's Γ kind", run.resource),
         ("patience", run.patience),
         ("checks", len(run.psi.steps)),
+        ("Ψ is", run.psi_label),
         ("final Ψ", run.psi.values[-1] if run.psi else None),
     ]
     if run.stop is not None and run.stop.step is not None:
@@ -120,7 +121,7 @@ def sweep_page(runs: Sequence[RunData], kind: str, figures: Sequence[tuple[str, 
         final = run.gamma_final()
         rows.append(
             (
-                run.job_id,
+                run.label,
                 run.status,
                 run.stop.reason if run.stop else None,
                 run.stop.step if run.stop else None,

@@ -3,8 +3,9 @@
 In order, so that bad input never takes a resource: `plan_job` composes the config and checks every value (once);
 `preflight` checks the outside world without writing anything; `open_run_dir` makes Hydra's output folder;
 `prepare` reaches the tracking store, tokenizes the data and checks the model's memory; `start` joins or starts Ray
-and hands the job to the controller; `follow` waits for its end. Sweeps: `plan_sweep` (or `plan_sweep_jobs` from
-another Hydra app's configs), then `queue_sweep`.
+and hands the job to the controller; `follow` waits for its end. `plan_resume` and `start_resumed` continue an
+interrupted or lost job. Sweeps: `plan_sweep` (or `plan_sweep_jobs` from another Hydra app's configs), then
+`queue_sweep`.
 """
 
 from orchestrator.submission.output_dir import job_env, open_run_dir, open_sweep_dir
@@ -12,7 +13,8 @@ from orchestrator.submission.plan import JobPlan, plan_config, plan_job, plan_of
 from orchestrator.submission.preflight import check_capacity, check_memory, check_writable_dir, preflight
 from orchestrator.submission.prepare import Prepared, Submission, new_job_id, prepare
 from orchestrator.submission.ray_cluster import disconnect, init_ray, start_local_head
-from orchestrator.submission.run import Outcome, Started, drain, follow, request_stop, start
+from orchestrator.submission.resume import ResumePlan, plan_resume, split_resume
+from orchestrator.submission.run import Outcome, Started, drain, follow, request_stop, start, start_resumed
 from orchestrator.submission.sweep import (
     MAX_SWEEP_JOBS,
     Queued,
@@ -31,6 +33,7 @@ __all__ = [
     "Outcome",
     "Prepared",
     "Queued",
+    "ResumePlan",
     "Started",
     "Submission",
     "Sweep",
@@ -51,12 +54,15 @@ __all__ = [
     "plan_config",
     "plan_job",
     "plan_of",
+    "plan_resume",
     "plan_sweep",
     "plan_sweep_jobs",
     "preflight",
     "prepare",
     "queue_sweep",
     "request_stop",
+    "split_resume",
     "start",
     "start_local_head",
+    "start_resumed",
 ]

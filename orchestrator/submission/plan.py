@@ -32,7 +32,7 @@ class JobPlan:
 
 def plan_of(job: JobConfig, overrides: list[str] | tuple[str, ...] = (), config: Any = None) -> JobPlan:
     """A plan for a typed job (composed, or built in code): every value checked, once."""
-    validate_job(job)
+    validate_job(job, overrides)
     return JobPlan(job=job, overrides=tuple(overrides), config=config)
 
 

@@ -98,10 +98,9 @@ def preflight(job: JobConfig) -> None:
     if uri:
         check_tracking_uri(uri)
     check_data(job.data)
-    if job.probe.enabled:
-        configs = job.data.domain_configs()
-        for name in job.probe_domains():
-            open_domain(name, configs[name])
+    configs = job.data.domain_configs()
+    for name in job.held_out_domains():
+        open_domain(name, configs[name])
     c = job.cluster
     if c.address is None:
         check_capacity(replace(job, cluster=replace(c, gpus_per_worker=0)), local_cpus(job))

@@ -85,10 +85,10 @@ def prepare(
 
         carbon = carbon_intensity_kg_per_kwh(job.telemetry.country_iso_code)
     prepared = prepare_data(job.data, log=log)
+    configs = job.data.domain_configs()
+    prepared = prepare_domains({d: configs[d] for d in job.held_out_domains()}, prepared, log=log)
     if job.probe.enabled:
         domains = job.probe_domains()
-        configs = job.data.domain_configs()
-        prepared = prepare_domains({d: configs[d] for d in domains}, prepared, log=log)
         need = job.probe.batches * job.train.micro_batch * job.cluster.num_workers + job.train.seq_len + 1
         for name in domains:
             have = len(prepared.tokens(name))
@@ -99,6 +99,14 @@ def prepare(
                     f"needs {need:,}",
                     "add documents to the domain or lower probe.batches",
                 )
+    need = job.eval_sequences() + job.train.seq_len + 1
+    for name in job.psi.domains():
+        if (have := len(prepared.tokens(name))) < need:
+            raise InputError(
+                f"data.domains.{name}",
+                f"has {have:,} tokens; Ψ's mix evaluates {job.eval_sequences()} sequences of {job.train.seq_len}",
+                "add documents to the domain or lower train.eval_sequences",
+            )
     vocab = job.model.vocab_size or prepared.vocab_size
     if vocab < prepared.vocab_size:
         raise InputError(
@@ -113,6 +121,7 @@ def prepare(
     job_dict["model"]["vocab_size"] = vocab
     params = mask_secrets(flatten_config(job_dict))  # MLflow params are readable by anyone with the UI
     params.update({"cpr.n_params": str(counts.total), "cpr.hydra_output_dir": str(output_dir or "")})
+    params.update(job.psi.spec().params())  # what Ψ is, defaults filled in: runs are compared on the same Ψ only
     checkpoint_dir = Path(job.train.checkpoint_dir).resolve() if job.train.checkpoint_dir else runs_dir / "checkpoints"
     submission = Submission(
         job_id=job_id,

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.errors import InputError
 from orchestrator.submission.preflight import check_capacity
 from orchestrator.submission.prepare import Prepared
 from orchestrator.submission.ray_cluster import init_ray
+from orchestrator.submission.resume import ResumePlan
 
 POLL_S = 0.5
 
@@ -64,6 +66,32 @@ def start(prepared: Prepared) -> Started:
     )
 
 
+def start_resumed(rp: ResumePlan) -> Started:
+    """Join or start Ray as `start` does, and hand the controller the job to continue from its checkpoint."""
+    import ray
+
+    from orchestrator.controller.actor import controller_handle
+
+    job = rp.plan.job
+    where = init_ray(job, start_head=job.detach)
+    check_capacity(job)
+    controller = controller_handle(job.cluster.namespace, detached=job.detach or job.cluster.address is not None)
+    try:
+        answer = ray.get(controller.resume.remote(str(rp.state_dir), rp.resume, rp.step, rp.was))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, InputError):
+            raise exc.cause from None
+        raise
+    return Started(
+        job_id=rp.job_id,
+        run_id=answer["run_id"],
+        where=where,
+        tracking_uri=rp.tracking_uri,
+        state_dir=str(rp.state_dir),
+        controller=controller,
+    )
+
+
 def follow(started: Started, on_progress: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Wait for the job's end; `on_progress` hears the controller's view of it (step, loss, Ψ, Γ, decision) about
     every POLL_S seconds."""
@@ -84,11 +112,15 @@ def follow(started: Started, on_progress: Callable[[dict[str, Any]], None] | Non
             )
 
 
-def request_stop(started: Started) -> None:
-    """Ask the controller for a user stop: the job checkpoints, then ends as `stopped`."""
+def request_stop(started: Started, *, signal_name: str | None = None, timeout_s: float | None = None) -> None:
+    """Ask the controller for a user stop: the job checkpoints, then ends as `stopped`; with `signal_name` (the
+    client got SIGTERM or SIGINT) it ends as `interrupted`, resumable."""
     import ray
 
-    ray.get(started.controller.request_stop.remote(started.job_id))
+    if signal_name is None:
+        ray.get(started.controller.request_stop.remote(started.job_id), timeout=timeout_s)
+    else:
+        ray.get(started.controller.request_stop.remote(started.job_id, "interrupted", signal_name), timeout=timeout_s)
 
 
 def drain(started: Started, timeout_s: float) -> int:

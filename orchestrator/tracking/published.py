@@ -129,6 +129,19 @@ def list_published(
     return sorted(rows, key=lambda b: (b.model_id, b.version))
 
 
+def run_published(tracking_uri: str, run_id: str) -> list[tuple[PublishedBlueprint, bytes]]:
+    """Every version one run published, oldest first, each with its exact bytes (validated as it is read); none
+    when the run published none."""
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # MLflow raises several types for a missing run or an unreachable store
+        raise InputError(
+            "tracking", f"run {run_id} cannot be read at {tracking_uri} ({type(exc).__name__})", "check the run store"
+        ) from None
+    return [_row(client, run, v) for v in _versions(run)]
+
+
 def fetch_published(
     tracking_uri: str, ref: str, *, version: int | None = None, experiment: str = "cpr"
 ) -> tuple[PublishedBlueprint, bytes]:

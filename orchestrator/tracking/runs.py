@@ -28,6 +28,13 @@ class JobRow:
     """The scheduler's last decision on the job (tag cpr.schedule), e.g. "queued: needs 2 CPU slots, 0 of 2 free"."""
     slots: int | None = None
     """Pool slots it holds (tag cpr.slots): it changes with a resize or a pause."""
+    controller: str | None = None
+    """Its controller's identity (tag cpr.controller): whether it still runs tells a live job from a lost one."""
+    state_dir: str | None = None
+    """Its store folder (tag cpr.state_dir)."""
+    last_report_t: float | None = None
+    """When it last reported (epoch seconds): its newest check's time; `cpr status` sets it for a lost job from its
+    store folder's files when they are at hand."""
 
 
 def _client(uri: str) -> Any:
@@ -53,10 +60,11 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
     rows = []
     for run in _runs(client, experiment):
         tags, metrics = run.data.tags, run.data.metrics
-        step = None
+        step, last_t = None, None
         if names.PSI in metrics:
             hist = client.get_metric_history(run.info.run_id, names.PSI)
             step = max((m.step for m in hist), default=None)
+            last_t = max((m.timestamp / 1000 for m in hist), default=None)
         rows.append(
             JobRow(
                 job_id=tags[names.JOB_ID],
@@ -73,6 +81,9 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
                 stop_requested=names.STOP_REQUESTED in tags,
                 schedule=tags.get(names.SCHEDULE) or None,
                 slots=int(tags[names.SLOTS]) if tags.get(names.SLOTS, "").isdigit() else None,
+                controller=tags.get(names.CONTROLLER),
+                state_dir=tags.get(names.STATE_DIR),
+                last_report_t=last_t,
             )
         )
     return rows

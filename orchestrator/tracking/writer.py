@@ -8,16 +8,20 @@ good (a 4xx, a run no longer active, a file gone) is dropped and counted (`dropp
 writes behind it forever. Given a
 journal folder, every write is first appended to a write-ahead log on local disk (`journal.Journal`): an MLflow
 outage, or a controller killed with writes still queued, loses nothing; a restarted writer sends what is owed.
+A writer's thread does not outlive the interpreter: at exit each live writer gets a moment to drain, then stops
+(`stop_writers`), since a daemon thread woken in the middle of the interpreter's shutdown can crash the process.
 A write sent twice (the store took it, then the process died before recording so) is harmless: a metric point is
 (key, value, timestamp, step), which the store keeps once, and params, tags and artifacts are overwritten alike.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ METRICS_PER_BATCH = 1000
 FLUSH_EVERY_S = 0.5
 BACKOFF_S = (0.5, 10.0)
 """First and longest wait between two attempts at a write that failed for a transient reason."""
+EXIT_DRAIN_S = 5.0
+"""How long, in all, the writers still running at interpreter exit may take to send what they hold."""
 PERMANENT_STATES = ("INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS")
 """MLflow error codes that another attempt cannot fix (a run deleted or no longer active, …), whatever the status."""
 
@@ -92,6 +98,7 @@ class RunWriter:
             self._seq = owed[-1]["seq"] if owed else self._acked
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-{run_id[:8]}", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     @classmethod
     def create(
@@ -187,12 +194,24 @@ class RunWriter:
             self._closed = True
         return self.flush(timeout_s)
 
+    def reopen(self) -> None:
+        """Mark the (ended) run RUNNING again: a resumed job continues it."""
+        self._put("status", "RUNNING")
+
     def abandon(self) -> None:
         """Stop sending now, without waiting for the store: the thread ends after its current attempt, and what is
         still owed stays in the journal for the run's next writer (`attach`) or `cpr sync`."""
         with self._cv:
             self._abandoned = True
             self._cv.notify_all()
+
+    def stop(self, drain_s: float = 0.0, join_s: float = 1.0) -> bool:
+        """Send what is queued for up to `drain_s`, then `abandon()` and wait up to `join_s` for the thread to end;
+        whether everything was sent."""
+        sent = self.flush(drain_s) if drain_s > 0 else self.pending() == 0
+        self.abandon()
+        self._thread.join(join_s)
+        return sent
 
     # -- the writer thread -----------------------------------------------------------------------------------
     def _take(self) -> list[tuple[int, str, Any]]:
@@ -230,6 +249,8 @@ class RunWriter:
             self.client.log_artifact(self.run_id, payload[0], payload[1])
         elif op == "terminate":
             self.client.set_terminated(self.run_id, status=payload)
+        elif op == "status":
+            self.client.update_run(self.run_id, status=payload)
 
     def _send(self, batch: list[tuple[int, str, Any]]) -> None:
         """Write one batch, retrying a transient failure with exponential backoff until it goes or the writer is
@@ -286,6 +307,20 @@ class RunWriter:
 
     def _record_error(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+
+
+_LIVE: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def stop_writers(drain_s: float = EXIT_DRAIN_S) -> None:
+    """Stop every writer whose thread still runs, giving them `drain_s` in all to send what they hold; what is left
+    stays in their journals (`cpr sync`, or the run's next writer). Called at interpreter exit: a daemon thread that
+    wakes while the interpreter is being torn down (a SQLite or socket call in flight) can end the process with a
+    segmentation fault, after all its work succeeded."""
+    deadline = time.monotonic() + drain_s
+    for writer in [w for w in _LIVE if w._thread.is_alive()]:
+        writer.stop(max(0.0, deadline - time.monotonic()))
 
 
 def _payload(op: str, payload: Any) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from typing import Any
 
 from orchestrator.config.schema import JobConfig
+from orchestrator.errors import InputError
 
 
 def deepspeed_config(job: JobConfig, *, load_universal: bool = False) -> dict[str, Any]:
@@ -44,15 +46,33 @@ def lr_lambda(job: JobConfig, total_steps: int):
     return factor
 
 
-def build_engine(job: JobConfig, model: Any, total_steps: int, *, load_universal: bool = False) -> Any:
-    """deepspeed.initialize with torch's AdamW (decay on matrices only) and the LR schedule as a LambdaLR."""
+def build_engine(
+    job: JobConfig,
+    model: Any,
+    total_steps: int,
+    *,
+    load_universal: bool = False,
+    trainable: Collection[str] | Callable[[str], bool] | None = None,
+) -> Any:
+    """deepspeed.initialize with torch's AdamW (decay on matrices only) and the LR schedule as a LambdaLR.
+
+    `trainable` (parameter names, or a predicate on them) trains only those: the rest get requires_grad=False and
+    stay out of the optimizer, so they carry neither gradient nor optimizer state (Algorithm 1 step (4),
+    docs/adapt.md). None (the default) trains every parameter.
+    """
     import deepspeed
     import torch
 
     t = job.train
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    if trainable is None:
+        params = list(model.parameters())
+    else:
+        params = _freeze_all_but(model, trainable)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if trainable is not None:
+        groups = [g for g in groups if g["params"]]  # ZeRO cannot flatten an empty group
     opt_cls = torch.optim.AdamW if job.deepspeed.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(groups, lr=t.lr, betas=(t.beta1, t.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job, total_steps))
@@ -63,6 +83,28 @@ def build_engine(job: JobConfig, model: Any, total_steps: int, *, load_universal
         config=deepspeed_config(job, load_universal=load_universal),
     )
     return engine
+
+
+def _freeze_all_but(model: Any, trainable: Collection[str] | Callable[[str], bool]) -> list[Any]:
+    """Set requires_grad=False on every parameter `trainable` does not name; the trainable ones, in model order."""
+    named = list(model.named_parameters())
+    if callable(trainable):
+        keep = trainable
+    else:
+        wanted = set(trainable)
+        unknown = sorted(wanted - {n for n, _ in named})
+        if unknown:
+            raise InputError("trainable", f"names no parameter of the model: {', '.join(unknown[:5])}")
+        keep = wanted.__contains__
+    params = []
+    for name, p in named:
+        if keep(name):
+            params.append(p)
+        else:
+            p.requires_grad_(False)
+    if not params:
+        raise InputError("trainable", "selects no parameter", "train at least one submodule")
+    return params
 
 
 def token_loss(engine: Any, x: Any, y: Any) -> Any:

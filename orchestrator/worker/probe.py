@@ -33,6 +33,13 @@ class ProbeCost:
     bytes_communicated: int
 
 
+def _is_engine(obj: Any) -> bool:
+    """A DeepSpeed engine, not a plain torch module."""
+    from deepspeed import DeepSpeedEngine
+
+    return isinstance(obj, DeepSpeedEngine)
+
+
 def _numel(p: Any) -> int:
     """A parameter's full element count (ZeRO-3 keeps only a shard in `p`, the full size in `ds_numel`)."""
     return int(getattr(p, "ds_numel", p.numel()))
@@ -42,11 +49,15 @@ class GradientProbe:
     """Per-submodule gradient statistics of one engine's model, measured on batches of this rank."""
 
     def __init__(self, engine: Any, spec: HistogramSpec) -> None:
+        """`engine`: a DeepSpeed engine, or a plain torch module (an adaptation's base model, probed on the target
+        domain before its engine exists: `orchestrator/worker/adapting.py`)."""
         import torch
 
         self.engine = engine
+        self.module = engine.module if _is_engine(engine) else engine
+        self.device = engine.device if _is_engine(engine) else next(engine.parameters()).device
         self.spec = spec
-        named = list(engine.module.named_parameters())
+        named = list(self.module.named_parameters())
         self.groups: dict[str, ParamGroup] = group_parameters((n, _numel(p)) for n, p in named if p.requires_grad)
         self.ids = list(self.groups)
         index = {gid: i for i, gid in enumerate(self.ids)}
@@ -61,17 +72,20 @@ class GradientProbe:
         The switches are those `engine.coalesce_grad_reduction()` sets (the engine's `inside_no_sync_ctxt` and the
         ZeRO optimizer's `_coalesce_grad_reduction`), without its flush on exit: the probe's gradients are dropped.
         """
-        engine, opt = self.engine, self.engine.optimizer
+        engine = self.engine if _is_engine(self.engine) else None
+        opt = engine.optimizer if engine is not None else None
         zero = hasattr(opt, "_coalesce_grad_reduction")
-        was_training = engine.module.training
-        engine.module.eval()  # no dropout: the probe must not draw from the training RNG
-        engine.inside_no_sync_ctxt = True
+        was_training = self.module.training
+        self.module.eval()  # no dropout: the probe must not draw from the training RNG
+        if engine is not None:
+            engine.inside_no_sync_ctxt = True
         if zero:
             opt._coalesce_grad_reduction = True
         try:
             yield
         finally:
-            engine.inside_no_sync_ctxt = False
+            if engine is not None:
+                engine.inside_no_sync_ctxt = False
             if zero:
                 opt._coalesce_grad_reduction = False
             for p, _ in self._params:
@@ -80,7 +94,7 @@ class GradientProbe:
                 # ZeRO's micro-step counter and backward bookkeeping, as after an optimizer step.
                 opt.zero_grad(set_to_none=True)
             if was_training:
-                engine.module.train()
+                self.module.train()
 
     def measure(
         self, batches: Sequence[tuple[Any, Any]], *, step: int, tokens: int, domain: str, label: str | None
@@ -121,7 +135,7 @@ class GradientProbe:
             with self._no_reduction():
                 for b, (x, y) in enumerate(batches):
                     current[0] = b
-                    logits = self.engine.module(input_ids=x.to(self.engine.device)).logits
+                    logits = self.module(input_ids=x.to(self.device)).logits
                     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.to(logits.device).reshape(-1))
                     loss.backward()
         finally:

@@ -121,23 +121,48 @@ class TrainWorker:
         import torch.distributed as dist
 
         torch.set_num_threads(job.train.threads_per_worker or job.cluster.cpus_per_worker)
-        import deepspeed
 
         from orchestrator.core.reports import EvalReport, TrainReport
         from orchestrator.data.batches import TrainBatches, val_batches
         from orchestrator.data.prepare import PreparedData
         from orchestrator.models import build_model
         from orchestrator.telemetry.clock import steady_time  # report stamps on the telemetry's step-free clock
-        from orchestrator.worker.engine import build_engine, current_lr, evaluate, token_loss
+        from orchestrator.worker.distributed import init_distributed
+        from orchestrator.worker.engine import build_engine, current_lr, token_loss
+        from orchestrator.worker.memory import training_memory
+        from orchestrator.worker.psi import PsiMeter
 
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        init_distributed(backend)
         t = job.train
         prepared = PreparedData.from_dict(self.prepared)
-        model = build_model(job.model, prepared.vocab_size, t.seq_len, job.seed)
+        bare = self.controller is None  # benchmarks/overhead: the same loop with no reports, telemetry or rule
+        adapted = None
+        if job.adapt.enabled:  # `cpr adapt`: the base model, S_adapt selected, the rest frozen (docs/adapt.md)
+            from orchestrator.worker.adapting import adapt_model
+
+            def broadcast(obj: Any) -> Any:
+                box = [obj]
+                dist.broadcast_object_list(box, src=0)
+                return box[0]
+
+            adapted = adapt_model(job, prepared, self.rank, self.world_size, broadcast)
+            model = adapted.model
+            if self.rank == 0 and not bare:
+                record = {"selection": adapted.selection, "base": job.adapt.base, "blueprint": job.adapt.blueprint}
+                self._send(self.controller.adapted.remote(self.job_id, record))
+        else:
+            model = build_model(job.model, prepared.vocab_size, t.seq_len, job.seed)
         per_step = job.tokens_per_step  # the group starts each rank with its world size as cluster.num_workers
         total_steps = job.total_steps
         resume = self.resume
-        engine = build_engine(job, model, total_steps, load_universal=bool(resume and resume["universal"]))
+        engine = build_engine(
+            job,
+            model,
+            total_steps,
+            load_universal=bool(resume and resume["universal"]),
+            trainable=None if adapted is None else adapted.trainable,
+        )
+        lisa = None if adapted is None else adapted.lisa
         batches = TrainBatches(prepared, t.seq_len, t.micro_batch, t.grad_accum, self.rank, self.world_size, job.seed)
         step, tokens = 0, 0
         if resume is not None:
@@ -147,12 +172,7 @@ class TrainWorker:
                 raise RuntimeError(f"no DeepSpeed checkpoint {resume['tag']!r} in {resume['dir']}")
             step, tokens = int(client["step"]), int(client["tokens"])
             batches.load_state_dict({"step": step, "micro": 0})
-        per_rank = max(1, t.eval_sequences // self.world_size)
-        val = val_batches(prepared, t.seq_len, t.micro_batch, per_rank * self.world_size)
-        my_val = val[self.rank :: self.world_size][: max(1, len(val) // self.world_size)]
-        my_val = [(x.to(engine.device), y.to(engine.device)) for x, y in my_val]
 
-        bare = self.controller is None  # benchmarks/overhead: the same loop with no reports, telemetry or rule
         sampler = None
         if job.telemetry.enabled and not bare:
             from orchestrator.telemetry.sampler import TelemetrySampler, node_name
@@ -205,20 +225,30 @@ class TrainWorker:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
             return tensor.tolist()
 
+        meter = PsiMeter(job, prepared, engine, rank=self.rank, world_size=self.world_size, all_reduce=all_reduce)
+
         def flag(answer: dict[str, Any]) -> float:
             """The controller's answer as the number the ranks all-reduce: 0 go on, 1 stop, 2 restart."""
             return 2.0 if answer.get("restart") else 1.0 if answer["halt"] else 0.0
 
         def check(step: int, tokens: int, final: bool) -> tuple[float, bool]:
             """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite)."""
-            loss_sum, n = evaluate(engine, my_val)
-            total, count = all_reduce([loss_sum, float(n)])
-            finite = math.isfinite(total)
+            val_loss, psi, domain_losses = meter.measure(step)
+            finite = math.isfinite(val_loss)
             halt = 0.0
             if bare:
                 return 0.0, finite
             if self.rank == 0:
-                report = EvalReport(step=step, tokens=tokens, val_loss=total / count, t_s=steady_time(), final=final)
+                report = EvalReport(
+                    step=step,
+                    tokens=tokens,
+                    val_loss=val_loss,
+                    t_s=steady_time(),
+                    final=final,
+                    psi=psi,
+                    psi_name=meter.spec.name,
+                    domain_losses=domain_losses,
+                )
                 halt = flag(ray.get(self.controller.eval.remote(self.job_id, report.to_dict())))
             return all_reduce([halt])[0], finite
 
@@ -251,18 +281,34 @@ class TrainWorker:
         poison_from = int(os.environ.get(INJECT_NONFINITE) or 0)
         engine.train()
         t_loop = time.perf_counter()
+        # An adapt job's first step measures its memory (training_memory reads ZeRO 0-2's tensors, not ZeRO 3's).
+        measured = adapted is None or bare or job.deepspeed.zero_stage >= 3
+        before_step: dict[str, int] = {}
         while step < total_steps:
-            for _ in range(t.grad_accum):
+            if lisa is not None:
+                lisa.at(step)
+            for micro in range(t.grad_accum):
                 x, y = next(batches)
                 loss = token_loss(engine, x.to(engine.device), y.to(engine.device))
                 if poison_from and step + 1 >= poison_from:
                     loss = loss * math.nan
                 engine.backward(loss)
+                if not measured and micro == t.grad_accum - 1:
+                    before_step = training_memory(engine)  # the gradients this step uses
                 engine.step()
                 interval_loss = interval_loss + loss.detach() / t.grad_accum  # no host sync per step
             step += 1
             tokens += per_step
             interval_steps += 1
+            if not measured:  # an adapt job's memory, as its engine holds it at its first step
+                from orchestrator.worker.adapting import measure
+
+                measured = True
+                if self.rank == 0:
+                    assert adapted is not None
+                    base_params = adapted.selection["total_params"]  # LoRA's adapters aside
+                    m = measure(before_step, training_memory(engine), step, base_params)
+                    self._send(self.controller.adapted.remote(self.job_id, {"measured": m}))
             halt = False
             if not bare and (step % t.report_interval == 0 or step == total_steps):
                 user_halt = 0.0

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.blueprints import LocalBlueprintStore, as_schema_1_0, load_blueprint
+from orchestrator.blueprints import (
+    LocalBlueprintStore,
+    add_gaussian_noise,
+    as_schema_1_0,
+    dp_release,
+    dumps_blueprint,
+    load_blueprint,
+)
 from tests.conftest import assert_one_line_error
 from tests.unit.test_blueprint_model import BAD_FILES, full_doc
+from tests.unit.test_blueprint_privacy import probed
 
 PAPER_FILE = str(Path(__file__).resolve().parents[1] / "assets" / "paper_appendix_a.json")
 
@@ -26,7 +34,7 @@ def test_validate_prints_one_ok_line_per_file(cli, full_file):
     r = cli("blueprint", "validate", PAPER_FILE, full_file)
     assert r.code == 0 and r.err == ""
     lines = r.out.splitlines()
-    assert [line for line in lines if not line.startswith("  note:")] == [
+    assert [line for line in lines if not line.startswith("  ")] == [
         f"OK {PAPER_FILE} (3 layers, schema paper-A.1)",
         f"OK {full_file} (3 layers, schema 1.0)",
     ]
@@ -38,10 +46,68 @@ def test_validate_prints_one_ok_line_per_file(cli, full_file):
     ]
 
 
+def test_validate_warns_on_entries_whose_fit_supports_no_recommendation(cli, tmp_path):
+    """A degenerate entry (an exponential sample: CSN finds only a short far tail) gets a warning line with the
+    file's reason; --strict exits 1."""
+    import numpy as np
+
+    from orchestrator.blueprints import build_blueprint, dumps_blueprint
+    from orchestrator.core.gradmass import MagnitudeHistogram
+    from orchestrator.core.resource_model import resource_model
+
+    rng = np.random.default_rng(0)
+    hists = {
+        "heavy": MagnitudeHistogram.of(rng.pareto(0.5, 20_000) + 1),
+        "thin": MagnitudeHistogram.of(rng.exponential(1.0, 20_000)),
+    }
+    rm = resource_model(n_params=1000, activation_bytes=1000.0)
+    bp = build_blueprint(
+        model_id="m",
+        training_checkpoint=0.5,
+        samples={k: [1.0, 2.0] for k in hists},
+        histograms=hists,
+        resource_model=rm,
+        created_at="2025-01-31T12:00:00Z",
+    )
+    path = tmp_path / "bp.json"
+    path.write_text(dumps_blueprint(bp))
+    r = cli("blueprint", "validate", str(path))
+    warnings = [line for line in r.out.splitlines() if line.startswith("  warning:")]
+    assert r.code == 0 and len(warnings) == 1
+    assert warnings[0].startswith("  warning: layers[1] (thin): no recommendation: tail too small: ")
+    assert cli("blueprint", "validate", "--strict", str(path)).code == 1
+    assert cli("blueprint", "validate", "--strict", PAPER_FILE).code == 0  # notes are not warnings
+
+
+def test_an_old_file_warns_on_a_k_star_resting_on_alpha_below_1(cli, tmp_path):
+    doc = full_doc()
+    doc["layers"][0].update(alpha=0.4, k_star=0.5)
+    doc["layers"][0].pop("recommendation", None)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(doc))
+    r = cli("blueprint", "validate", str(path))
+    assert r.code == 0 and "  warning: layers[0] (" in r.out and "rests on alpha 0.4 <= 1" in r.out
+
+
 def test_validate_a_stored_file(cli, tmp_path):
     _, path = LocalBlueprintStore(tmp_path).publish(as_schema_1_0(load_blueprint(PAPER_FILE)))
     r = cli("blueprint", "validate", str(path))
-    assert r.code == 0 and r.out.splitlines()[0] == f"OK {path} (3 layers, schema 1.0)"
+    assert r.code == 0 and r.out.splitlines()[0] == f"OK {path} (3 layers, schema 1.1)"
+
+
+def test_show_prints_the_privacy_guarantee(cli, tmp_path):
+    """A dp release shows its ε, δ, accountant, adjacency and withheld fields; a noise release says it has none."""
+    built, samples = probed()
+    dp = tmp_path / "dp.json"
+    dp.write_text(dumps_blueprint(dp_release(built, samples, clip=1.0, noise_multiplier=1.0, delta=1e-5)))
+    r = cli("blueprint", "show", str(dp))
+    epsilon = load_blueprint(dp).privacy.epsilon
+    assert r.code == 0 and f"ε {epsilon:.4g}, δ 1e-05 (dp-accounting " in r.out and "3 queries" in r.out
+    assert "adjacency: replace one validation batch" in r.out and "withheld: ci_low, ci_high" in r.out
+    noisy = tmp_path / "noise.json"
+    noisy.write_text(dumps_blueprint(add_gaussian_noise(built, clip=1.0, noise_multiplier=1.0)))
+    r = cli("blueprint", "show", str(noisy))
+    assert r.code == 0 and "no stated ε, δ" in r.out and "withheld" not in r.out
 
 
 def test_validate_stops_at_the_first_bad_file(cli, tmp_path, full_file):

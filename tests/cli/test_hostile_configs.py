@@ -89,6 +89,20 @@ BAD_CONFIGS: list[tuple[str, list[str], str]] = [
     ("zero-stage-4", ["deepspeed.zero_stage=4"], "deepspeed.zero_stage"),
     ("optimizer-sgd", ["deepspeed.optimizer=sgd"], "deepspeed.optimizer"),
     ("resource-watts", ["stop.resource=watts"], "stop.resource"),
+    # privacy of the published blueprints
+    ("unknown-privacy-mode", ["probe.privacy=laplace"], "probe.privacy"),
+    ("noise-without-a-privacy-mode", ["probe.noise_multiplier=0.5"], "probe.noise_multiplier"),
+    ("dp-without-noise", ["probe.privacy=dp"], "probe.noise_multiplier"),
+    ("noise-mode-without-noise", ["probe.privacy=noise"], "probe.noise_multiplier"),
+    ("dp-of-a-median", ["probe.privacy=dp", "probe.noise_multiplier=1", "probe.statistic=median"], "probe.statistic"),
+    ("dp-delta-zero", ["probe.privacy=dp", "probe.noise_multiplier=1", "probe.dp_delta=0"], "probe.dp_delta"),
+    ("dp-delta-one", ["probe.privacy=dp", "probe.noise_multiplier=1", "probe.dp_delta=1"], "probe.dp_delta"),
+    ("dp-delta-nan", ["probe.privacy=dp", "probe.noise_multiplier=1", "probe.dp_delta=nan"], "probe.dp_delta"),
+    (
+        "negative-noise-clip",
+        ["probe.privacy=dp", "probe.noise_multiplier=1", "probe.noise_clip=-1"],
+        "probe.noise_clip",
+    ),
     # path traversal in names that become folders
     ("traversal-job-name", ["name=../../x"], "name"),
     ("traversal-group", ["group=../../x"], "group"),
@@ -105,6 +119,18 @@ BAD_CONFIGS: list[tuple[str, list[str], str]] = [
     ("more-workers-than-cpus", ["cluster.num_workers=4", "cluster.num_cpus=2"], "cluster.num_workers"),
     ("cpus-per-worker-beyond-machine", ["cluster.cpus_per_worker=100000"], "cluster.num_workers"),
     ("cluster-unreachable", ["cluster.address=127.0.0.1:1"], "cluster.address"),
+    # keys the chosen data source or a switched-off group ignores: refused like unknown keys
+    ("path-on-stdlib", ["data.path=/nonexistent"], "data.path"),
+    ("stdlib-glob-matching-nothing", ["data.glob=no_such_*.py"], "data.glob"),
+    ("tokenizer-on-memmap", ["data=memmap", f"data.path={REPO}", f"data.tokenizer={REPO}"], "data.tokenizer"),
+    ("missing-tokenizer", [f"data.tokenizer={REPO}/no-such-tokenizer.json"], "data.tokenizer"),
+    ("text-field-on-text-dir", ["data=text_dir", f"data.path={REPO}", "data.text_field=body"], "data.text_field"),
+    ("max-files-on-memmap", ["data=memmap", f"data.path={REPO}", "data.max_files=3"], "data.max_files"),
+    ("path-on-stdlib-domain", ["+data.domains.x={source:stdlib,path:/x}"], "data.domains.x.path"),
+    ("floor-of-constant-schedule", ["train.min_lr_fraction=0.2"], "train.min_lr_fraction"),
+    ("setting-of-probe-off", ["probe=off", "probe.interval=3"], "probe.interval"),
+    ("setting-of-telemetry-off", ["telemetry=off", "telemetry.interval_s=5"], "telemetry.interval_s"),
+    ("local-setting-on-a-cluster", ["cluster.address=auto", "cluster.num_cpus=2"], "cluster.num_cpus"),
     # sweeps: every job is checked before Hydra writes its sweep folder
     ("sweep-with-a-bad-value", ["-m", "train.lr=1e-3,nan"], "train.lr"),
     ("sweep-with-an-unknown-key", ["-m", "bogus=1,2"], "bogus"),
@@ -124,7 +150,14 @@ def test_there_are_at_least_30_bad_configs():
     assert len(BAD_CONFIGS) >= 30 and len({c[0] for c in BAD_CONFIGS}) == len(BAD_CONFIGS)
 
 
-@pytest.mark.parametrize("argv", [["+experiment=debug"], ["-m", "train.lr=1e-3,3e-3", "+experiment=debug"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["+experiment=debug"],
+        ["-m", "train.lr=1e-3,3e-3", "+experiment=debug"],
+        ["+experiment=debug", "probe.privacy=dp", "probe.noise_multiplier=1.0", "probe.dp_delta=1e-6"],
+    ],
+)
 def test_the_guards_catch_a_good_config_at_the_launch(hostile, argv):
     """The cases above are refused before the launch, not by the guards: a good config does reach them."""
     with pytest.raises(Launched):

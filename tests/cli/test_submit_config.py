@@ -78,6 +78,25 @@ def test_the_stop_defaults_are_the_cores(option: str) -> None:
     assert (relative.max_loss, relative.eta_rel) == (None, 0.05)
 
 
+def test_psi_is_the_validation_loss_by_default_and_a_domain_mix_or_a_function_on_request() -> None:
+    default = compose_job([]).psi.spec()
+    assert (default.kind, default.name, default.units) == ("val_loss", "-val_loss", "nats/token")
+    mix = compose_job(["psi=domains", "+psi.weights.tests=3"])
+    validate_job(mix)
+    assert mix.psi.spec().weights == {"general": 0.25, "tests": 0.75} and mix.held_out_domains() == ["tests", "docs"]
+    assert compose_job(["psi=domains", "+psi.weights.tests=1", "probe=off"]).held_out_domains() == ["tests"]
+    fn = compose_job(["psi=fn", "psi.name=acc"])
+    validate_job(fn)
+    assert (fn.psi.spec().name, fn.psi.spec().units) == ("acc", "accuracy")
+    assert fn.psi.function().__name__ == "next_token_accuracy"
+
+
+def test_cfg_shows_the_psi_group(cli) -> None:
+    result = cli("submit", "--cfg", "psi=fn")
+    assert result.code == 0, result.err
+    assert "orchestrator.examples.psi_score:next_token_accuracy" in result.out
+
+
 BAD = [
     (["priority=10"], "priority"),
     (["priority=-1"], "priority"),
@@ -145,6 +164,22 @@ BAD = [
     (["telemetry.enabled=false"], "stop.resource"),  # energy cannot be the rule's resource without energy telemetry
     (["telemetry.country_iso_code=U"], "telemetry.country_iso_code"),
     (["name=a/b"], "name"),
+    (["psi=nope"], "psi"),
+    (["psi.kind=accuracy"], "psi.kind"),
+    (["psi=fn", "psi.fn=no_such_package_xyz.evals:score"], "psi.fn"),  # not importable
+    (["psi=fn", "psi.fn=orchestrator.examples.psi_score"], "psi.fn"),  # no :function
+    (["psi=fn", "psi.fn=orchestrator.examples.psi_score:HELD_OUT"], "psi.fn"),  # not callable
+    (["psi=fn", "psi.fn=orchestrator.examples.psi_score:missing"], "psi.fn"),
+    (["psi=fn", "deepspeed=zero3"], "psi.fn"),  # rank 0 alone cannot run a ZeRO-3 forward pass
+    (["psi=fn", "psi.name= "], "psi.name"),
+    (["psi=domains", "+psi.weights.nope=1"], "psi.weights.nope"),  # not one of data.domains
+    (["psi=domains", "psi.weights.general=-1"], "psi.weights.general"),
+    (["psi=domains", "psi.weights.general=nan"], "psi.weights.general"),
+    (["psi=domains", "psi.weights.general=0"], "psi.weights"),  # all 0
+    (["psi=domains", "~psi.weights.general"], "psi.weights"),  # none
+    (["psi=domains", "psi.weights.general=heavy"], "psi.weights.general"),
+    (["+psi.weights.tests=1"], "psi.weights"),  # weights without psi=domains
+    (["psi.fn=orchestrator.examples.psi_score:next_token_accuracy"], "psi.fn"),  # fn without psi=fn
 ]
 
 

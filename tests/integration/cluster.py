@@ -64,3 +64,16 @@ def wait_all(
                 if done is not None:
                     result[job_id] = done
     return result, states
+
+
+def two_ranks(rank_cls: type, job: dict[str, Any], *args: Any, timeout_s: float = 300) -> list[Any]:
+    """Two actors of `rank_cls(rank, world, job)` (one CPU each) joined as one gloo group: rank 0's `address()` is the
+    rendezvous, every rank's `run(addr, port, *args)` runs at once; their results, in rank order. Killed after."""
+    actor = ray.remote(num_cpus=1)(rank_cls)
+    ranks = [actor.remote(r, 2, job) for r in range(2)]
+    try:
+        addr, port = ray.get(ranks[0].address.remote())
+        return ray.get([r.run.remote(addr, port, *args) for r in ranks], timeout=timeout_s)
+    finally:
+        for r in ranks:
+            ray.kill(r)

@@ -25,6 +25,7 @@ class Data:
     val_every: int = 4
     max_files: int | None = None
     tokenizer_vocab: int = 300
+    tokenizer: str | None = None
     cache_dir: str | None = None
 
 

@@ -34,7 +34,8 @@ def start_server(root: Path, port: int) -> subprocess.Popen:
         *("--artifacts-destination", str(root / "artifacts")),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "ab"))  # noqa: SIM115
+    # In the test's folder: a server started in the checkout once left runs in its ./mlruns, which broke the next one.
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "ab"))  # noqa: SIM115
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

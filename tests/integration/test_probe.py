@@ -18,6 +18,7 @@ from orchestrator.blueprints.grouping import group_of, group_parameters
 from orchestrator.config.compose import compose_job, job_from_dict, job_to_dict
 from orchestrator.core.gradmass import HistogramSpec, MagnitudeHistogram
 from orchestrator.worker.trainer import free_port, set_rank_env
+from tests.integration.cluster import two_ranks
 
 VOCAB, SEQ, BATCH = 1024, 32, 4
 SPEC = HistogramSpec(lo=1e-12, hi=1e4, bins_per_decade=8)
@@ -47,11 +48,12 @@ class _Rank:
         import torch
 
         from orchestrator.models import build_model
+        from orchestrator.worker.distributed import init_distributed
         from orchestrator.worker.engine import build_engine, evaluate, token_loss
         from orchestrator.worker.probe import GradientProbe
 
         torch.set_num_threads(1)
-        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        init_distributed("gloo")
         engine = build_engine(self.job, build_model(self.job.model, VOCAB, SEQ, 0), 100)
         gp = GradientProbe(engine, SPEC)
         probe_batches = [_batch(1000 + 10 * self.rank + i) for i in range(2)]
@@ -77,14 +79,7 @@ class _Rank:
 
 
 def _two_ranks(job: dict[str, Any], probe: bool) -> list[dict[str, Any]]:
-    actor = ray.remote(num_cpus=1)(_Rank)
-    ranks = [actor.remote(r, 2, job) for r in range(2)]
-    try:
-        addr, port = ray.get(ranks[0].address.remote())
-        return ray.get([r.run.remote(addr, port, probe) for r in ranks], timeout=300)
-    finally:
-        for r in ranks:
-            ray.kill(r)
+    return two_ranks(_Rank, job, probe)
 
 
 def _reference(job_dict: dict[str, Any], weights: dict[str, Any], batches: list[tuple[Any, Any]]):

@@ -101,6 +101,8 @@ def store(tmp_path_factory):
         tags = {"cpr.job_id": job_id, "cpr.sweep": "sweep-x"}  # as `cpr submit -m` tags a sweep's jobs
         w = RunWriter.create(uri, "cpr", job_id, tags, artifact_location=art)
         w.log_params({"stop.resource": "energy_kwh", "stop.patience": "2", "stop.window": "3"})
+        if job_id == "job-b":  # a job whose Ψ is a task score, as `psi=fn` records it
+            w.log_params({"psi.kind": "fn", "psi.name": "pass_at_1", "psi.units": "fraction"})
         t = _tracker(job_id, enforce=enforce)
         _train(w, t, 40, scale=scale)
         if blueprints:
@@ -205,6 +207,7 @@ def test_a_report_that_cannot_be_drawn_is_a_tag_not_an_error(store, tmp_path: Pa
     uri = store["uri"]
     made = RunWriter.create(uri, "cpr", "job-d", {"cpr.job_id": "job-d"}, artifact_location=str(store["root"] / "a"))
     assert made.flush(30)
+    made.stop()
     journal = tmp_path / "state"
     down = RunWriter(MlflowClient(f"http://127.0.0.1:{free_port()}"), made.run_id, made.experiment_id, journal)
     _train(down, _tracker("job-d"), 6)
@@ -232,3 +235,11 @@ def test_bad_input_is_one_line_and_exit_2(cli, store, tmp_path: Path, capsys) ->
     assert_one_line_error(cli("report", "--sweep", "job-a", "--resource", "joules", "--tracking-uri", uri), "joules")
     assert_one_line_error(cli("report", "--sweep", "--filter", "tags.x = ", "--tracking-uri", uri), "--filter")
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_the_page_says_what_psi_is(cli, store, tmp_path: Path) -> None:
+    """Ψ's name and units from the run's psi.* params; a run without them (before `psi=`) is −validation loss."""
+    for job_id, label in (("job-a", "Ψ = -val_loss [nats/token]"), ("job-b", "Ψ = pass_at_1 [fraction]")):
+        out = tmp_path / job_id
+        assert cli("report", job_id, "-o", str(out), "--tracking-uri", store["uri"]).code == 0
+        assert label in (out / "report.html").read_text(encoding="utf-8")

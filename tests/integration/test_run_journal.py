@@ -56,6 +56,8 @@ def test_a_new_writer_sends_what_the_last_one_owed_once_and_in_order(tmp_path: P
     again = RunWriter.attach(uri, run_id, exp_id, state)
     assert again.flush(30)
     assert len(client.get_metric_history(run_id, "train/loss")) == 4
+    created.stop()
+    again.stop()
 
 
 def test_a_torn_last_line_is_skipped_and_marks_are_kept(tmp_path: Path) -> None:
@@ -126,3 +128,4 @@ def test_cpr_sync_sends_what_an_ended_job_still_owes(tmp_path: Path, monkeypatch
     assert [m.value for m in client.get_metric_history(created.run_id, "train/loss")] == [1.0]
     assert client.get_run(created.run_id).info.status == "FINISHED"
     assert (running / "mlflow_journal.jsonl").read_text() != ""  # a live job's journal is left to its controller
+    created.stop()

@@ -17,7 +17,8 @@ def store(tmp_path_factory):
     writer = RunWriter.create(
         uri, "cpr", "job-1", {"cpr.job_id": "job-1", "cpr.state": "running"}, artifact_location=str(root / "artifacts")
     )
-    return uri, writer, root
+    yield uri, writer, root
+    writer.stop(drain_s=30)  # its thread ends with the module's tests, not in the interpreter's shutdown
 
 
 def test_metrics_params_tags_artifacts_round_trip(store) -> None:

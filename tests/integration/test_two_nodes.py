@@ -22,6 +22,7 @@ from tests.integration.cluster import SHORT_JOB, wait_all
 pytestmark = pytest.mark.slow
 
 NAMESPACE = "cpr-two-nodes-test"
+STEPS = 320
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,9 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> dict:
         try:
             controller = controller_handle(NAMESPACE, detached=False)
             job = [*SHORT_JOB, "telemetry=default", "cluster.num_workers=2", "cluster.cpus_per_worker=1"]
+            # 320 steps, not SHORT_JOB's 80: long enough that codecarbon's readings reach the train reports MLflow
+            # logs (80 steps could end within the first reading on an idle machine, leaving a node at 0 there)
+            job.append(f"train.max_tokens={STEPS * 1024}")
             sent = prepare(plan_of(compose_job([*job, f"runs_dir={runs}", "name=two-nodes"]))).submission
             sent.send(controller)
             result, _ = wait_all(controller, [sent.job_id], timeout_s=240)
@@ -55,7 +59,7 @@ def test_a_job_spans_two_ray_nodes_and_its_energy_adds_up_per_node_and_per_job(t
     assert end is not None, "the job did not end within 240 s"
     assert end["state"] == "finished", end["error"]
     s = end["summary"]
-    assert s["reason"] == "budget" and s["step"] == 80
+    assert s["reason"] == "budget" and s["step"] == STEPS
     # one rank per node: the scheduler had to spread the PACK placement group over both one-CPU nodes
     workers = s["workers"]
     assert [w["rank"] for w in workers] == [0, 1]

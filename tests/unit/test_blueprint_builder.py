@@ -14,6 +14,7 @@ from orchestrator.blueprints import (
     group_parameters,
     parse_blueprint,
 )
+from orchestrator.blueprints.tailfit import FitPolicy
 from orchestrator.core.gradmass import MagnitudeHistogram, fit_gamma, fit_powerlaw, gamma_from_alpha, k_star
 from orchestrator.core.resource_model import resource_model
 from orchestrator.errors import InputError
@@ -59,7 +60,7 @@ def build(inputs: dict, **kw):
 
 def test_full_blueprint_validates_and_round_trips(inputs):
     bp = build(inputs, run_id="run-1", step=300, tokens_seen=123_456, provenance={"config_sha256": "ab12", "seed": 0})
-    assert bp.schema_version == "1.0" and bp.created_at == CREATED and bp.run_id == "run-1"
+    assert bp.schema_version == "1.1" and bp.created_at == CREATED and bp.run_id == "run-1"
     assert [e.id for e in bp.layers] == ["embed", "attn.0", "ffn.0", "norm.final", "head"]  # model order
     text = dumps_blueprint(bp)
     assert parse_blueprint(text, source="built") == bp
@@ -83,8 +84,9 @@ def test_fit_fields_come_from_the_histogram_and_the_resource_model(inputs):
         assert 0.4 < e.alpha < 1.0  # Pareto shape 1.5: rank-size α = 1/1.5
         assert e.gamma == gamma_from_alpha(e.alpha) == pytest.approx(1 / (1 + e.alpha))
         assert e.gamma_fit == fit_gamma(hist).gamma
-        ks = k_star(e.gamma, rm.cost_fixed, rm.cost_per_param)
+        ks = k_star(e.gamma_fit, rm.cost_fixed, rm.cost_per_param)  # k* from the measured γ (docs/maths.md)
         assert e.k_star == ks.k_star and e.k_star_interior == ks.interior
+        assert e.recommendation is None and e.recommendation_reason.startswith("alpha<=1")  # rank α = 1/1.5
         assert e.fit.method == "binned-mle" and e.fit.ks_distance == pl.ks_distance and e.fit.n_tail == pl.n_tail
         assert e.fit.error is None
 
@@ -238,3 +240,73 @@ def test_a_built_blueprint_is_consistent_and_the_papers_example_is_not(inputs):
     paper = load_blueprint(Path(__file__).resolve().parents[1] / "assets" / "paper_appendix_a.json")
     notes = consistency_notes(paper)
     assert len(notes) == 3 and "0.405" in notes[0]  # the App. A erratum: α = 1.47 gives γ = 0.405, not 0.60
+
+
+def _entry_of(values, rm=None, **kw):
+    hist = MagnitudeHistogram.of(values)
+    bp = build_blueprint(
+        model_id="m",
+        training_checkpoint=0.5,
+        samples={"x": [1.0, 1.1, 0.9]},
+        histograms={"x": hist},
+        resource_model=rm,
+        created_at=CREATED,
+        **kw,
+    )
+    return bp.layers[0]
+
+
+def test_a_heavy_power_law_tail_gets_a_recommendation_and_its_tests(inputs):
+    """Density exponent 1.5: rank-size α = 2 > 1, the whole sample in the tail, the exponential rejected."""
+    rng = np.random.default_rng(1)
+    e = _entry_of(rng.pareto(0.5, 20_000) + 1, inputs["rm"])
+    assert e.fit.tail_alpha == pytest.approx(1.5, abs=0.1) and e.fit.tail_share > 0.9
+    exp = e.fit.likelihood_ratios["exponential"]
+    assert exp["ratio"] > 0 and exp["p"] < 0.1 and set(e.fit.likelihood_ratios) == {"exponential", "lognormal"}
+    assert e.recommendation == e.k_star and e.recommendation_reason is not None
+    bp = build_blueprint(
+        model_id="m",
+        training_checkpoint=0.5,
+        samples={"x": [1.0]},
+        created_at=CREATED,
+        resource_model=inputs["rm"],
+        histograms={"x": MagnitudeHistogram.of(rng.pareto(0.5, 5_000) + 1)},
+    )
+    assert parse_blueprint(dumps_blueprint(bp), source="x") == bp  # the new fields survive the file
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        # CSN finds only a short, steep far tail in these: too small to support anything
+        (np.random.default_rng(2).exponential(1.0, 20_000), "tail too small"),
+        (np.abs(np.random.default_rng(3).normal(0, 1e-3, 50_000)), "tail too small"),
+        (np.random.default_rng(4).pareto(1.5, 20_000) + 1, "alpha<=1"),  # density exponent 2.5: rank α = 2/3
+        (np.random.default_rng(5).pareto(0.5, 60) + 1, "tail too small"),
+    ],
+    ids=["exponential", "gaussian-gradients", "alpha-below-1", "tiny-tail"],
+)
+def test_a_fit_that_does_not_support_a_recommendation_says_why(inputs, values, reason):
+    e = _entry_of(values, inputs["rm"])
+    assert e.recommendation is None and reason in e.recommendation_reason
+
+
+def test_the_thresholds_are_the_policys(inputs):
+    values = np.random.default_rng(5).pareto(0.5, 60) + 1
+    e = _entry_of(values, inputs["rm"], fit_policy=FitPolicy(min_tail=10, min_tail_share=0.05))
+    assert e.recommendation == e.k_star
+
+
+def test_no_resource_model_means_no_recommendation():
+    e = _entry_of(np.random.default_rng(1).pareto(0.5, 20_000) + 1)
+    assert e.recommendation is None and e.recommendation_reason == "no resource model"
+
+
+def test_an_exponential_preference_withholds_the_recommendation():
+    from orchestrator.blueprints.tailfit import Comparison, TailFit, unsupported
+
+    tail = dict(pdf_alpha=1.5, x_min=1.0, n=2000, n_tail=1500, ks_distance=0.01)
+    thin = TailFit(**tail, comparisons={"exponential": Comparison(ratio=-3.2, p=0.001)})
+    assert unsupported(thin, FitPolicy()) == "exponential preferred (R=-3.2, p=0.001)"
+    unsure = TailFit(**tail, comparisons={"exponential": Comparison(ratio=-3.2, p=0.3)})
+    assert unsupported(unsure, FitPolicy()) is None  # the sign of R is not significant at p_level 0.1

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from orchestrator.blueprints import LocalBlueprintStore, load_blueprint
+from orchestrator.blueprints.privacy import dp_epsilon
 from orchestrator.blueprints.publish import (
     CHECKPOINT_KEY,
     BlueprintSettings,
     blueprint_from_probes,
     probe_metrics,
     publish_once,
+    run_dp_releases,
 )
 from orchestrator.core.gradmass import HistogramSpec, MagnitudeHistogram
 from orchestrator.core.reports import ProbeReport
@@ -76,24 +78,56 @@ def test_a_blueprint_needs_the_general_set() -> None:
         _blueprint([_report("code", 1.0)])
 
 
+def _released(privacy: str, seed: int = 0, noise_multiplier: float = 0.5, **kw):
+    settings = BlueprintSettings(
+        model_id="m",
+        max_tokens=409600,
+        n_resamples=50,
+        seed=seed,
+        privacy=privacy,
+        noise_multiplier=noise_multiplier,
+        **kw,
+    )
+    return blueprint_from_probes([_report("general", 1.0)], settings, resource=None, run_id="r", provenance={})
+
+
 def test_noise_is_added_and_recorded() -> None:
-    noisy = blueprint_from_probes(
-        [_report("general", 1.0)],
-        BlueprintSettings(model_id="m", max_tokens=409600, n_resamples=50, noise_multiplier=0.5, noise_clip=1.0),
-        resource=None,
-        run_id="r",
-        provenance={},
-    )
-    clean = blueprint_from_probes(
-        [_report("general", 1.0)],
-        BlueprintSettings(model_id="m", max_tokens=409600, n_resamples=50),
-        resource=None,
-        run_id="r",
-        provenance={},
-    )
+    noisy, clean = _released("noise", noise_clip=1.0), _released("none")
     assert noisy.privacy is not None and noisy.privacy.sigma == pytest.approx(0.5)
     assert clean.privacy is None
     assert [e.gradient_norm for e in noisy.layers] != [e.gradient_norm for e in clean.layers]
+
+
+@pytest.mark.parametrize("privacy", ["noise", "dp"])
+def test_no_config_value_reproduces_the_noise(privacy: str) -> None:
+    """The same probes published twice under the same job seed and step get different noise (issue: the noise was
+    drawn from job.seed + step, both in the run's records, and could be redrawn and subtracted)."""
+    a, b = (_released(privacy, seed=7, noise_multiplier=1e-3, noise_clip=100.0) for _ in range(2))
+    assert all(x.gradient_norm != y.gradient_norm for x, y in zip(a.layers, b.layers, strict=True))
+    assert a.privacy.release == privacy
+
+
+def test_dp_versions_of_a_run_compose(tmp_path: Path) -> None:
+    """A run's versions release the same validation batches again: ε covers every query the run published."""
+    store = LocalBlueprintStore(tmp_path)
+    settings = BlueprintSettings(
+        model_id="m", max_tokens=409600, n_resamples=50, privacy="dp", noise_multiplier=2.0, dp_delta=1e-6
+    )
+
+    def publish(step: int, label: str, run_id: str = "run1"):
+        prior = run_dp_releases(store, "m", run_id)
+        report = _report("general", 1.0, step=step, label=label)
+        bp = blueprint_from_probes(
+            [report], settings, resource=None, run_id=run_id, provenance={}, prior_releases=prior
+        )
+        publish_once(store, bp)
+        return bp.privacy
+
+    first, second = publish(100, "0.5"), publish(160, "0.8")
+    assert (first.composed_releases, second.composed_releases) == (3, 6)  # three ids per version
+    assert second.epsilon == pytest.approx(dp_epsilon(2.0, 6, 1e-6)) and first.epsilon < second.epsilon
+    assert run_dp_releases(store, "m", "run1") == 6 and run_dp_releases(store, "m", "run2") == 0
+    assert publish(100, "0.5", run_id="run2").composed_releases == 3  # another run is accounted on its own
 
 
 def test_probe_metrics_are_mean_norms_and_top_k_shares() -> None:
@@ -105,6 +139,13 @@ def test_probe_metrics_are_mean_norms_and_top_k_shares() -> None:
         assert 0.1 < share < 1.0  # heavy-tailed: the top 10 % hold more than 10 % of the mass
         assert share == pytest.approx(MagnitudeHistogram.from_dict(r.histograms[gid]).retained_mass(0.1))
     assert 0.1 < m["grad/topk_share"] < 1.0
+
+
+def test_a_dp_job_logs_no_raw_probe_metrics() -> None:
+    """The MLflow run that holds a dp blueprint does not also hold the un-noised norms and shares it withholds."""
+    r = _report("general", 1.0)
+    assert probe_metrics(r, top_k=0.1, privacy="dp") == {}
+    assert probe_metrics(r, top_k=0.1, privacy="noise") == probe_metrics(r, top_k=0.1)
 
 
 def test_publish_once_never_publishes_a_checkpoint_twice(tmp_path: Path) -> None:

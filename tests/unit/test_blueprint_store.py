@@ -79,11 +79,11 @@ def test_a_half_made_version_directory_is_not_a_version(tmp_path):
     assert store.publish(bp())[0] == 1
 
 
-def test_paper_shape_blueprint_is_stored_as_schema_1_0(tmp_path):
+def test_paper_shape_blueprint_is_stored_in_the_current_schema(tmp_path):
     store = LocalBlueprintStore(tmp_path)
     version, path = store.publish(load_blueprint(PAPER_FILE))
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == "1.0" and doc["blueprint_version"] == version == 1
+    assert doc["schema_version"] == "1.1" and doc["blueprint_version"] == version == 1
     assert store.get("foundation-7b").norms() == load_blueprint(PAPER_FILE).norms()
 
 

@@ -158,3 +158,55 @@ def test_probe_domains_and_histogram_bins() -> None:
         compose_job(["probe.domains=[nope]"]).probe_domains()
     with pytest.raises(InputError, match=r"probe\.histogram\.bins_per_decade"):
         compose_job(["probe.histogram.bins_per_decade=1000"]).probe.histogram.spec()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["+experiment=debug", "probe=off", "telemetry=off"],  # the experiment's probe settings are not the user's
+        ["train.schedule=cosine", "train.min_lr_fraction=0.2"],
+        ["data=memmap", "data.path=/data/tokens"],  # the option's own max_files=null is the schema's neutral value
+        ["data.glob=test/test_*.py"],  # the stdlib corpus reads data.glob
+        ["data=text_dir", "data.path=/data/corpus", "data.tokenizer=/models/base"],  # text_dir's own tokenizer_vocab
+    ],
+)
+def test_a_config_that_sets_nothing_ignored_is_accepted(overrides: list[str]) -> None:
+    from orchestrator.config.validate import refuse_ignored
+
+    refuse_ignored(compose_job(overrides), overrides)
+
+
+def test_an_ignored_key_set_by_a_config_file_is_refused_only_when_it_selects_data() -> None:
+    """A data key the source ignores is refused wherever it was set (it would silently train on other data); a
+    switched-off group's settings only when the user named them."""
+    from orchestrator.config.validate import ignored_keys, refuse_ignored
+
+    job = compose_job(["+experiment=debug", "probe=off"])
+    listed = {key: by_value for key, _, _, by_value in ignored_keys(job)}
+    assert listed["probe.interval"] is False
+    refuse_ignored(job)
+    job = compose_job(["data.source=stdlib"])
+    job.data.path = "/data/corpus"
+    with pytest.raises(InputError, match=r"data\.path: is ignored by data\.source=stdlib"):
+        refuse_ignored(job)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "why"),
+    [
+        (["data=memmap", "data.path=/data/tokens", "data.tokenizer=/models/base"], "data.tokenizer", "memmap"),
+        (["data.tokenizer=/models/base", "data.tokenizer_vocab=8192"], "data.tokenizer_vocab", "data.tokenizer set"),
+    ],
+)
+def test_a_given_tokenizer_is_refused_where_it_or_the_vocab_size_is_ignored(
+    overrides: list[str], field: str, why: str
+) -> None:
+    """A memmap corpus's ids are already made (refused whoever set data.tokenizer); with a given tokenizer none is
+    trained, so a tokenizer_vocab given on the command line would do nothing."""
+    from orchestrator.config.validate import refuse_ignored
+
+    job = compose_job(overrides)
+    with pytest.raises(InputError, match=why) as err:
+        refuse_ignored(job, overrides if field == "data.tokenizer_vocab" else ())
+    assert err.value.field == field

@@ -330,3 +330,35 @@ def test_the_state_modules_load_no_engine(module: str) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_adapt_jobs_selection_is_logged_once_and_its_measured_memory_reaches_the_summary() -> None:
+    from orchestrator.adapt.record import selection_metrics
+    from orchestrator.controller.events import Adapted, LogText
+
+    s = ControllerState()
+    submit(s, "a")
+    s.step(Tick({"CPU": 1.0}), T0)
+    s.step(GangStarted("a", 1), T0)
+    row = {"id": "ffn.1", "blueprint_norm": 2.0, "local_norm": 1.0, "blended": 0.6, "fraction": 1.0, "ci_width": None}
+    sel = {"strategy": "blueprint", "chosen": {"ffn.1": 1.0}, "rows": [row], "trainable_params": 10,
+           "total_params": 40, "rho": 0.8, "drift": False, "fallback": "none", "lora": None}  # fmt: skip
+    fx = s.step(Adapted("a", {"selection": sel, "base": "/b", "blueprint": "/b/v1.json"}), T0 + 1)
+    assert tags(fx)[names.ADAPT_STRATEGY] == "blueprint" and tags(fx)[names.ADAPT_CHOSEN] == "ffn.1"
+    logged = of(fx, LogMetrics)[0].metrics
+    assert logged == selection_metrics(sel) and logged["adapt/trainable_share"] == 0.25
+    assert logged["adapt/blueprint_norm/ffn.1"] == 2.0 and "adapt/ci_width/ffn.1" not in logged
+    assert [t.name for t in of(fx, LogText)] == ["adapt/selection.json"]
+    again = s.step(Adapted("a", {"selection": {**sel, "strategy": "other"}}), T0 + 2)  # a restarted gang's
+    assert of(again, LogMetrics) == [] and s.jobs["a"].adapt["selection"]["strategy"] == "blueprint"
+    measured = {"step": 1, "optimizer_state_bytes": 80.0, "gradient_bytes": 40.0, "trainable_params": 10,
+                "total_params": 40, "optimizer_state_bytes_if_full": 320.0, "memory_saved_bytes": 240.0}  # fmt: skip
+    fx = s.step(Adapted("a", {"measured": measured}), T0 + 3)
+    assert of(fx, LogMetrics)[0].metrics["adapt/memory_saved_bytes"] == 240.0 and of(fx, LogMetrics)[0].step == 1
+    restored = JobEntry.from_dict(json.loads(json.dumps(s.jobs["a"].to_dict())))
+    assert restored.adapt == s.jobs["a"].adapt
+    s.step(GangReturned("a", [result(0, 10, "budget")]), T0 + 4)
+    s.step(Finish("a"), T0 + 5)
+    summary = s.jobs["a"].summary
+    assert summary is not None and summary["adapt"]["chosen"] == {"ffn.1": 1.0}
+    assert summary["adapt"]["measured"]["optimizer_state_bytes"] == 80.0

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     ROOT / "orchestrator" / "core",
     ROOT / "orchestrator" / "blueprints",
+    ROOT / "orchestrator" / "adapt",
     ROOT / "orchestrator" / "replay.py",
     ROOT / "orchestrator" / "errors.py",
     ROOT / "orchestrator" / "controller" / "store.py",

@@ -72,3 +72,39 @@ def test_an_unreachable_store_keeps_every_write_owed(tmp_path: Path, monkeypatch
         assert again.pending() == 3
     finally:
         again.abandon()
+
+
+EXITING = """
+import atexit, sys, threading
+# registered before the writer module is imported, so it runs after the writer's own exit hook (atexit is LIFO)
+atexit.register(lambda: print("alive at exit:", [t.name for t in threading.enumerate() if t.name[:7] == "mlflow-"]))
+from orchestrator.tracking.writer import RunWriter
+idle = RunWriter.create(sys.argv[1], "writer", "idle", {})
+idle.log_metrics({"train/loss": 2.5}, step=1)
+down = RunWriter.attach("http://127.0.0.1:9", "0" * 32, "0", journal_dir=sys.argv[2])  # discard port: never sent
+down.log_metrics({"train/loss": 2.4}, step=2)
+"""
+
+
+def test_no_writer_thread_outlives_the_interpreter_and_what_it_held_is_sent_or_journaled(tmp_path: Path) -> None:
+    """Two writers left open at exit (CI once saw the pytest process segfault after every test passed, with six
+    writer threads still waking): the exit hook sends what the reachable store can take and stops both threads; the
+    unreachable store's write stays owed in the journal."""
+    import os
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    argv = [sys.executable, "-c", EXITING, uri, str(tmp_path / "job")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "alive at exit: []" in done.stdout
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("writer").experiment_id])
+    assert run.data.metrics == {"train/loss": 2.5}
+    again = RunWriter.attach("http://127.0.0.1:9", "0" * 32, "0", journal_dir=tmp_path / "job")
+    try:
+        assert again.pending() == 1
+    finally:
+        again.stop()

@@ -46,6 +46,7 @@ PLAIN_NAMES = [
     "train.max_tokens",
     "progress.tokens",
     "data.tokenizer_vocab",
+    "data.tokenizer",
     "author",
     "keyboard",
     "tokenizer",

@@ -34,7 +34,9 @@ def test_a_sweep_expands_as_hydras_basic_sweeper_does() -> None:
 def test_every_job_of_a_sweep_is_composed_named_and_checked_once(monkeypatch) -> None:
     checked: list[str] = []
     real = plan_module.validate_job
-    monkeypatch.setattr(plan_module, "validate_job", lambda job: (checked.append(job.name), real(job))[1])
+    monkeypatch.setattr(
+        plan_module, "validate_job", lambda job, overrides=(): (checked.append(job.name), real(job, overrides))[1]
+    )
     sweep, config = plan_sweep(["+experiment=debug", "train.lr=1e-3,3e-3"])
     assert checked == ["debug-0", "debug-1"]
     assert [(p.job.name, p.job.detach, p.job.train.lr) for p in sweep.jobs] == [
@@ -65,7 +67,7 @@ def test_a_bad_sweep_is_refused_whole(overrides: list[str], needle: str) -> None
 
 def test_a_single_job_is_checked_once(monkeypatch) -> None:
     checked: list[str] = []
-    monkeypatch.setattr(plan_module, "validate_job", lambda job: checked.append(job.name))
+    monkeypatch.setattr(plan_module, "validate_job", lambda job, overrides=(): checked.append(job.name))
     plan = plan_job(["+experiment=debug"])
     assert checked == ["debug"] and plan.job == compose_job(["+experiment=debug"])
 
