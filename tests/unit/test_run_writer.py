@@ -38,7 +38,8 @@ def test_transient_or_permanent(exc: BaseException, expected: bool) -> None:
 
 def test_a_refused_write_is_dropped_and_the_queue_goes_on(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    writer = RunWriter.create(uri, "writer", "run", {}, journal_dir=tmp_path / "job")
+    art = str(tmp_path / "artifacts")  # not MLflow's default, ./mlruns in the checkout
+    writer = RunWriter.create(uri, "writer", "run", {}, artifact_location=art, journal_dir=tmp_path / "job")
     writer.log_params({"lr": "0.001"})
     writer.log_params({"lr": "0.003"})  # MLflow refuses to change a logged param: INVALID_PARAMETER_VALUE
     writer.log_file(str(tmp_path / "absent.json"))  # gone before it was sent
@@ -79,7 +80,7 @@ import atexit, sys, threading
 # registered before the writer module is imported, so it runs after the writer's own exit hook (atexit is LIFO)
 atexit.register(lambda: print("alive at exit:", [t.name for t in threading.enumerate() if t.name[:7] == "mlflow-"]))
 from orchestrator.tracking.writer import RunWriter
-idle = RunWriter.create(sys.argv[1], "writer", "idle", {})
+idle = RunWriter.create(sys.argv[1], "writer", "idle", {}, artifact_location=sys.argv[3])
 idle.log_metrics({"train/loss": 2.5}, step=1)
 down = RunWriter.attach("http://127.0.0.1:9", "0" * 32, "0", journal_dir=sys.argv[2])  # discard port: never sent
 down.log_metrics({"train/loss": 2.4}, step=2)
@@ -96,7 +97,7 @@ def test_no_writer_thread_outlives_the_interpreter_and_what_it_held_is_sent_or_j
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-    argv = [sys.executable, "-c", EXITING, uri, str(tmp_path / "job")]
+    argv = [sys.executable, "-c", EXITING, uri, str(tmp_path / "job"), str(tmp_path / "artifacts")]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "alive at exit: []" in done.stdout
