@@ -38,6 +38,8 @@ BACKOFF_S = (0.5, 10.0)
 """First and longest wait between two attempts at a write that failed for a transient reason."""
 EXIT_DRAIN_S = 5.0
 """How long, in all, the writers still running at interpreter exit may take to send what they hold."""
+_LIVE: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+"""Every writer made in this process (`stop_writers` stops those still running at exit)."""
 PERMANENT_STATES = ("INVALID_STATE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS")
 """MLflow error codes that another attempt cannot fix (a run deleted or no longer active, …), whatever the status."""
 
@@ -307,9 +309,6 @@ class RunWriter:
 
     def _record_error(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-
-
-_LIVE: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
 @atexit.register
