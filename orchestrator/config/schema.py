@@ -183,6 +183,9 @@ class DataConfig:
     folder holding one: the corpus is encoded with it instead of a trained tokenizer (an adaptation job uses its
     base model's); it must have the <|endoftext|> token. Not for a memmap corpus, whose ids are already made."""
     cache_dir: str | None = None
+    selection: str | None = None
+    """A selection manifest written by `cpr select` (docs/select.md): train on its kept windows of this corpus only
+    (the same token budget, drawn from fewer tokens). Refused when it was made for another corpus or tokenizer."""
     domains: dict[str, Any] = field(default_factory=dict)
     """Validation domains for the gradient probe's per-domain weights (blueprint `domain_tags`) and Ψ's mix
     (`psi=domains`): name -> the fields of DomainConfig, e.g. `+data.domains.code={source:text_dir,path:/data/code}`.
@@ -491,6 +494,62 @@ class AdaptConfig:
         return self.base is not None
 
 
+class SelectScore(StrEnum):
+    """How `cpr select` ranks the corpus's windows (docs/select.md)."""
+
+    predicted = "predicted"
+    """Ĵ = f_φ(cheap features): the predicted per-example gradient norm (Algorithm 2)."""
+    loss = "loss"
+    """The base model's loss on the window (the loss-based baseline)."""
+    random = "random"
+    """A seeded random draw (the baseline every selection must beat)."""
+
+
+class SelectBlocks(StrEnum):
+    """The data blocks of the cross-influence map."""
+
+    folder = "folder"
+    """A window's document's top folder under the corpus root (the stdlib: its packages)."""
+    cluster = "cluster"
+    """k-means clusters of the windows' pooled hidden states (`select.clusters`)."""
+
+
+@with_config(STRICT)
+@dataclass
+class SelectConfig:
+    """`cpr select`: score the corpus's training windows by their predicted gradient norm under a base model and
+    keep the top fraction (the paper's Algorithm 2; docs/select.md). Unused while `base` is null."""
+
+    base: str | None = None
+    """The scoring model: a cpr job id (its checkpoint, exported as by `cpr export`) or a save_pretrained folder."""
+    step: Annotated[int, _ints(1)] | None = None
+    """The base job's checkpoint step; None: its newest."""
+    fraction: Fraction = 0.5
+    """q: the share of windows kept."""
+    score: SelectScore = SelectScore.predicted
+    length_correction: bool = True
+    """predicted: regress log-length out of log Ĵ (raw gradient norms favour short windows)."""
+    sample: Count = 512
+    """|D_small|: windows whose true per-example gradient norm J is computed (the predictor's training set)."""
+    holdout: Annotated[float, Field(ge=0.1, le=0.5)] = 0.25
+    """The share of D_small held out to measure the predictor's Spearman ρ against the true J."""
+    min_tokens: Annotated[int, _ints(2)] = 16
+    """Windows shorter than this (a document's short tail) are not scored and never kept."""
+    grad_batch: Count = 16
+    """Windows per vmap call of the per-example gradients (memory: grad_batch × the model's parameters)."""
+    blocks: SelectBlocks = SelectBlocks.folder
+    clusters: Annotated[int, _ints(2, 1024)] = 8
+    """blocks=cluster: k of k-means."""
+    rank: Annotated[int, _ints(1, 64)] = 3
+    """Singular vectors of the cross-influence map kept in the blueprint."""
+    output: str | None = None
+    """Where the manifest is written; None: <runs_dir>/selections/<id>.json."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.base is not None
+
+
 @with_config(STRICT)
 @dataclass
 class TelemetryConfig:
@@ -594,6 +653,7 @@ class JobConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     psi: PsiConfig = field(default_factory=PsiConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
