@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from orchestrator.select.windows import Windows
 MANIFEST_FORMAT = "cpr-selection"
 FORMAT_VERSION = 1
 FIELD = "data.selection"
-_COLUMNS = ("start", "length", "doc", "block", "score", "kept")
+_COLUMNS = ("start", "length", "doc", "block", "score", "kept", "loss", "predicted")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,10 @@ class SelectionManifest:
     scores: np.ndarray
     kept: np.ndarray
     """Boolean per window."""
+    loss: np.ndarray
+    """The base model's mean token loss per window."""
+    predicted: np.ndarray
+    """log Ĵ per window: f_φ's prediction, before any length correction."""
     block_kind: str
     block_names: tuple[str, ...]
     predictor: dict[str, Any] | None = None
@@ -69,6 +73,31 @@ class SelectionManifest:
         total = max(1, int(n.sum()))
         return {self.block_names[int(i)]: int(c) / total for i, c in zip(idx, n, strict=True)}
 
+    def rescored(self, score: str, *, length_correction: bool, fraction: float) -> SelectionManifest:
+        """The selection `cpr select` would have made from the same scoring pass with another score, correction or
+        fraction (its columns hold the loss and f_φ's prediction of every window): for comparing selections."""
+        from orchestrator.select.scores import choose, window_scores
+
+        scores, bias = window_scores(
+            score,
+            log_predicted=self.predicted,
+            loss=self.loss,
+            length=self.windows.length,
+            length_correction=length_correction,
+            seed=self.seed,
+        )
+        kept = np.zeros(len(self.windows), dtype=bool)
+        kept[choose(scores, len(self.windows), fraction, self.seed)] = True
+        return replace(
+            self,
+            score=score,
+            length_correction=length_correction,
+            fraction=fraction,
+            scores=scores,
+            kept=kept,
+            length_bias=bias.to_dict(),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
@@ -95,6 +124,8 @@ class SelectionManifest:
                 "block": self.block.tolist(),
                 "score": [round(float(s), 6) for s in self.scores],
                 "kept": self.kept.astype(int).tolist(),
+                "loss": [round(float(v), 6) for v in self.loss],
+                "predicted": [round(float(v), 6) for v in self.predicted],
             },
         }
         body["id"] = manifest_id(body)
@@ -157,6 +188,8 @@ def load_manifest(path: str | Path) -> SelectionManifest:
             block=cols["block"].astype(np.int64),
             scores=cols["score"].astype(float),
             kept=cols["kept"].astype(bool),
+            loss=cols["loss"].astype(float),
+            predicted=cols["predicted"].astype(float),
             block_kind=str(d["blocks"]["kind"]),
             block_names=names,
             predictor=d.get("predictor"),

@@ -111,6 +111,22 @@ def corrected(log_score: np.ndarray, length: np.ndarray, bias: LengthBias) -> np
     return np.asarray(log_score, dtype=float) - bias.slope * np.log(np.asarray(length, dtype=float))
 
 
+def window_scores(
+    kind: str, *, log_predicted: np.ndarray, loss: np.ndarray, length: np.ndarray, length_correction: bool, seed: int
+) -> tuple[np.ndarray, LengthBias]:
+    """The score every window is ranked by under `kind` (select.score), and the length bias of the prediction:
+    predicted: log Ĵ, with the length trend regressed out when `length_correction`; loss: the base model's loss;
+    random: a seeded uniform draw (the top q of it is a random q)."""
+    bias = length_bias(log_predicted, length)
+    if kind == "predicted":
+        return (corrected(log_predicted, length, bias) if length_correction else np.asarray(log_predicted)), bias
+    if kind == "loss":
+        return np.asarray(loss, dtype=float), bias
+    if kind == "random":
+        return np.random.default_rng([seed, 1]).random(np.asarray(length).size), bias
+    raise ValueError(f"unknown score {kind!r}")
+
+
 def choose(scores: np.ndarray | None, n: int, fraction: float, seed: int) -> np.ndarray:
     """Indices of the kept windows, ascending: the top ⌈q·n⌉ scores (ties: the earlier window), or a seeded random
     draw of as many when `scores` is None."""
