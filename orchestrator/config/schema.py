@@ -488,6 +488,9 @@ class AdaptConfig:
     """lisa: optimizer steps between two draws of the trained blocks."""
     lora_alpha: Annotated[float, Field(gt=0.0, le=1e6)] | None = None
     """lora: LoRA's scaling numerator; None: twice the rank."""
+    joint: bool = True
+    """With a `data.selection` whose manifest carries the cross-influence map: the blueprint's norms become the map's
+    influence on the kept data blocks (parameters and data chosen together; docs/select.md). False: the blueprint's."""
 
     @property
     def enabled(self) -> bool:

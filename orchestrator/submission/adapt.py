@@ -228,6 +228,32 @@ def _from_tracking(model_id: str, version: int | None, runs_dir: Path, tracking:
     return path.resolve()
 
 
+def joint_blueprint_file(
+    blueprint: Path, selection: str, runs_dir: Path, *, log: Callable[[str], None] | None = None
+) -> Path:
+    """The blueprint with its norms taken from the selection's cross-influence map for the kept blocks
+    (orchestrator/adapt/joint.py), written under `<runs_dir>/bases/blueprints/` so the run's config names the exact
+    file adapted with; the blueprint itself when the manifest carries no map."""
+    from orchestrator.adapt.joint import joint_blueprint
+    from orchestrator.blueprints import load_blueprint
+    from orchestrator.blueprints.model import dumps_blueprint
+    from orchestrator.select import CrossInfluence, load_manifest
+
+    manifest = load_manifest(selection)
+    if manifest.cross_influence is None:
+        return blueprint
+    bp = load_blueprint(blueprint)
+    ci = CrossInfluence.from_dict(manifest.cross_influence)
+    joint = joint_blueprint(bp, ci, manifest.kept_blocks(), manifest.id)
+    out = runs_dir / BASES_DIR / "blueprints" / f"{bp.model_id}-v{bp.blueprint_version}-joint-{manifest.id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dumps_blueprint(joint), encoding="utf-8")
+    if log is not None:
+        top = sorted(joint.norms().items(), key=lambda kv: -kv[1])[:3]
+        log(f"joint selection: Ḡ from the cross-influence map on the kept blocks (top: {', '.join(i for i, _ in top)})")
+    return out.resolve()
+
+
 def model_groups(model: ModelConfig, vocab_size: int) -> tuple[list[str], dict[str, int]]:
     """The model's parameter names and its submodule groups (blueprint id -> parameters, in model order), from a
     model built on torch's meta device (no memory)."""
@@ -294,6 +320,8 @@ def plan_adapt(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> Jo
             f"adapt={a.strategy.value} needs a blueprint and {base.folder} ships none",
             "name one (MODEL_ID[:vN] or a JSON file), or use adapt=local",
         )
+    if blueprint is not None and a.joint and job.data.selection is not None:
+        blueprint = joint_blueprint_file(blueprint, job.data.selection, plan.runs_dir, log=log)
     job = dataclasses.replace(
         job,
         model=base.model,
