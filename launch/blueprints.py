@@ -29,8 +29,9 @@ from orchestrator.errors import InputError
 
 EPILOG = """\
 A blueprint is JSON in the paper's Appendix A.1 shape (model_id, training_checkpoint, layers[] with id,
-gradient_norm, alpha, gamma, k_star, domain_tags) or schema 1.0, which adds schema_version, versions, CIs,
-parameter prefixes, fit quality, resource model, privacy and provenance.
+gradient_norm, alpha, gamma, k_star, domain_tags) or schema 1.x, which adds schema_version, versions, CIs,
+parameter prefixes, fit quality, resource model, privacy and provenance (1.1: DP accounting; 1.2: the
+cross-influence map of `cpr select`, which `show` summarises).
 Schema: orchestrator/blueprints/schema/blueprint.schema.json
 
 Published blueprints (what `cpr submit` jobs publish to MLflow) are read with `list` and `get`:
@@ -219,6 +220,33 @@ def _header(bp: Blueprint) -> str:
     return ", ".join(parts)
 
 
+SHOW_SINGULAR_VALUES = 5
+SHOW_TOP = 3
+"""`show` lists this many singular values, and this many groups and blocks of the first singular vectors."""
+
+
+def _top(names: Sequence[str], loadings: Sequence[float]) -> str:
+    """The SHOW_TOP names with the largest |loading|, each with its signed loading."""
+    order = sorted(range(len(names)), key=lambda i: -abs(loadings[i]))[:SHOW_TOP]
+    return ", ".join(f"{escape(names[i])} {loadings[i]:+.2f}" for i in order)
+
+
+def cross_influence_lines(bp: Blueprint) -> list[str]:
+    """The cross-influence summary `show` prints (rich markup), none without a map: its size, rank and energy, the
+    leading singular values, and the groups and blocks that load most on the first pattern (σ₁'s vectors)."""
+    ci = bp.cross_influence
+    if ci is None:
+        return []
+    sv = ", ".join(fmt(s, 3) for s in ci.singular_values[:SHOW_SINGULAR_VALUES])
+    more = f", … ({len(ci.singular_values)} in all)" if len(ci.singular_values) > SHOW_SINGULAR_VALUES else ""
+    return [
+        f"cross-influence: {len(ci.groups)} groups × {len(ci.blocks)} {escape(ci.block_kind)} blocks "
+        f"({sum(ci.examples):,} windows), rank {ci.rank} keeps {ci.energy:.1%} of Σσ²; σ: {sv}{more}",
+        f"  first pattern (σ₁ {fmt(ci.singular_values[0], 3)}): groups {_top(ci.groups, [r[0] for r in ci.u])}; "
+        f"blocks {_top(ci.blocks, [r[0] for r in ci.v])}",
+    ]
+
+
 def run_show(args: argparse.Namespace) -> int:
     bp = load_blueprint(args.file)
     if args.json:
@@ -249,6 +277,8 @@ def run_show(args: argparse.Namespace) -> int:
         con.print(f"privacy: {p.mechanism} noise, clip {fmt(p.clip)}, σ {fmt(p.sigma)}, {guarantee}: {escape(p.note)}")
         if p.withheld:
             con.print(f"withheld: {escape(', '.join(p.withheld))}")
+    for line in cross_influence_lines(bp):
+        con.print(line)
     table = Table(show_edge=False)
     for name, justify in (
         ("id", "left"),

@@ -223,12 +223,46 @@ class Privacy(_Strict):
 PRIVACY_1_1_FIELDS = ("release", "accountant", "adjacency", "composed_releases", "withheld")
 """The privacy record's fields that a schema 1.0 file may not carry."""
 
+BlockName = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class CrossInfluence(_Strict):
+    """Schema 1.2: the cross-influence map T (submodule groups × data blocks) that `cpr select` measured under the
+    base model, as its rank-r SVD summary (docs/blueprints.md "Cross-influence"). T_ij is the mean per-example
+    gradient norm of group i over the sampled windows of block j; T ≈ U·diag(σ_1..σ_r)·Vᵀ. Row counts, row widths,
+    the descending order of the singular values and the rank are checked beside the schema."""
+
+    statistic: Annotated[str, Field(min_length=1, max_length=1000)]
+    """What T_ij is, in words."""
+    block_kind: Literal["folder", "cluster"]
+    """What a data block is: a folder of the corpus, or a cluster of its windows."""
+    groups: Annotated[
+        tuple[Key, ...], Field(min_length=1, max_length=MAX_ITEMS, json_schema_extra={"uniqueItems": True})
+    ]
+    """The submodule groups: T's rows."""
+    blocks: Annotated[
+        tuple[BlockName, ...], Field(min_length=1, max_length=MAX_ITEMS, json_schema_extra={"uniqueItems": True})
+    ]
+    """The data blocks: T's columns."""
+    examples: Annotated[tuple[Annotated[int, Field(ge=1, le=_MAX_INT64)], ...], Field(max_length=MAX_ITEMS)]
+    """Sampled windows per block (T's column j is a mean over that many); one per block."""
+    rank: Annotated[int, Field(ge=1, le=MAX_ITEMS)]
+    """r: the singular vectors kept; at most the number of singular values."""
+    singular_values: Annotated[tuple[Magnitude, ...], Field(min_length=1, max_length=MAX_ITEMS)]
+    """All of T's singular values, descending."""
+    energy: Fraction
+    """The share of Σσ² the top r singular values hold."""
+    u: Annotated[tuple[tuple[Real, ...], ...], Field(max_length=MAX_ITEMS)]
+    """The top r left singular vectors: one row of r numbers per group."""
+    v: Annotated[tuple[tuple[Real, ...], ...], Field(max_length=MAX_ITEMS)]
+    """The top r right singular vectors: one row of r numbers per block."""
+
 
 class Blueprint_1_0(_Strict):
     """Schema 1.x: the paper's shape plus versioning, fidelity, fit quality, resource model, privacy and provenance;
-    1.1 adds the privacy record's differential-privacy accounting."""
+    1.1 adds the privacy record's differential-privacy accounting, 1.2 the cross-influence map."""
 
-    schema_version: Literal["1.0", "1.1"]
+    schema_version: Literal["1.0", "1.1", "1.2"]
     model_id: ModelId
     blueprint_version: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
     training_checkpoint: Fraction
@@ -241,3 +275,9 @@ class Blueprint_1_0(_Strict):
     resource_model: ResourceModel | None = None
     privacy: Privacy | None = None
     provenance: Provenance | None = None
+    cross_influence: CrossInfluence | None = None
+    """Schema 1.2: which data blocks move which submodule groups, from `cpr select`."""
+
+
+BLUEPRINT_1_2_FIELDS = ("cross_influence",)
+"""The top-level fields that a schema 1.0 or 1.1 file may not carry."""

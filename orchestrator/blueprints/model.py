@@ -3,7 +3,8 @@
 Two shapes load: the paper's Appendix A.1 shape (no `schema_version`; fields it does not know are kept verbatim
 in `extra` so the file round-trips), and schema 1.0 (`schema_version: "1.0"`), which adds versioning, fidelity,
 fit quality, parameter prefixes, resource model, privacy and provenance, and rejects unknown fields; schema 1.1
-(what is written now) adds a differentially private release's accounting to the privacy record; 1.0 files stay valid.
+adds a differentially private release's accounting to the privacy record, and schema 1.2 (what is written now) the
+optional cross-influence map of `cpr select` (`cross_influence`); 1.0 and 1.1 files stay valid.
 Loading is plain `json` with hooks that refuse NaN/Infinity and duplicate keys: nothing in a file is executed.
 Every problem is an `InputError` naming the JSON path of the offending field.
 
@@ -30,9 +31,10 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.blueprints import documents
 from orchestrator.errors import InputError
+from orchestrator.select.influence import CrossInfluence
 
-SCHEMA_VERSION = "1.1"  # what this code writes; 1.1 adds the privacy record's DP accounting
-KNOWN_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", SCHEMA_VERSION)
+SCHEMA_VERSION = "1.2"  # what this code writes; 1.1 adds the privacy record's DP accounting, 1.2 cross_influence
+KNOWN_SCHEMA_VERSIONS: tuple[str, ...] = ("1.0", "1.1", SCHEMA_VERSION)
 PAPER_SHAPE = "paper-A.1"  # how a file without `schema_version` is described
 MAX_BLUEPRINT_BYTES = 16 * 1024 * 1024
 MAX_NESTING_DEPTH = 64  # a schema 1.0 file nests 4 deep; paper-shape extras get some room
@@ -148,6 +150,7 @@ class Blueprint:
     resource_model: ResourceModelRecord | None = None
     privacy: PrivacyRecord | None = None
     provenance: dict[str, str | float | int | bool] | None = None
+    cross_influence: CrossInfluence | None = None  # schema 1.2: `cpr select`'s groups × data blocks map
     extra: dict[str, Any] | None = None  # paper-shape files only
 
     @property
@@ -275,7 +278,23 @@ def _field(source: str, parts: Sequence[str | int]) -> str:
     return f"{source}: {path}" if path else source
 
 
+_CROSS_INFLUENCE_FIXES: dict[str, str] = {
+    "statistic": "what T_ij is, in words (cpr select writes it)",
+    "block_kind": 'either "folder" or "cluster"',
+    "groups": "the submodule groups, T's rows: a non-empty list of distinct names",
+    "blocks": "the data blocks, T's columns: a non-empty list of distinct names",
+    "examples": "one count of sampled windows (an integer >= 1) per block, in the order of blocks",
+    "rank": "the number of singular vectors kept: an integer >= 1, at most the number of singular values",
+    "singular_values": "all of T's singular values: finite numbers >= 0, descending, at most min(groups, blocks)",
+    "energy": "the share of Σσ² in the top `rank` singular values, in [0, 1]",
+    "u": "one row per group, each of `rank` finite numbers (the top left singular vectors)",
+    "v": "one row per block, each of `rank` finite numbers (the top right singular vectors)",
+}
+
+
 def _fix_for(parts: Sequence[str | int]) -> str:
+    if len(parts) >= 2 and parts[0] == "cross_influence" and isinstance(parts[1], str):
+        return _CROSS_INFLUENCE_FIXES.get(parts[1], _SCHEMA_HINT)
     for part in reversed(parts):
         if isinstance(part, str):
             if part in _FIXES:
@@ -475,6 +494,14 @@ def validate_document(doc: Any, *, source: str) -> None:
                 "is a schema 1.1 field but the file says 1.0",
                 'set "schema_version": "1.1"',
             )
+    if version in ("1.0", "1.1"):
+        newer = next((key for key in documents.BLUEPRINT_1_2_FIELDS if key in doc), None)
+        if newer is not None:
+            raise InputError(
+                f"{source}: {newer}",
+                f"is a schema 1.2 field but the file says {version}",
+                'set "schema_version": "1.2"',
+            )
     errors = list(_validator().iter_errors(doc))
     if errors:
         # Report the first problem in path order, so the message does not depend on jsonschema's internals; at one
@@ -501,6 +528,8 @@ def validate_document(doc: Any, *, source: str) -> None:
                 f"must be <= ci_high, got {layer['ci_low']!r} > {layer['ci_high']!r}",
                 _FIXES["ci_low"],
             )
+    if schema_1_0 and "cross_influence" in doc:
+        _check_cross_influence(doc["cross_influence"], source)
     if schema_1_0 and "created_at" in doc:
         try:
             _dt.datetime.fromisoformat(doc["created_at"].upper().replace("Z", "+00:00"))
@@ -508,6 +537,39 @@ def validate_document(doc: Any, *, source: str) -> None:
             raise InputError(
                 f"{source}: created_at", f"is not a valid date-time: {_show(doc['created_at'])}", _FIXES["created_at"]
             ) from None
+
+
+def _check_cross_influence(ci: Mapping[str, Any], source: str) -> None:
+    """What the schema cannot say about a schema-valid `cross_influence`: its arrays agree in length with each
+    other (u is groups × rank, v blocks × rank, one example count per block), the singular values descend and
+    number at most min(groups, blocks) (T's SVD has no more), and the rank keeps no more vectors than there are."""
+    n_groups, n_blocks, rank, sv = len(ci["groups"]), len(ci["blocks"]), ci["rank"], ci["singular_values"]
+
+    def refuse(path: str, problem: str, key: str) -> InputError:
+        return InputError(f"{source}: cross_influence.{path}", problem, _CROSS_INFLUENCE_FIXES[key])
+
+    if len(ci["examples"]) != n_blocks:
+        raise refuse("examples", f"must have one count per block ({n_blocks}), got {len(ci['examples'])}", "examples")
+    if len(sv) > min(n_groups, n_blocks):
+        raise refuse(
+            "singular_values",
+            f"must have at most min(groups, blocks) = {min(n_groups, n_blocks)} items, got {len(sv)}",
+            "singular_values",
+        )
+    for k in range(1, len(sv)):
+        if sv[k] > sv[k - 1]:
+            raise refuse(
+                f"singular_values[{k}]", f"must be <= the one before (descending), got {sv[k]!r} > {sv[k - 1]!r}",
+                "singular_values",
+            )  # fmt: skip
+    if rank > len(sv):
+        raise refuse("rank", f"must be <= the number of singular values ({len(sv)}), got {rank}", "rank")
+    for key, rows, what in (("u", n_groups, "group"), ("v", n_blocks, "block")):
+        if len(ci[key]) != rows:
+            raise refuse(key, f"must have one row per {what} ({rows}), got {len(ci[key])}", key)
+        for i, row in enumerate(ci[key]):
+            if len(row) != rank:
+                raise refuse(f"{key}[{i}]", f"must have rank = {rank} numbers, got {len(row)}", key)
 
 
 def _decode(data: bytes | str, source: str) -> Any:
@@ -594,6 +656,8 @@ def _blueprint_from_doc(doc: Mapping[str, Any], source: str) -> Blueprint:
         values["resource_model"] = ResourceModelRecord(**_fields_of(values["resource_model"]))
     if values.get("privacy") is not None:
         values["privacy"] = PrivacyRecord(**_fields_of(values["privacy"]))
+    if values.get("cross_influence") is not None:
+        values["cross_influence"] = CrossInfluence.from_dict(_fields_of(values["cross_influence"]))
     values.setdefault("schema_version", None)  # the paper's shape has none
     return Blueprint(**values, extra=document.model_extra or None)
 
@@ -711,6 +775,10 @@ def blueprint_to_dict(bp: Blueprint, *, validate: bool = True) -> dict[str, Any]
             values["resource_model"] = _document(documents.ResourceModel, _fields_of(bp.resource_model))
         if bp.privacy is not None:
             values["privacy"] = _document(documents.Privacy, _fields_of(bp.privacy))
+        if bp.cross_influence is not None:
+            # Through from_dict once: plain ints and floats even where the map was built from numpy scalars.
+            plain = CrossInfluence.from_dict(bp.cross_influence.to_dict()).to_dict()
+            values["cross_influence"] = _document(documents.CrossInfluence, plain)
         d = _document(documents.Blueprint_1_0, values)
     if validate:
         validate_document(d, source="blueprint")

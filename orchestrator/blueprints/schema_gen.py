@@ -24,8 +24,8 @@ SCHEMA_ID = "https://cpr-orchestrator.invalid/schemas/blueprint.schema.json"
 TITLE = "Gradient blueprint"
 DESCRIPTION = (
     "Submodule-level gradient statistics released at a training checkpoint (paper §5 and Appendix A.1). A file "
-    "without `schema_version` is in the paper's Appendix A shape (unknown fields are kept); schema 1.0 and 1.1 add "
-    "what a consumer needs to trust and apply the file and reject unknown fields."
+    "without `schema_version` is in the paper's Appendix A shape (unknown fields are kept); schema 1.0, 1.1 and 1.2 "
+    "add what a consumer needs to trust and apply the file and reject unknown fields."
 )
 
 

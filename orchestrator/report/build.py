@@ -47,6 +47,13 @@ _RUN_FIGURES = (
 )
 
 
+# The cross-influence section's figures (file stem, drawing function, caption), drawn when a version carries a map.
+_CROSS_INFLUENCE_FIGURES = (
+    ("cross_influence", fg.cross_influence_heatmap, "T̂ = U·diag(σ)·Vᵀ at the kept rank: submodule groups × blocks."),
+    ("cross_influence_spectrum", fg.cross_influence_spectrum, "Every singular value; coloured: the r kept."),
+)
+
+
 def render_run(run: RunData, out_dir: Path) -> ReportFiles:
     """Draw a loaded run into `out_dir` (created)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +62,14 @@ def render_run(run: RunData, out_dir: Path) -> ReportFiles:
         path = draw(run, out_dir / f"{stem}.png")
         if path is not None:
             shown.append((title, caption, path))
+    influence = []
+    for stem, draw, caption in _CROSS_INFLUENCE_FIGURES:
+        path = draw(run, out_dir / f"{stem}.png")
+        if path is not None:
+            influence.append((caption, path))
     page = out_dir / HTML_NAME
-    page.write_text(run_page(run, shown), encoding="utf-8")
-    return ReportFiles(html=page, pngs=tuple(p for _, _, p in shown))
+    page.write_text(run_page(run, shown, influence), encoding="utf-8")
+    return ReportFiles(html=page, pngs=(*(p for _, _, p in shown), *(p for _, p in influence)))
 
 
 def write_run_report(tracking_uri: str, ref: str, out_dir: Path, *, experiment: str = "cpr") -> ReportFiles:

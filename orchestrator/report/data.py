@@ -89,6 +89,10 @@ class RunData:
     def gamma_final(self) -> dict[str, float]:
         return {k: s.values[-1] for k, s in self.gamma.items() if s}
 
+    def cross_influence_blueprint(self) -> Blueprint | None:
+        """The newest published version that carries a cross-influence map (schema 1.2), None when none does."""
+        return next((bp for bp in reversed(self.blueprints) if bp.cross_influence is not None), None)
+
 
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient

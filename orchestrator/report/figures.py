@@ -255,6 +255,67 @@ def retained_mass(run: RunData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+MAX_TICK_LABELS = 60
+"""A heatmap axis with more rows or columns than this is drawn without their names (they would overlap)."""
+
+
+def cross_influence_heatmap(run: RunData, path: Path) -> Path | None:
+    """The rank-r reconstruction T̂ = U·diag(σ)·Vᵀ (groups × blocks) of the newest version's cross-influence map."""
+    bp = run.cross_influence_blueprint()
+    if bp is None or bp.cross_influence is None:
+        return None
+    ci = bp.cross_influence
+    grid = ci.approx()
+    fig = Figure(
+        figsize=(min(16.0, max(5.5, 0.35 * len(ci.blocks) + 3.5)), min(14.0, max(3.5, 0.3 * len(ci.groups) + 2)))
+    )
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=f"T̂ (rank {ci.rank}): mean per-example ‖g‖")
+    if len(ci.blocks) <= MAX_TICK_LABELS:
+        ax.set_xticks(range(len(ci.blocks)), list(ci.blocks), rotation=60, ha="right", fontsize=7)
+    if len(ci.groups) <= MAX_TICK_LABELS:
+        ax.set_yticks(range(len(ci.groups)), list(ci.groups), fontsize=7 if len(ci.groups) > 20 else 9)
+    ax.set_xlabel(f"data block ({ci.block_kind})")
+    ax.set_ylabel("submodule group")
+    ax.set_title(
+        f"{run.job_id}: cross-influence, rank {ci.rank} ({ci.energy:.1%} of Σσ²),\n"
+        f"blueprint v{bp.blueprint_version} (step {bp.step})"
+    )
+    return _save(fig, path)
+
+
+def cross_influence_spectrum(run: RunData, path: Path) -> Path | None:
+    """The map's singular values as bars (the kept ones coloured, the kept rank marked) and the cumulative share
+    of Σσ² as a line: how much a rank-r summary leaves out."""
+    bp = run.cross_influence_blueprint()
+    if bp is None or bp.cross_influence is None:
+        return None
+    ci = bp.cross_influence
+    s = np.asarray(ci.singular_values, dtype=float)
+    k = np.arange(1, s.size + 1)
+    total = float(np.sum(s**2))
+    cumulative = np.cumsum(s**2) / total if total > 0 else np.ones_like(s)
+    fig = Figure(figsize=(min(12.0, max(5.5, 0.3 * s.size + 3)), 4.2))
+    ax = fig.add_subplot()
+    ax.bar(k, s, color=["#2471a3" if i < ci.rank else "#bbbbbb" for i in range(s.size)], label="σ_k")
+    ax.axvline(ci.rank + 0.5, color=STOP_COLOR, ls="--", lw=1.2, label=f"kept rank r = {ci.rank}")
+    if s.size <= MAX_TICK_LABELS:
+        ax.set_xticks(k)
+    ax.set_xlabel("k")
+    ax.set_ylabel("singular value σ_k")
+    share = ax.twinx()
+    share.plot(k, cumulative, "o-", color="#117a65", ms=3, label="cumulative share of Σσ²")
+    share.set_ylim(0, 1.05)
+    share.set_ylabel("cumulative share of Σσ²")
+    lines = ax.get_legend_handles_labels()
+    more = share.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
+    ax.set_title(f"{run.job_id}: singular values of the cross-influence map (v{bp.blueprint_version})")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def sweep_psi_vs_gamma(runs: Sequence[RunData], kind: str, path: Path) -> Path | None:
     """Ψ against Γ[kind] of every job of a sweep on one plot, each job's stop marked."""
     fig = Figure(figsize=(8, 5))

@@ -78,8 +78,32 @@ def stop_sentence(run: RunData) -> str:
     return text
 
 
-def run_page(run: RunData, figures: Sequence[tuple[str, str, Path]]) -> str:
-    """The page of one run: its decision and figures (title, caption, PNG path)."""
+def cross_influence_section(run: RunData, figures: Sequence[tuple[str, Path]]) -> str:
+    """The section on the newest version's cross-influence map: what T is, its size, rank and energy, and the
+    figures (caption, PNG path); empty when no version carries a map or nothing was drawn."""
+    bp = run.cross_influence_blueprint()
+    if bp is None or bp.cross_influence is None or not figures:
+        return ""
+    ci = bp.cross_influence
+    where = f"blueprint v{bp.blueprint_version}" + (f" (step {bp.step})" if bp.step is not None else "")
+    text = (
+        f"From {where}: T_ij is the mean per-example gradient norm of submodule group i over the sampled windows "
+        f"of data block j, measured by cpr select under the base model; {len(ci.groups)} groups × "
+        f"{len(ci.blocks)} {ci.block_kind} blocks ({sum(ci.examples):,} windows). Its rank-{ci.rank} SVD summary "
+        f"keeps {ci.energy:.1%} of Σσ² (σ₁ = {ci.singular_values[0]:.4g})."
+    )
+    shown = "".join(
+        f"<figure>{_img(path)}<figcaption>{_t(caption)} ({_t(path.name)})</figcaption></figure>"
+        for caption, path in figures
+    )
+    return f'<h2 id="cross-influence">Cross-influence: which data moves which submodules</h2><p>{_t(text)}</p>{shown}'
+
+
+def run_page(
+    run: RunData, figures: Sequence[tuple[str, str, Path]], cross_influence: Sequence[tuple[str, Path]] = ()
+) -> str:
+    """The page of one run: its decision and figures (title, caption, PNG path), and the cross-influence section
+    when a version carries a map (its figures: caption, PNG path)."""
     final = run.gamma_final()
     facts: list[tuple[str, Any]] = [
         ("job", run.job_id),
@@ -111,6 +135,7 @@ def run_page(run: RunData, figures: Sequence[tuple[str, str, Path]]) -> str:
     body += [_figure(title, caption, path) for title, caption, path in figures]
     if not run.blueprints:
         body.append("<p>No blueprints were published by this run: no gradient-mass figures.</p>")
+    body.append(cross_influence_section(run, cross_influence))
     return _document(f"cpr report {run.job_id}", "".join(body))
 
 

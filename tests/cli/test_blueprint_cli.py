@@ -92,7 +92,7 @@ def test_an_old_file_warns_on_a_k_star_resting_on_alpha_below_1(cli, tmp_path):
 def test_validate_a_stored_file(cli, tmp_path):
     _, path = LocalBlueprintStore(tmp_path).publish(as_schema_1_0(load_blueprint(PAPER_FILE)))
     r = cli("blueprint", "validate", str(path))
-    assert r.code == 0 and r.out.splitlines()[0] == f"OK {path} (3 layers, schema 1.1)"
+    assert r.code == 0 and r.out.splitlines()[0] == f"OK {path} (3 layers, schema 1.2)"
 
 
 def test_show_prints_the_privacy_guarantee(cli, tmp_path):

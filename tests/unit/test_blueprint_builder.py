@@ -60,7 +60,7 @@ def build(inputs: dict, **kw):
 
 def test_full_blueprint_validates_and_round_trips(inputs):
     bp = build(inputs, run_id="run-1", step=300, tokens_seen=123_456, provenance={"config_sha256": "ab12", "seed": 0})
-    assert bp.schema_version == "1.1" and bp.created_at == CREATED and bp.run_id == "run-1"
+    assert bp.schema_version == "1.2" and bp.created_at == CREATED and bp.run_id == "run-1"
     assert [e.id for e in bp.layers] == ["embed", "attn.0", "ffn.0", "norm.final", "head"]  # model order
     text = dumps_blueprint(bp)
     assert parse_blueprint(text, source="built") == bp

@@ -163,7 +163,7 @@ def test_as_schema_1_0_upgrades_a_plain_paper_file():
     bp = as_schema_1_0(load_blueprint(PAPER_FILE))
     assert bp.schema_version == SCHEMA_VERSION
     doc = json.loads(dumps_blueprint(bp))
-    assert doc["schema_version"] == "1.1" and doc["layers"][2]["k_star"] == 0.13
+    assert doc["schema_version"] == "1.2" and doc["layers"][2]["k_star"] == 0.13
 
 
 def test_full_schema_1_0_document_round_trips():

@@ -153,12 +153,12 @@ def test_schema_valid_round_trip():
     noised = add_gaussian_noise(bp(), clip=1.0, noise_multiplier=0.5)
     text = dumps_blueprint(noised)
     assert parse_blueprint(text, source="noised") == noised
-    assert json.loads(text)["schema_version"] == "1.1" and "seed" not in json.loads(text)["privacy"]
+    assert json.loads(text)["schema_version"] == "1.2" and "seed" not in json.loads(text)["privacy"]
 
 
 def test_paper_file_is_upgraded():
     noised = add_gaussian_noise(load_blueprint(PAPER_FILE), clip=0.05, noise_multiplier=0.1)
-    assert noised.schema_version == "1.1" and noised.privacy.sigma == pytest.approx(0.005)
+    assert noised.schema_version == "1.2" and noised.privacy.sigma == pytest.approx(0.005)
     assert all(e.gradient_norm <= 0.05 + 0.05 for e in noised.layers)
     assert parse_blueprint(dumps_blueprint(noised), source="x") == noised
 

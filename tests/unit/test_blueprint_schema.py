@@ -26,6 +26,7 @@ from orchestrator.blueprints import (
 from orchestrator.blueprints.builder import resource_record_from_dict
 from orchestrator.blueprints.model import KNOWN_SCHEMA_VERSIONS
 from orchestrator.errors import InputError
+from orchestrator.select.influence import CrossInfluence
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "assets" / "published_blueprint_1_0.json"
 
@@ -65,7 +66,7 @@ def _walk(node):
 def test_the_schema_is_strict():
     """Schema 1.0 objects refuse unknown fields, nothing admits null, every number is bounded, no defaults."""
     defs = load_schema()["$defs"]
-    for name in ("blueprint_1_0", "layer_1_0", "fit", "resource_model", "privacy"):
+    for name in ("blueprint_1_0", "layer_1_0", "fit", "resource_model", "privacy", "cross_influence"):
         assert defs[name]["additionalProperties"] is False, name
     for node in _walk(defs):
         if isinstance(node, dict):
@@ -88,6 +89,7 @@ def test_the_values_and_the_documents_name_the_same_fields():
     assert set(_names(FitInfo)) == set(documents.Fit.model_fields)
     assert set(_names(ResourceModelRecord)) == set(documents.ResourceModel.model_fields)
     assert set(_names(PrivacyRecord)) == set(documents.Privacy.model_fields)
+    assert _names(CrossInfluence) == list(documents.CrossInfluence.model_fields)  # to_dict's order is the file's
     ci = {f"ci_{name}" for name in _names(ConfidenceInterval)}
     assert set(_names(LayerEntry)) - {"ci", "extra"} | ci == set(documents.Layer_1_0.model_fields)
     assert set(_names(Blueprint)) - {"extra"} == set(documents.Blueprint_1_0.model_fields)

@@ -83,7 +83,7 @@ def test_paper_shape_blueprint_is_stored_in_the_current_schema(tmp_path):
     store = LocalBlueprintStore(tmp_path)
     version, path = store.publish(load_blueprint(PAPER_FILE))
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == "1.1" and doc["blueprint_version"] == version == 1
+    assert doc["schema_version"] == "1.2" and doc["blueprint_version"] == version == 1
     assert store.get("foundation-7b").norms() == load_blueprint(PAPER_FILE).norms()
 
 
