@@ -93,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
             f"{ci['rank']} holds {ci['energy']:.1%} of the energy; kept blocks: {top}"
         )
     if result.blueprint:
-        out.print(f"  blueprint {result.blueprint} carries the map (`cpr blueprint show {result.blueprint}`)")
+        out.print(
+            f"  blueprint {result.blueprint} carries the map (`cpr blueprint show FILE`, `cpr report {result.job_id}`)"
+        )
     secs = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result.seconds.items())
     out.print(f"  time: {secs}")
     out.print(f"  manifest: {result.manifest_path}")

@@ -20,7 +20,14 @@ import numpy as np
 
 from orchestrator.config.schema import JobConfig, SelectBlocks
 from orchestrator.errors import InputError
-from orchestrator.select import SelectionManifest, choose, cross_influence, cut_windows, fit_predictor
+from orchestrator.select import (
+    CrossInfluence,
+    SelectionManifest,
+    choose,
+    cross_influence,
+    cut_windows,
+    fit_predictor,
+)
 from orchestrator.select.scores import length_bias, window_scores
 from orchestrator.submission.adapt import AdaptBase, resolve_base
 from orchestrator.submission.plan import JobPlan, plan_of
@@ -55,7 +62,8 @@ class SelectResult:
     manifest: SelectionManifest
     seconds: dict[str, float] = field(default_factory=dict)
     blueprint: str | None = None
-    """MODEL_ID:vN of the blueprint version published with the cross-influence map; None when the base has none."""
+    """"MODEL_ID:vN (its file)" of the blueprint version published with the cross-influence map; None when the base
+    ships no blueprint."""
     j_length_bias: dict[str, float] = field(default_factory=dict)
 
 
@@ -323,7 +331,7 @@ def _gather(ranks: list[Any], calls: list[Callable[[Any], Any]], done: Callable[
     return ray.get(refs)
 
 
-def _record(sp: SelectPlan, result: SelectResult, ci: Any, log: Callable[[str], None]) -> None:
+def _record(sp: SelectPlan, result: SelectResult, ci: CrossInfluence, log: Callable[[str], None]) -> None:
     """The manifest written; the blueprint with the map published; the MLflow run with params, metrics, artifacts."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -370,7 +378,7 @@ def _record(sp: SelectPlan, result: SelectResult, ci: Any, log: Callable[[str], 
     result.manifest = m
     m.write(result.manifest_path)
     log(f"manifest {m.id} → {result.manifest_path}")
-    blueprint = _publish_blueprint(sp, ci, run.info.run_id, result.job_id)
+    blueprint = _publish_blueprint(sp, ci, client, run.info.run_id, m.id)
     params = mask_secrets(flatten_config(job_to_dict(job)))
     params.update(
         {"select.manifest_id": m.id, "select.base_job": str(base.job_id), "data.fingerprint": m.corpus["fingerprint"]}
@@ -405,7 +413,38 @@ def _record(sp: SelectPlan, result: SelectResult, ci: Any, log: Callable[[str], 
     result.blueprint = blueprint
 
 
-def _publish_blueprint(sp: SelectPlan, ci: Any, run_id: str, job_id: str) -> str | None:
-    """The base's newest blueprint with the cross-influence map, published as a new version of its model id (local
-    store and this run's artifacts); None when the base ships no blueprint."""
-    return None
+def _publish_blueprint(sp: SelectPlan, ci: CrossInfluence, client: Any, run_id: str, manifest_id: str) -> str | None:
+    """The base's newest blueprint with the cross-influence map, published as the next version of its model id in
+    the local store and as this run's artifact (`blueprints/v<N>/blueprint.json`, tags as a job's); None when the
+    base ships no blueprint (the map stays in the manifest)."""
+    from orchestrator.blueprints import SCHEMA_VERSION, LocalBlueprintStore, load_blueprint
+    from orchestrator.blueprints.model import dumps_blueprint
+    from orchestrator.core import names
+    from orchestrator.tracking.published import artifact_path
+
+    if not sp.base.blueprints:
+        return None
+    source = load_blueprint(sp.base.blueprints[-1])
+    provenance = {
+        **(source.provenance or {}),
+        "derived_from": f"{source.model_id}:v{source.blueprint_version}",
+        "cross_influence_from": f"cpr select run {run_id}",
+        "selection": manifest_id,
+    }
+    bp = dataclasses.replace(
+        source,
+        cross_influence=ci,
+        schema_version=SCHEMA_VERSION,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        provenance=provenance,
+    )
+    version, path = LocalBlueprintStore(sp.plan.runs_dir / "blueprints").publish(bp)
+    published = dataclasses.replace(bp, blueprint_version=version)
+    client.log_text(run_id, dumps_blueprint(published), artifact_path(version))
+    for key, value in {
+        names.BLUEPRINT_MODEL_ID: bp.model_id,
+        names.BLUEPRINT_LATEST: str(version),
+        names.BLUEPRINT_VERSIONS: str(version),
+    }.items():
+        client.set_tag(run_id, key, value)
+    return f"{bp.model_id}:v{version} ({path})"
