@@ -33,6 +33,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ray.exceptions import RayError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from orchestrator.submission import plan_job
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(tasks[phase], completed=done)
 
             result = run_select(sp, log=lambda line: out.print(f"[dim]select:[/dim] {line}"), progress=tick)
+    except RayError as exc:  # a rank failed (out of memory, killed): one line, the rank's log has the rest
+        print(f"cpr: select failed: {' '.join(str(exc).split())[-400:]}", file=sys.stderr)
+        return 1
     finally:
         disconnect()
     m = result.manifest

@@ -139,6 +139,27 @@ def check_weights(base: AdaptBase) -> None:
         )
 
 
+def check_gradient_memory(job: JobConfig) -> None:
+    """`select.grad_batch` per-example gradients of the whole model, fp32, fit a rank's share of this machine's memory
+    (half of it: the model, its activations and the features need the rest)."""
+    import psutil
+
+    from orchestrator.models import count_parameters
+
+    assert job.model.vocab_size is not None
+    n = count_parameters(job.model, job.model.vocab_size).total
+    need = 4.0 * n * job.select.grad_batch
+    have = psutil.virtual_memory().total / max(1, job.cluster.num_workers) / 2
+    if need > have:
+        fit = max(1, int(have // (4.0 * n)))
+        raise InputError(
+            "select.grad_batch",
+            f"{job.select.grad_batch} per-example gradients of {n:,} parameters need {need / 1e9:.1f} GB per rank, "
+            f"half its share of this machine's memory is {have / 1e9:.1f} GB",
+            f"use select.grad_batch={fit} or fewer",
+        )
+
+
 def block_labels(job: JobConfig, n_docs: int) -> tuple[list[str], str] | None:
     """Each training document's block under select.blocks=folder (its file's top folder under the corpus root),
     or None for blocks=cluster (they come from the features). One line when the documents cannot be matched to
@@ -194,6 +215,7 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
     holdout = max(3, round(s.holdout * s.sample))
     if s.sample - holdout < 8:
         raise InputError("select.sample", f"{s.sample} leaves {s.sample - holdout} windows to fit f_φ on", "use ≥ 32")
+    check_gradient_memory(job)
     docs = int(doc_bounds(tokens, prepared.eos_id)[0].size)
     folder_blocks = block_labels(job, docs)
     if job.select.blocks is SelectBlocks.cluster and s.clusters > n:
@@ -311,8 +333,8 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
         seconds=timing,
         j_length_bias=j_bias.to_dict(),
     )
+    timing["total_s"] = time.perf_counter() - t0  # scoring, fitting and choosing: the manifest's writing follows
     _record(sp, result, ci, log)
-    timing["total_s"] = time.perf_counter() - t0
     return result
 
 
@@ -361,7 +383,7 @@ def _record(sp: SelectPlan, result: SelectResult, ci: CrossInfluence, log: Calla
         names.STATE: "finished",
         names.MODEL: job.model.name,
         names.DATA: job.data.name,
-        "cpr.kind": "select",
+        names.KIND: "select",
         "mlflow.runName": result.job_id,
     }
     run = client.create_run(exp_id, run_name=result.job_id, tags=tags)
@@ -403,10 +425,7 @@ def _record(sp: SelectPlan, result: SelectResult, ci: CrossInfluence, log: Calla
         run.info.run_id,
         metrics=[Metric(k, v, now, 0) for k, v in finite.items()],
         params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-        tags=[
-            RunTag(k, v)
-            for k, v in {"cpr.selection": m.id, **({"cpr.select.blueprint": blueprint} if blueprint else {})}.items()
-        ],
+        tags=[RunTag(names.SELECTION, m.id)],
     )
     client.log_text(run.info.run_id, json.dumps(m.to_dict(), indent=1), "selection/manifest.json")
     client.set_terminated(run.info.run_id, "FINISHED")
