@@ -48,6 +48,9 @@ class PreparedData:
     fingerprint: str
     domains: dict[str, str] = field(default_factory=dict)
     """Probe validation domains: name -> flat token file (same dtype and tokenizer)."""
+    selection: str | None = None
+    """The id of the selection manifest (`data.selection`) whose kept windows `train_bin` holds; None: the whole
+    training split (orchestrator/data/selection.py)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreparedData:
@@ -221,6 +224,29 @@ def encode(tok: Any, texts: list[str], eos_id: int, dtype: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
+def _fingerprint_of(cfg: Any, corpus: Corpus, given: GivenTokenizer | None) -> str:
+    """The cache key of a text corpus: its files and split, and the given tokenizer's sha256 or the trained one's
+    size (InputError naming data.tokenizer_vocab for a size no tokenizer can be trained to)."""
+    if given is not None:
+        return fingerprint(corpus, None, given.sha256)  # data.tokenizer_vocab is not read: nothing is trained
+    if not isinstance(cfg.tokenizer_vocab, int) or not 256 < cfg.tokenizer_vocab <= 1 << 20:
+        raise InputError(
+            "data.tokenizer_vocab", f"must be an integer in (256, 1048576], got {cfg.tokenizer_vocab!r}", "e.g. 4096"
+        )
+    return fingerprint(corpus, cfg.tokenizer_vocab)
+
+
+def data_fingerprint(cfg: Any) -> tuple[str, int | None]:
+    """The fingerprint `prepare_data` gives this DataConfig's corpus, and its training tokens where known without
+    tokenizing (a memmap's); only file listings and a given tokenizer are read, nothing is written."""
+    corpus = open_corpus(cfg)
+    given = given_tokenizer(cfg)
+    if corpus.source == "memmap":
+        memmap = _memmap_source(corpus)
+        return memmap.fingerprint, memmap.n_train_tokens
+    return _fingerprint_of(cfg, corpus, given), None
+
+
 def check_data(cfg: Any) -> None:
     """The corpus a DataConfig names is there (files listed, a memmap's meta.json read, a given tokenizer loaded);
     nothing is written."""
@@ -237,14 +263,7 @@ def prepare_data(cfg: Any, *, log: Callable[[str], None] | None = None) -> Prepa
     given = given_tokenizer(cfg)
     if corpus.source == "memmap":
         return _memmap_source(corpus)
-    if given is not None:
-        fp = fingerprint(corpus, None, given.sha256)  # data.tokenizer_vocab is not read: nothing is trained
-    elif not isinstance(cfg.tokenizer_vocab, int) or not 256 < cfg.tokenizer_vocab <= 1 << 20:
-        raise InputError(
-            "data.tokenizer_vocab", f"must be an integer in (256, 1048576], got {cfg.tokenizer_vocab!r}", "e.g. 4096"
-        )
-    else:
-        fp = fingerprint(corpus, cfg.tokenizer_vocab)
+    fp = _fingerprint_of(cfg, corpus, given)
     base = cache_base(corpus, cfg)
     cache = base / fp
     if (cache / "meta.json").exists():

@@ -213,13 +213,16 @@ def load_manifest(path: str | Path) -> SelectionManifest:
     return m
 
 
-def check_corpus(m: SelectionManifest, path: str | Path, fingerprint: str, n_train_tokens: int) -> None:
-    """The manifest was made for this tokenized corpus: same fingerprint (files, split, tokenizer) and token count."""
+def check_corpus(m: SelectionManifest, path: str | Path, fingerprint: str, n_train_tokens: int | None) -> None:
+    """The manifest was made for this tokenized corpus: same fingerprint (files, split, tokenizer) and token count
+    (None: not tokenized yet, as in the preflight; the fingerprint alone is compared)."""
     want = m.corpus.get("fingerprint")
-    if want != fingerprint or int(m.corpus.get("n_train_tokens", -1)) != n_train_tokens:
+    have = int(m.corpus.get("n_train_tokens", -1))
+    if want != fingerprint or (n_train_tokens is not None and have != n_train_tokens):
+        count = "" if n_train_tokens is None else f" ({n_train_tokens} tokens)"
         raise InputError(
             FIELD,
             f"{path} was made for corpus {want} ({m.corpus.get('n_train_tokens')} training tokens), this job's data "
-            f"is {fingerprint} ({n_train_tokens} tokens): another corpus or tokenizer",
+            f"is {fingerprint}{count}: another corpus or tokenizer",
             "run `cpr select` on this job's data (same data.* and tokenizer)",
         )

@@ -332,4 +332,7 @@ def plan_adapt(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> Jo
     )
     assert base.model.vocab_size is not None
     check_selection(job, blueprint, base.model.vocab_size)
+    from orchestrator.data.selection import check_selection as check_data_selection
+
+    check_data_selection(job.data)  # data.selection against the corpus as the base's tokenizer encodes it
     return plan_of(job, plan.overrides, plan.config)

@@ -79,9 +79,11 @@ def check_writable_dir(field: str, path: Path) -> None:
 
 
 def preflight(job: JobConfig) -> None:
-    """The folders the job writes, the tracking store, the data (listed, not read), the cluster's address and, for
-    local Ray, its CPUs. `prepare` and `init_ray` repeat what they need once the job goes ahead."""
+    """The folders the job writes, the tracking store, the data (listed, not read) and its selection manifest, the
+    cluster's address and, for local Ray, its CPUs. `prepare` and `init_ray` repeat what they need once the job goes
+    ahead."""
     from orchestrator.data.prepare import check_data
+    from orchestrator.data.selection import check_selection
     from orchestrator.data.sources import open_domain
     from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
 
@@ -98,6 +100,7 @@ def preflight(job: JobConfig) -> None:
     if uri:
         check_tracking_uri(uri)
     check_data(job.data)
+    check_selection(job.data, against_corpus=not job.adapt.enabled)  # cpr adapt: once its base's tokenizer is known
     configs = job.data.domain_configs()
     for name in job.held_out_domains():
         open_domain(name, configs[name])

@@ -70,6 +70,7 @@ def prepare(
     """Every check that needs the outside world but no Ray: tracking store, carbon data, data, model memory.
     `output_dir` (Hydra's run folder) is recorded in the run's params; `log` hears the data preparation."""
     from orchestrator.data.prepare import prepare_data, prepare_domains
+    from orchestrator.data.selection import apply_selection, check_selected_tokens
     from orchestrator.models import count_parameters, flops_model
     from orchestrator.tracking.secrets import mask_secrets
     from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
@@ -85,6 +86,9 @@ def prepare(
 
         carbon = carbon_intensity_kg_per_kwh(job.telemetry.country_iso_code)
     prepared = prepare_data(job.data, log=log)
+    if job.data.selection is not None:
+        prepared = apply_selection(prepared, job.data.selection, log=log)
+        check_selected_tokens(prepared, job.train.seq_len)
     configs = job.data.domain_configs()
     prepared = prepare_domains({d: configs[d] for d in job.held_out_domains()}, prepared, log=log)
     if job.probe.enabled:
@@ -121,6 +125,8 @@ def prepare(
     job_dict["model"]["vocab_size"] = vocab
     params = mask_secrets(flatten_config(job_dict))  # MLflow params are readable by anyone with the UI
     params.update({"cpr.n_params": str(counts.total), "cpr.hydra_output_dir": str(output_dir or "")})
+    if prepared.selection is not None:  # the run says what it trained on, not only the manifest's path
+        params.update({"data.selection_id": prepared.selection, "data.selection_tokens": str(prepared.n_train_tokens)})
     params.update(job.psi.spec().params())  # what Ψ is, defaults filled in: runs are compared on the same Ψ only
     checkpoint_dir = Path(job.train.checkpoint_dir).resolve() if job.train.checkpoint_dir else runs_dir / "checkpoints"
     submission = Submission(
