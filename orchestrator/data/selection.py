@@ -24,6 +24,18 @@ from orchestrator.errors import InputError
 FIELD = "data.selection"
 
 
+def selection_tokenizer(cfg: Any) -> str | None:
+    """The tokenizer a job given `data.selection` and no `data.tokenizer` encodes its corpus with: the manifest's
+    (the base model's that scored it), so the windows it lists are this job's tokens. None when there is nothing to
+    fill in (no selection, a tokenizer given, a memmap corpus, a manifest that names none or one gone)."""
+    if cfg.selection is None or cfg.tokenizer is not None or cfg.source == "memmap":
+        return None
+    from orchestrator.select.manifest import load_manifest
+
+    tok = load_manifest(cfg.selection).corpus.get("tokenizer")
+    return str(tok) if tok and Path(tok).is_file() else None
+
+
 def check_selection(cfg: Any, *, against_corpus: bool = True) -> None:
     """The preflight of `data.selection` (nothing written): the file is a readable manifest and, with
     `against_corpus`, it was made for this DataConfig's corpus and tokenizer (its fingerprint; the token count is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,13 @@ class JobPlan:
 
 
 def plan_of(job: JobConfig, overrides: list[str] | tuple[str, ...] = (), config: Any = None) -> JobPlan:
-    """A plan for a typed job (composed, or built in code): every value checked, once."""
+    """A plan for a typed job (composed, or built in code): every value checked, once. A `data.selection` without
+    `data.tokenizer` takes the manifest's tokenizer (the corpus must be tokenized as the selection was)."""
+    from orchestrator.data.selection import selection_tokenizer
+
+    tokenizer = selection_tokenizer(job.data)
+    if tokenizer is not None:
+        job = dataclasses.replace(job, data=dataclasses.replace(job.data, tokenizer=tokenizer))
     validate_job(job, overrides)
     return JobPlan(job=job, overrides=tuple(overrides), config=config)
 

@@ -36,6 +36,8 @@ def write_manifest(path: Path, fingerprint: str) -> str:
         block=np.zeros(2, dtype=np.int64),
         scores=np.array([0.5, 0.25]),
         kept=np.array([True, False]),
+        loss=np.zeros(2),
+        predicted=np.zeros(2),
         block_kind="folder",
         block_names=("c",),
     ).write(path)

@@ -47,6 +47,8 @@ def test_a_job_trains_on_a_selection_and_its_run_says_which(tmp_path: Path) -> N
         block=np.zeros(len(windows), dtype=np.int64),
         scores=scores,
         kept=scores < 0.3,
+        loss=np.zeros(len(windows)),
+        predicted=np.zeros(len(windows)),
         block_kind="folder",
         block_names=("stdlib",),
     )

@@ -56,6 +56,8 @@ def manifest(prepared: PreparedData, path: Path, *, fingerprint: str | None = No
         block=np.zeros(len(windows), dtype=np.int64),
         scores=rng.random(len(windows)),
         kept=kept,
+        loss=np.zeros(len(windows)),
+        predicted=np.zeros(len(windows)),
         block_kind="folder",
         block_names=("c",),
     )
