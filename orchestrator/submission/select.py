@@ -204,6 +204,8 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
     job, base, s = sp.plan.job, sp.base, sp.plan.job.select
     tick = progress or (lambda _p, _d, _t: None)
     t0 = time.perf_counter()
+    job_id = new_job_id(job.name)
+    log(f"job {job_id}: scoring with {base.folder}")
     prepared = prepare_data(job.data, log=log)
     tokens = prepared.tokens("train")
     windows = cut_windows(tokens, prepared.eos_id, job.train.seq_len, s.min_tokens)
@@ -278,25 +280,10 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
     kept = np.zeros(n, dtype=bool)
     kept[kept_idx] = True
 
-    # Blocks and the cross-influence map T (groups × blocks) over D_small.
-    if folder_blocks is not None:
-        doc_block, kind = folder_blocks
-        names = tuple(sorted(set(doc_block)))
-        block = np.asarray([names.index(doc_block[d]) for d in windows.doc], dtype=np.int64)
-    else:
-        from sklearn.cluster import KMeans
-        from sklearn.preprocessing import StandardScaler
+    block, block_names, kind = _blocks(job, folder_blocks, windows.doc, pooled)
+    labels = [block_names[b] for b in block[small]]
+    ci = cross_influence(per_group, labels, groups, block_names, rank=s.rank, block_kind=kind)
 
-        kind = "cluster"
-        names = tuple(f"c{i}" for i in range(s.clusters))
-        block = (
-            KMeans(n_clusters=s.clusters, n_init=4, random_state=job.seed)
-            .fit_predict(StandardScaler().fit_transform(pooled))
-            .astype(np.int64)
-        )
-    ci = cross_influence(per_group, [names[b] for b in block[small]], groups, names, rank=s.rank, block_kind=kind)
-
-    job_id = new_job_id(job.name)
     manifest = SelectionManifest(
         corpus={
             "fingerprint": prepared.fingerprint,
@@ -318,7 +305,7 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
         loss=loss,
         predicted=log_hat,
         block_kind=kind,
-        block_names=names,
+        block_names=block_names,
         predictor=report.to_dict(),
         length_bias=bias.to_dict(),
         cross_influence=ci.to_dict(),
@@ -336,6 +323,27 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
     timing["total_s"] = time.perf_counter() - t0  # scoring, fitting and choosing: the manifest's writing follows
     _record(sp, result, ci, log)
     return result
+
+
+def _blocks(
+    job: JobConfig, folder_blocks: tuple[list[str], str] | None, doc: np.ndarray, pooled: np.ndarray
+) -> tuple[np.ndarray, tuple[str, ...], str]:
+    """Each window's block (an index into the names), the names, and their kind: its document's folder, or its
+    k-means cluster over the standardized pooled hidden states."""
+    if folder_blocks is not None:
+        doc_block, kind = folder_blocks
+        names = tuple(sorted(set(doc_block)))
+        return np.asarray([names.index(doc_block[d]) for d in doc], dtype=np.int64), names, kind
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    k = job.select.clusters
+    km = KMeans(n_clusters=k, n_init=4, random_state=job.seed)
+    return (
+        km.fit_predict(StandardScaler().fit_transform(pooled)).astype(np.int64),
+        tuple(f"c{i}" for i in range(k)),
+        "cluster",
+    )
 
 
 def _gather(ranks: list[Any], calls: list[Callable[[Any], Any]], done: Callable[[int], None]) -> list[Any]:
