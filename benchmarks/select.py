@@ -134,15 +134,19 @@ def main() -> int:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--param-fraction", type=float, default=0.2)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--base", default=None, help="a base job already in --workdir (default: pretrain one)")
     args = parser.parse_args()
     from orchestrator.select import load_manifest
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cpr-select-"))
     fractions = sorted(args.fractions)
-    print(f"== pretraining the base in {work} …", flush=True)
-    b = submit(work, *BASE)
-    base_id = b["job_id"]
-    print(f"   {base_id}: {b['summary']['step']} steps in {b['wall_s']:.0f} s", flush=True)
+    if args.base:
+        base_id = args.base
+    else:
+        print(f"== pretraining the base in {work} …", flush=True)
+        b = submit(work, *BASE)
+        base_id = b["job_id"]
+        print(f"   {base_id}: {b['summary']['step']} steps in {b['wall_s']:.0f} s", flush=True)
     results: dict[str, Any] = {"base": base_id, "settings": {}}
     met_any = False
     spearman: dict[str, float] = {}

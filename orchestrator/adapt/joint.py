@@ -3,7 +3,8 @@ selection (`data.selection`) whose manifest carries the cross-influence map T ta
 map's rows for the kept data, not from the base's whole validation set: the submodules that matter for the kept
 blocks are the ones it trains.
 
-Ḡ_i = Σ_j w_j·T̂_ij, with w_j the kept windows' share in block j and T̂ the map's rank-r reconstruction. Only shares
+Ḡ_i = Σ_j w_j·T̂_ij, with w_j the kept windows' share in block j and T̂ the map's rank-r reconstruction (a block
+D_small has no window of is left out). Only shares
 of Ḡ enter Algorithm 1's blend, so its scale (per-example norms, larger than the probe's per-batch ones) does not
 matter; each entry's CI bounds are scaled with it. Pure.
 """
@@ -19,13 +20,17 @@ from orchestrator.select.influence import CrossInfluence
 
 
 def joint_norms(ci: CrossInfluence, kept_blocks: Mapping[str, float]) -> dict[str, float]:
-    """Each group's influence on the kept data mix (block -> share of the kept windows)."""
-    unknown = sorted(set(kept_blocks) - set(ci.blocks))
-    if unknown:
+    """Each group's influence on the kept data mix (block -> share of the kept windows). A block none of D_small's
+    windows fell in has no column in the map: it adds nothing (its share is not redistributed; only shares of Ḡ
+    matter)."""
+    known = {b: w for b, w in kept_blocks.items() if b in ci.blocks}
+    if not known:
         raise InputError(
-            "data.selection", f"keeps blocks {unknown[:3]} the cross-influence map has no column for", "select again"
+            "data.selection",
+            f"keeps only blocks the cross-influence map has no column for ({sorted(kept_blocks)[:3]})",
+            "select with a larger select.sample, or set adapt.joint=false",
         )
-    return ci.group_weights(kept_blocks)
+    return ci.group_weights(known)
 
 
 def joint_blueprint(

@@ -320,7 +320,7 @@ def plan_adapt(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> Jo
             f"adapt={a.strategy.value} needs a blueprint and {base.folder} ships none",
             "name one (MODEL_ID[:vN] or a JSON file), or use adapt=local",
         )
-    if blueprint is not None and a.joint and job.data.selection is not None:
+    if blueprint is not None and a.joint and job.data.selection is not None and a.strategy in NEEDS_BLUEPRINT:
         blueprint = joint_blueprint_file(blueprint, job.data.selection, plan.runs_dir, log=log)
     job = dataclasses.replace(
         job,

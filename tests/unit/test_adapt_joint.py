@@ -65,6 +65,7 @@ def test_a_map_of_other_groups_or_blocks_is_refused() -> None:
     ci = influence()
     with pytest.raises(InputError, match="no column"):
         joint_norms(ci, {"poetry": 1.0})
+    assert joint_norms(ci, {"code": 0.7, "poetry": 0.3}) == joint_norms(ci, {"code": 0.7})  # unsampled: no column
     other = Blueprint(model_id="m", training_checkpoint=1.0, layers=(LayerEntry(id="embed", gradient_norm=1.0),))
     with pytest.raises(InputError) as err:
         joint_blueprint(other, ci, {"code": 1.0}, "s")
