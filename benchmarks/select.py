@@ -36,6 +36,11 @@ from benchmarks._runs import CPR, submit
 from benchmarks.adapt import curve, evaluate
 
 BASE = ("+experiment=debug", "stop=shadow", "train.max_tokens=262144")  # 256 of debug's 1,024 steps
+SELECT: dict[str, tuple[str, ...]] = {
+    # setting -> `cpr select`'s own overrides: the test suite is one folder, so its blocks are k-means clusters
+    "pretrain": ("select.blocks=folder",),
+    "adapt": ("select.blocks=cluster",),
+}
 SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
     # setting -> (data and training overrides of every run, tokens per run)
     "pretrain": (("+experiment=debug", "stop=shadow", "train.warmup_steps=5"), 131072),
@@ -153,7 +158,7 @@ def main() -> int:
     for setting in args.settings:
         over, tokens = SETTINGS[setting]
         print(f"\n== {setting}: cpr select on the base …", flush=True)
-        made = select(work, base_id, over)
+        made = select(work, base_id, (*over, *SELECT[setting]))
         m = load_manifest(made)
         spearman[setting] = float((m.predictor or {}).get("spearman", float("nan")))
         manifests: dict[tuple[str, float], Path] = {}

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         top = ", ".join(f"{b} {w:.0%}" for b, w in sorted(m.kept_blocks().items(), key=lambda kv: -kv[1])[:5])
         out.print(
             f"  cross-influence: {len(ci['groups'])} groups × {len(ci['blocks'])} {ci['block_kind']} blocks, rank "
-            f"{ci['rank']} holds {ci['energy']:.1%} of the energy; kept blocks: {top}"
+            f"{ci['rank']} holds {ci['energy']:.2%} of the energy; kept blocks: {top}"
         )
     if result.blueprint:
         out.print(

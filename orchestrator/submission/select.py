@@ -281,6 +281,11 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
     kept[kept_idx] = True
 
     block, block_names, kind = _blocks(job, folder_blocks, windows.doc, pooled)
+    if len(block_names) < 2:
+        log(
+            f"one {kind} block ({block_names[0]}): the cross-influence map has one column "
+            "(select.blocks=cluster splits the corpus)"
+        )
     labels = [block_names[b] for b in block[small]]
     ci = cross_influence(per_group, labels, groups, block_names, rank=s.rank, block_kind=kind)
 
