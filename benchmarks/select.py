@@ -10,8 +10,9 @@ with `cpr adapt`, the same seed and token budget, the stop rule in shadow mode:
 - pretraining: all parameters (adapt=full) on the base's own corpus (the standard library's sources), Ψ = −loss
   on its held-out files;
 - adaptation: all parameters on a shifted domain (the standard library's test suite), Ψ = −loss on its held-out files.
-Rows: all data; random, loss-based, predicted J raw and length-corrected at each q; a second random draw at the
-largest q (the spread two random draws give is the noise to read the table against).
+Rows: all data; random, loss-based, predicted J raw and length-corrected at each q, and length-corrected after
+passing over the top --skip-top share (select.skip_top); a second random draw at the largest q (the spread two
+random draws give is the noise to read the table against).
 Combination (adaptation): adapt=blueprint at --param-fraction of the parameters, on all data and on the
 length-corrected predicted selection at the smallest q (Ḡ from the cross-influence map of the kept blocks, and
 without it: adapt.joint=false); Ψ kept = (Ψ − Ψ₀)/(Ψ_full − Ψ₀), Ψ₀ the base's, against the product of the two
@@ -115,13 +116,15 @@ def table(rows: list[Row], psi0: float) -> str:
 
 
 def verdicts(rows: list[Row], fractions: list[float]) -> list[tuple[bool, str]]:
-    """Per q: does predicted J (raw, and length-corrected) beat random and loss-based at equal tokens?"""
+    """Per q: does each predicted-J selection (raw, length-corrected, with an offset) beat random and loss-based at
+    equal tokens?"""
     out = []
     by = {(r.name, r.q): r for r in rows}
+    predicted = [name for name, _ in by if name.startswith("predicted")]
     for q in fractions:
         rnd, los = by[(label("random", False), q)], by[(label("loss", False), q)]
-        for corrected in (False, True):
-            p = by[(label("predicted", corrected), q)]
+        for name in dict.fromkeys(predicted):
+            p = by[(name, q)]
             ok = p.psi > rnd.psi and p.psi > los.psi
             out.append(
                 (
@@ -138,6 +141,12 @@ def main() -> int:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.3, 0.5])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--param-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--skip-top",
+        type=float,
+        default=0.1,
+        help="also predicted +len after passing over this top share (select.skip_top; 0: no such rows)",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--base", default=None, help="a base job already in --workdir (default: pretrain one)")
     args = parser.parse_args()
@@ -167,6 +176,10 @@ def main() -> int:
                 path = work / "manifests" / f"{setting}-{score}{'-len' if corrected else ''}-{q}.json"
                 m.rescored(score, length_correction=corrected, fraction=q).write(path)
                 manifests[(label(score, corrected), q)] = path
+            if args.skip_top:
+                path = work / "manifests" / f"{setting}-predicted-len-skip{args.skip_top}-{q}.json"
+                m.rescored("predicted", length_correction=True, fraction=q, skip_top=args.skip_top).write(path)
+                manifests[(f"predicted +len skip {args.skip_top:.0%}", q)] = path
         print(f"   training {tokens:,} tokens per run from the base …", flush=True)
         rows = [train(work, base_id, over, tokens, "all data", None, "adapt=full")]
         for (name, q), path in manifests.items():

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"[bold]selection {m.id}[/bold] (job {result.job_id}, run {result.run_id})")
     out.print(
         f"  kept {s['kept']:,} of {s['windows']:,} windows ({m.score}"
-        f"{', length-corrected' if m.score == 'predicted' and m.length_correction else ''}), "
+        f"{', length-corrected' if m.score == 'predicted' and m.length_correction else ''}"
+        f"{f', after the top {m.skip_top:.0%}' if m.skip_top else ''}), "
         f"{s['kept_tokens']:,} of {s['tokens']:,} tokens ({s['kept_token_share']:.1%})"
     )
     out.print(

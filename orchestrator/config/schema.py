@@ -529,6 +529,10 @@ class SelectConfig:
     """The base job's checkpoint step; None: its newest."""
     fraction: Fraction = 0.5
     """q: the share of windows kept."""
+    skip_top: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """The highest-scoring share passed over before the q kept (q + skip_top ≤ 1). Gradient-norm scores rank
+    degenerate windows (runs of one character, tables) highest; keeping from an offset is EL2N's remedy (Paul et al.
+    2021). 0: Algorithm 2 as written."""
     score: SelectScore = SelectScore.predicted
     length_correction: bool = True
     """predicted: regress log-length out of log Ĵ (raw gradient norms favour short windows)."""

@@ -35,6 +35,8 @@ class SelectionManifest:
     length_correction: bool
     fraction: float
     seed: int
+    skip_top: float = 0.0
+    """The highest-scoring share passed over before the kept fraction (select.skip_top)."""
     windows: Windows
     block: np.ndarray
     """Index into `block_names` per window."""
@@ -73,7 +75,9 @@ class SelectionManifest:
         total = max(1, int(n.sum()))
         return {self.block_names[int(i)]: int(c) / total for i, c in zip(idx, n, strict=True)}
 
-    def rescored(self, score: str, *, length_correction: bool, fraction: float) -> SelectionManifest:
+    def rescored(
+        self, score: str, *, length_correction: bool, fraction: float, skip_top: float = 0.0
+    ) -> SelectionManifest:
         """The selection `cpr select` would have made from the same scoring pass with another score, correction or
         fraction (its columns hold the loss and f_φ's prediction of every window): for comparing selections."""
         from orchestrator.select.scores import choose, window_scores
@@ -87,12 +91,13 @@ class SelectionManifest:
             seed=self.seed,
         )
         kept = np.zeros(len(self.windows), dtype=bool)
-        kept[choose(scores, len(self.windows), fraction, self.seed)] = True
+        kept[choose(scores, len(self.windows), fraction, self.seed, skip_top)] = True
         return replace(
             self,
             score=score,
             length_correction=length_correction,
             fraction=fraction,
+            skip_top=skip_top,
             scores=scores,
             kept=kept,
             length_bias=bias.to_dict(),
@@ -110,6 +115,7 @@ class SelectionManifest:
             "score": self.score,
             "length_correction": self.length_correction,
             "fraction": self.fraction,
+            "skip_top": self.skip_top,
             "seed": self.seed,
             "summary": self.summary(),
             "predictor": self.predictor,
@@ -181,6 +187,7 @@ def load_manifest(path: str | Path) -> SelectionManifest:
             score=str(d["score"]),
             length_correction=bool(d["length_correction"]),
             fraction=float(d["fraction"]),
+            skip_top=float(d.get("skip_top", 0.0)),
             seed=int(d["seed"]),
             windows=Windows(
                 cols["start"].astype(np.int64), cols["length"].astype(np.int64), cols["doc"].astype(np.int64)

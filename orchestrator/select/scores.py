@@ -127,15 +127,16 @@ def window_scores(
     raise ValueError(f"unknown score {kind!r}")
 
 
-def choose(scores: np.ndarray | None, n: int, fraction: float, seed: int) -> np.ndarray:
-    """Indices of the kept windows, ascending: the top ⌈q·n⌉ scores (ties: the earlier window), or a seeded random
-    draw of as many when `scores` is None."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction {fraction} outside (0, 1]")
+def choose(scores: np.ndarray | None, n: int, fraction: float, seed: int, skip_top: float = 0.0) -> np.ndarray:
+    """Indices of the kept windows, ascending: ⌈q·n⌉ windows by descending score after the top ⌊skip_top·n⌋ (ties:
+    the earlier window), or a seeded random draw of as many when `scores` is None."""
+    if not 0.0 < fraction <= 1.0 or not 0.0 <= skip_top < 1.0 or fraction + skip_top > 1.0 + 1e-12:
+        raise ValueError(f"fraction {fraction} and skip_top {skip_top}: need 0 < q, 0 ≤ skip, q + skip ≤ 1")
     k = min(n, max(1, math.ceil(fraction * n)))
     if scores is None:
         return np.sort(np.random.default_rng(seed).permutation(n)[:k])
     s = np.asarray(scores, dtype=float)
     if s.size != n or not np.all(np.isfinite(s)):
         raise ValueError("scores must be finite, one per window")
-    return np.sort(np.argsort(-s, kind="stable")[:k])
+    first = min(math.floor(skip_top * n), n - k)
+    return np.sort(np.argsort(-s, kind="stable")[first : first + k])

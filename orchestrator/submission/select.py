@@ -81,6 +81,12 @@ def plan_select(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> S
         raise InputError("data.selection", "cpr select scores the whole corpus", "drop data.selection")
     if job.adapt.enabled:
         raise InputError("adapt.base", "is for `cpr adapt`", "drop it; cpr select takes select.base")
+    if s.fraction + s.skip_top > 1.0:
+        raise InputError(
+            "select.skip_top",
+            f"{s.skip_top} passed over and select.fraction={s.fraction} kept is more than every window",
+            f"keep select.fraction + select.skip_top ≤ 1 (here skip_top ≤ {1 - s.fraction:.3g})",
+        )
     base = _field_errors(lambda: resolve_base(s.base, s.step, plan.runs_dir, log=log))
     if base.tokenizer is None:
         raise InputError(
@@ -276,7 +282,7 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
         seed=job.seed,
     )
     j_bias = length_bias(np.log(j), windows.length[small])
-    kept_idx = choose(scores, n, s.fraction, job.seed)
+    kept_idx = choose(scores, n, s.fraction, job.seed, s.skip_top)
     kept = np.zeros(n, dtype=bool)
     kept[kept_idx] = True
 
@@ -303,6 +309,7 @@ def run_select(sp: SelectPlan, *, log: Callable[[str], None], progress: Progress
         length_correction=s.length_correction,
         fraction=s.fraction,
         seed=job.seed,
+        skip_top=s.skip_top,
         windows=windows,
         block=block,
         scores=np.asarray(scores, dtype=float),

@@ -47,6 +47,10 @@ def test_a_fraction_outside_0_1_is_refused(hostile: Path, base_folder: Path, q: 
     refused(hostile, "select.fraction", "select", str(base_folder), f"select.fraction={q}")
 
 
+def test_more_skipped_and_kept_than_there_is_is_refused(hostile: Path, base_folder: Path) -> None:
+    refused(hostile, "select.skip_top", "select", str(base_folder), "select.fraction=0.5", "select.skip_top=0.6")
+
+
 def test_no_base_is_refused(hostile: Path) -> None:
     refused(hostile, "select.base", "select")
 

@@ -89,6 +89,10 @@ def test_choose_keeps_the_top_fraction_or_a_seeded_draw() -> None:
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError):
             choose(s, 5, bad, 0)
+    assert choose(s, 5, 0.4, 0, skip_top=0.2).tolist() == [2, 3]  # 1 (0.9) passed over; 3 (0.9), 2 (0.5) kept
+    assert choose(s, 5, 0.4, 0, skip_top=0.6).tolist() == [0, 4]
+    with pytest.raises(ValueError):
+        choose(s, 5, 0.5, 0, skip_top=0.6)
 
 
 def test_cross_influence_keeps_the_energy_of_a_low_rank_map() -> None:
