@@ -98,17 +98,17 @@ def train(work: Path, base_id: str, over: tuple[str, ...], tokens: int, name: st
 
             share = float(load_manifest(e.split("=", 1)[1]).summary()["kept_token_share"])
     row = Row(name, q, share, c[-1][2], c[-1][1], a["trainable_params"] / a["total_params"], r["job_id"])
-    print(f"   {name:<22} q={'all' if q is None else q:<4} Ψ {row.psi:.4f} ({r['wall_s']:.0f} s)", flush=True)
+    print(f"   {name:<24} q={'all' if q is None else q:<4} Ψ {row.psi:.4f} ({r['wall_s']:.0f} s)", flush=True)
     return row
 
 
 def table(rows: list[Row], psi0: float) -> str:
-    head = f"{'selection':<22} {'q':>4} {'tokens kept':>11} {'val loss':>9} {'Ψ gain':>8} {'vs all':>8} {'kWh':>9}"
+    head = f"{'selection':<24} {'q':>4} {'tokens kept':>11} {'val loss':>9} {'Ψ gain':>8} {'vs all':>8} {'kWh':>9}"
     all_ = rows[0]
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.name:<22} {'all' if r.q is None else format(r.q, '.1f'):>4} {r.kept_token_share:>11.1%} "
+            f"{r.name:<24} {'all' if r.q is None else format(r.q, '.1f'):>4} {r.kept_token_share:>11.1%} "
             f"{-r.psi:>9.4f} {r.psi - psi0:>8.4f} {r.psi - all_.psi:>+8.4f} {r.kwh:>9.3g}"
         )
     lines.append(f"(the base before this training: val loss {-psi0:.4f})")
