@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.blueprints import LocalBlueprintStore, blueprint_to_dict, dp_epsilon, load_blueprint
+from orchestrator.blueprints import SCHEMA_VERSION, LocalBlueprintStore, blueprint_to_dict, dp_epsilon, load_blueprint
 from orchestrator.blueprints.privacy import DP_NOISED_LAYER_FIELDS, DP_PUBLIC_LAYER_FIELDS
 from tests.conftest import cpr
 
@@ -34,7 +34,8 @@ def test_a_dp_job_publishes_accounted_blueprints_and_no_raw_probe_metrics(tmp_pa
     for v in versions:
         bp = load_blueprint(store.path(job_id, v))
         p, n_ids = bp.privacy, len(bp.layers)
-        assert (bp.schema_version, p.release, p.clip, p.noise_multiplier, p.delta) == ("1.1", "dp", clip, z, delta)
+        assert bp.schema_version == SCHEMA_VERSION
+        assert (p.release, p.clip, p.noise_multiplier, p.delta) == ("dp", clip, z, delta)
         assert p.composed_releases == v * n_ids  # every earlier version of the run is composed in
         assert p.epsilon == dp_epsilon(z, v * n_ids, delta)
         assert p.sigma == z * clip / 4  # debug: 2 probe batches on each of 2 ranks
