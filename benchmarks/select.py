@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._runs import CPR, submit
-from benchmarks.adapt import curve, evaluate
+from benchmarks.adapt import TARGET, curve, evaluate
 
 BASE = ("+experiment=debug", "stop=shadow", "train.max_tokens=262144")  # 256 of debug's 1,024 steps
 SELECT: dict[str, tuple[str, ...]] = {
@@ -45,19 +45,7 @@ SELECT: dict[str, tuple[str, ...]] = {
 SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
     # setting -> (data and training overrides of every run, tokens per run)
     "pretrain": (("+experiment=debug", "stop=shadow", "train.warmup_steps=5"), 131072),
-    "adapt": (
-        (
-            "data.glob=test/test_*.py",
-            "data.max_files=120",
-            "train.seq_len=64",
-            "train.micro_batch=8",
-            "train.eval_interval=5",
-            "train.lr=2e-3",
-            "train.warmup_steps=5",
-            "stop=shadow",
-        ),
-        81920,
-    ),
+    "adapt": (TARGET, 81920),  # benchmarks/adapt's target domain and training settings
 }
 SCORES = (("random", False), ("loss", False), ("predicted", False), ("predicted", True))
 

@@ -295,6 +295,13 @@ def check_selection(job: JobConfig, blueprint: Path | None, vocab_size: int) -> 
         raise as_config_error(err, req.budget) from None
 
 
+def refuse_model_override(plan: JobPlan, base_field: str) -> None:
+    """A job whose model is a base's (cpr adapt, cpr select) refuses a `model` override on its command line."""
+    touched = sorted({o.split("=", 1)[0].lstrip("+~") for o in plan.overrides if o.lstrip("+~").startswith("model")})
+    if touched:
+        raise InputError(touched[0], f"the model comes from {base_field}", "drop the model override")
+
+
 def plan_adapt(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> JobPlan:
     """The plan of an adapt job with its base and blueprint resolved and written into it (model, data.tokenizer,
     adapt.base, adapt.blueprint), every check of the selection passed. Nothing is started."""
@@ -302,9 +309,7 @@ def plan_adapt(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> Jo
     a = job.adapt
     if a.base is None:
         raise InputError("adapt.base", "is not set", "name the model to adapt: `cpr adapt JOB` or adapt.base=DIR")
-    touched = sorted({o.split("=", 1)[0].lstrip("+~") for o in plan.overrides if o.lstrip("+~").startswith("model")})
-    if touched:
-        raise InputError(touched[0], "the model comes from adapt.base", "drop the model override")
+    refuse_model_override(plan, "adapt.base")
     base = resolve_base(a.base, a.step, plan.runs_dir, log=log)
     if base.tokenizer is None:
         raise InputError(

@@ -29,7 +29,7 @@ from orchestrator.select import (
     fit_predictor,
 )
 from orchestrator.select.scores import length_bias, window_scores
-from orchestrator.submission.adapt import AdaptBase, resolve_base
+from orchestrator.submission.adapt import AdaptBase, refuse_model_override, resolve_base
 from orchestrator.submission.plan import JobPlan, plan_of
 
 SELECTIONS_DIR = "selections"
@@ -74,9 +74,7 @@ def plan_select(plan: JobPlan, *, log: Callable[[str], None] | None = None) -> S
     s = job.select
     if s.base is None:
         raise InputError("select.base", "is not set", "name the scoring model: `cpr select JOB` or select.base=DIR")
-    touched = sorted({o.split("=", 1)[0].lstrip("+~") for o in plan.overrides if o.lstrip("+~").startswith("model")})
-    if touched:
-        raise InputError(touched[0], "the model comes from select.base", "drop the model override")
+    refuse_model_override(plan, "select.base")
     if job.data.selection is not None:
         raise InputError("data.selection", "cpr select scores the whole corpus", "drop data.selection")
     if job.adapt.enabled:
