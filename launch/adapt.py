@@ -35,19 +35,29 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def base_overrides(args: argparse.Namespace, base_field: str, no_sweep: str, fix: str) -> tuple[list[str], bool]:
+    """The Hydra overrides of a verb whose first argument is a base (`cpr adapt`, `cpr select`): BASE becomes
+    `base_field=BASE`, `--cfg` may come anywhere, and a sweep (`-m`) is refused. Returns (overrides, --cfg given)."""
+    overrides = [o for o in args.overrides if o != "--cfg"]
+    cfg_only = args.cfg or len(overrides) < len(args.overrides)  # `cpr adapt BASE --cfg` too
+    if {"-m", "--multirun"} & set(overrides):
+        raise InputError("-m", no_sweep, fix)
+    if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~", "-")):
+        overrides[0] = f"{base_field}={overrides[0]}"
+    return overrides, cfg_only
+
+
 def run(args: argparse.Namespace) -> int:
     from launch.submit import launch, signalled
     from orchestrator.submission import plan_job, preflight
     from orchestrator.submission.adapt import plan_adapt
 
-    overrides = [o for o in args.overrides if o != "--cfg"]
-    cfg_only = args.cfg or len(overrides) < len(args.overrides)  # `cpr adapt BASE --cfg` too
-    if {"-m", "--multirun"} & set(overrides):
-        raise InputError(
-            "-m", "adapt sweeps are not supported", "run one `cpr adapt` per strategy; `cpr report` compares runs"
-        )
-    if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~", "-")):
-        overrides[0] = f"adapt.base={overrides[0]}"
+    overrides, cfg_only = base_overrides(
+        args,
+        "adapt.base",
+        "adapt sweeps are not supported",
+        "run one `cpr adapt` per strategy; `cpr report` compares runs",
+    )
     plan = plan_job([*ADAPT_DEFAULTS, *overrides])
     preflight(plan.job)
     out = console(stderr=cfg_only)  # --cfg: stdout is the YAML alone

@@ -10,7 +10,6 @@ import sys
 
 from launch.output import console, fmt
 from orchestrator.config.compose import job_to_yaml
-from orchestrator.errors import InputError
 
 SELECT_DEFAULTS = ("probe=off", "telemetry=off", "name=select")
 """A select job trains nothing: no probe, no energy samplers; its ids read select-…."""
@@ -36,17 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from ray.exceptions import RayError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from launch.adapt import base_overrides
     from orchestrator.submission import plan_job
     from orchestrator.submission.preflight import preflight
     from orchestrator.submission.ray_cluster import disconnect
     from orchestrator.submission.select import plan_select, run_select
 
-    overrides = [o for o in args.overrides if o != "--cfg"]
-    cfg_only = args.cfg or len(overrides) < len(args.overrides)
-    if {"-m", "--multirun"} & set(overrides):
-        raise InputError("-m", "select sweeps are not supported", "run one `cpr select` per setting")
-    if overrides and "=" not in overrides[0] and not overrides[0].startswith(("+", "~", "-")):
-        overrides[0] = f"select.base={overrides[0]}"
+    overrides, cfg_only = base_overrides(
+        args, "select.base", "select sweeps are not supported", "run one `cpr select` per setting"
+    )
     plan = plan_job([*SELECT_DEFAULTS, *overrides])
     preflight(plan.job)
     out = console(stderr=cfg_only)
