@@ -115,3 +115,37 @@ def stop_process_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def made_manifest(
+    windows: object, corpus: dict, kept: object, *, seq_len: int, scores: object = None, **fields: object
+) -> object:
+    """A selection manifest made by hand (not by `cpr select`): these windows of the corpus named, `kept` kept;
+    scores 0 unless given, one block, a random selection of seed 0 at q = 0.5 unless `fields` say otherwise."""
+    import numpy as np
+
+    from orchestrator.select import SelectionManifest
+
+    n = len(windows)  # type: ignore[arg-type]
+    values: dict = {
+        "min_tokens": 2,
+        "base": {"folder": "base", "job_id": None, "step": None},
+        "score": "random",
+        "length_correction": False,
+        "fraction": 0.5,
+        "seed": 0,
+        "block": np.zeros(n, dtype=np.int64),
+        "loss": np.zeros(n),
+        "predicted": np.zeros(n),
+        "block_kind": "folder",
+        "block_names": ("all",),
+        **fields,
+    }
+    return SelectionManifest(
+        corpus=corpus,
+        seq_len=seq_len,
+        windows=windows,
+        scores=np.zeros(n) if scores is None else scores,
+        kept=kept,
+        **values,
+    )

@@ -13,33 +13,22 @@ import pytest
 
 from orchestrator.config.compose import compose_job
 from orchestrator.data.prepare import data_fingerprint
-from orchestrator.select.manifest import SelectionManifest
 from orchestrator.select.windows import Windows
 from tests.cli.conftest import Launched, refused, run_cli, tree
 from tests.cli.test_adapt_cli import make_base
+from tests.conftest import made_manifest
 
 TEXT_DIR = ("data=text_dir", "data.path=c", "data.val_every=3")
 
 
 def write_manifest(path: Path, fingerprint: str) -> str:
     """A two-window manifest for the corpus of `fingerprint` (1,000 training tokens, it says)."""
-    SelectionManifest(
-        corpus={"fingerprint": fingerprint, "source": "text_dir", "n_train_tokens": 1000, "tokenizer_sha256": None},
+    made_manifest(
+        Windows(np.array([0, 17]), np.array([17, 17]), np.array([0, 0])),
+        {"fingerprint": fingerprint, "source": "text_dir", "n_train_tokens": 1000, "tokenizer_sha256": None},
+        np.array([True, False]),
         seq_len=16,
-        min_tokens=2,
-        base={"folder": "base", "job_id": None, "step": None},
-        score="random",
-        length_correction=False,
-        fraction=0.5,
-        seed=0,
-        windows=Windows(np.array([0, 17]), np.array([17, 17]), np.array([0, 0])),
-        block=np.zeros(2, dtype=np.int64),
         scores=np.array([0.5, 0.25]),
-        kept=np.array([True, False]),
-        loss=np.zeros(2),
-        predicted=np.zeros(2),
-        block_kind="folder",
-        block_names=("c",),
     ).write(path)
     return str(path)
 

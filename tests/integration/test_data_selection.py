@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import cpr
+from tests.conftest import cpr, made_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,6 @@ def test_a_job_trains_on_a_selection_and_its_run_says_which(tmp_path: Path) -> N
 
     from orchestrator.config.compose import compose_job
     from orchestrator.data.prepare import prepare_data
-    from orchestrator.select.manifest import SelectionManifest
     from orchestrator.select.windows import cut_windows
 
     job = compose_job(list(JOB))
@@ -29,28 +28,19 @@ def test_a_job_trains_on_a_selection_and_its_run_says_which(tmp_path: Path) -> N
     windows = cut_windows(prepared.tokens("train"), prepared.eos_id, job.train.seq_len)
     rng = np.random.default_rng(0)
     scores = rng.random(len(windows))
-    manifest = SelectionManifest(
-        corpus={
+    manifest = made_manifest(
+        windows,
+        {
             "fingerprint": prepared.fingerprint,
             "source": prepared.source,
             "n_train_tokens": prepared.n_train_tokens,
             "tokenizer_sha256": None,
         },
+        scores < 0.3,
         seq_len=job.train.seq_len,
-        min_tokens=2,
-        base={"folder": "none", "job_id": None, "step": None},
-        score="random",
-        length_correction=False,
-        fraction=0.3,
-        seed=0,
-        windows=windows,
-        block=np.zeros(len(windows), dtype=np.int64),
         scores=scores,
-        kept=scores < 0.3,
-        loss=np.zeros(len(windows)),
-        predicted=np.zeros(len(windows)),
-        block_kind="folder",
-        block_names=("stdlib",),
+        fraction=0.3,
+        base={"folder": "none", "job_id": None, "step": None},
     )
     path = manifest.write(tmp_path / "selection.json")
 

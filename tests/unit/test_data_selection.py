@@ -14,8 +14,8 @@ from orchestrator.config.schema import DataConfig
 from orchestrator.data.prepare import PreparedData, data_fingerprint, prepare_data
 from orchestrator.data.selection import apply_selection, check_selected_tokens, check_selection
 from orchestrator.errors import InputError
-from orchestrator.select.manifest import SelectionManifest
 from orchestrator.select.windows import cut_windows, kept_tokens
+from tests.conftest import made_manifest
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "selection", "keeps"]
 SEQ_LEN = 16
@@ -38,28 +38,18 @@ def manifest(prepared: PreparedData, path: Path, *, fingerprint: str | None = No
     rng = np.random.default_rng(seed)
     kept = rng.random(len(windows)) < 0.5
     kept[0] = True
-    m = SelectionManifest(
-        corpus={
+    m = made_manifest(
+        windows,
+        {
             "fingerprint": fingerprint or prepared.fingerprint,
             "source": prepared.source,
             "n_train_tokens": prepared.n_train_tokens,
             "tokenizer_sha256": None,
         },
+        kept,
         seq_len=SEQ_LEN,
-        min_tokens=2,
-        base={"folder": "base", "job_id": None, "step": None},
-        score="random",
-        length_correction=False,
-        fraction=0.5,
-        seed=seed,
-        windows=windows,
-        block=np.zeros(len(windows), dtype=np.int64),
         scores=rng.random(len(windows)),
-        kept=kept,
-        loss=np.zeros(len(windows)),
-        predicted=np.zeros(len(windows)),
-        block_kind="folder",
-        block_names=("c",),
+        seed=seed,
     )
     return m.write(path)
 

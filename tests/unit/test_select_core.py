@@ -13,6 +13,7 @@ from orchestrator.select import SelectionManifest, choose, cross_influence, cut_
 from orchestrator.select.manifest import check_corpus
 from orchestrator.select.scores import corrected, length_bias
 from orchestrator.select.windows import doc_bounds, kept_tokens
+from tests.conftest import made_manifest
 
 EOS = 0
 
@@ -118,23 +119,17 @@ def _manifest(toks: np.ndarray, fp: str = "abc") -> SelectionManifest:
     w = cut_windows(toks, EOS, seq_len=3)
     kept = np.zeros(len(w), dtype=bool)
     kept[::2] = True
-    return SelectionManifest(
-        corpus={"fingerprint": fp, "source": "text_dir", "n_train_tokens": int(toks.size)},
+    return made_manifest(
+        w,
+        {"fingerprint": fp, "source": "text_dir", "n_train_tokens": int(toks.size)},
+        kept,
         seq_len=3,
-        min_tokens=2,
+        scores=np.arange(len(w), dtype=float),
         base={"folder": "/x", "job_id": None, "step": None},
         score="predicted",
         length_correction=True,
-        fraction=0.5,
-        seed=0,
-        windows=w,
-        block=np.zeros(len(w), dtype=np.int64),
-        scores=np.arange(len(w), dtype=float),
-        kept=kept,
         loss=np.linspace(1, 2, len(w)),
         predicted=-np.log(w.length.astype(float)),
-        block_kind="folder",
-        block_names=("(root)",),
     )
 
 
