@@ -80,7 +80,9 @@ def status(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no jobs")
         return 0
-    table = Table("job", "run", "state", "decision", "reason", "step", "Ψ", "Γ", "slots", "scheduler")
+    columns = ["job", "run", "state", "decision", "reason", "step", "Ψ", "Γ", "slots", "scheduler"]
+    notified = any(r.notify for r in rows)
+    table = Table(*columns, *(["notifications"] if notified else []))
     for r in rows:
         gamma = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(r.gamma.items())) or MISSING
         state = r.state + (" (stop requested)" if r.stop_requested and r.state == "running" else "")
@@ -97,6 +99,7 @@ def status(args: argparse.Namespace) -> int:
             gamma,
             MISSING if r.slots is None else str(r.slots),
             r.schedule or MISSING,
+            *([r.notify or MISSING] if notified else []),
         )
     out.print(table)
     return 0

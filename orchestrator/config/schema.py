@@ -23,6 +23,7 @@ from orchestrator.core import stop_rule
 from orchestrator.core.psi import GENERAL, LOSS_UNITS, SCORE_UNITS, PsiKind, PsiSpec, default_name, normalised
 from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.errors import InputError
+from orchestrator.notify.events import DEFAULT_EVENTS, JOB_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -583,6 +584,47 @@ class TrackingConfig:
 
 @with_config(STRICT)
 @dataclass
+class NotifyConfig:
+    """Where a job's decisions are pushed (docs/notify.md): Apprise URLs (Slack, Discord, Teams, e-mail, ntfy…), a
+    JSON webhook signed with HMAC-SHA256, a command with the event on stdin. Nothing set: no notifications."""
+
+    urls: list[str] = field(default_factory=list)
+    """Apprise URLs, e.g. `notify.urls=[ntfy://ntfy.sh/my-topic]`; masked in params and logs."""
+    webhook: Annotated[str, Field(pattern=NOT_BLANK)] | None = None
+    """An http(s) URL that gets each event as a JSON POST (masked in params and logs)."""
+    secret: Annotated[str, Field(min_length=1)] | None = None
+    """Signs the webhook's body: header X-CPR-Signature-256 = sha256=HMAC-SHA256(secret, body), as GitHub signs
+    webhooks. Read it from the environment: `notify.secret=${oc.env:CPR_NOTIFY_SECRET}`."""
+    command: Annotated[str, Field(pattern=NOT_BLANK)] | None = None
+    """A program (and its arguments, split as a shell would, no shell run) that gets each event as JSON on stdin."""
+    on: list[str] = field(default_factory=lambda: list(DEFAULT_EVENTS))
+    """Which events are sent: stop, diverged, shadow, reallocation, blueprint, failed."""
+    timeout_s: Annotated[float, Field(gt=0.0, le=300.0)] = 10.0
+    """One attempt's limit (connect and read)."""
+    retries: Annotated[int, _ints(0, 20)] = 3
+    """Attempts after the first, with exponential backoff (backoff_s · 2^k, jittered, at most 60 s)."""
+    backoff_s: Annotated[float, Field(ge=0.0, le=600.0)] = 2.0
+    flush_s: Annotated[float, Field(ge=0.0, le=600.0)] = 10.0
+    """An attached `cpr submit` waits at most this long at the end for the last deliveries (a detached
+    controller goes on retrying)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls or self.webhook or self.command)
+
+    def events(self) -> tuple[str, ...]:
+        """The events sent (none when no channel is set); an unknown name is refused naming `notify.on`."""
+        known = {e.value for e in JOB_EVENTS}
+        if self.secret is not None and self.webhook is None:
+            raise InputError("notify.secret", "signs the webhook's body, and no notify.webhook is set", "set both")
+        for i, name in enumerate(self.on):
+            if name not in known:
+                raise InputError(f"notify.on[{i}]", f"unknown event {name!r}", f"one of {', '.join(sorted(known))}")
+        return tuple(dict.fromkeys(self.on)) if self.enabled else ()
+
+
+@with_config(STRICT)
+@dataclass
 class ClusterConfig:
     """Where the workers run: a local Ray instance (address None) or an existing cluster."""
 
@@ -662,6 +704,7 @@ class JobConfig:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property

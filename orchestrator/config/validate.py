@@ -246,6 +246,7 @@ def validate_job(job: JobConfig, overrides: Iterable[str] = ()) -> StopRuleConfi
             check_model_id(job.probe.model_id)
         validate_privacy(job)
     validate_adapt(job)
+    job.notify.events()
     return validate_stop(job)
 
 

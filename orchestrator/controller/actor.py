@@ -36,6 +36,7 @@ from orchestrator.controller.events import (
     Effects,
     Eval,
     Event,
+    Notified,
     Probe,
     Resumed,
     Sources,
@@ -59,6 +60,8 @@ from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.lifecycle import WAITING, JobLifecycle
 from orchestrator.core.reports import EvalReport, ProbeReport, TrainReport
 from orchestrator.errors import InputError
+from orchestrator.notify.checks import channels_of
+from orchestrator.notify.dispatch import OUTBOX, JobNotifier
 from orchestrator.tracking.secrets import mask_config
 from orchestrator.tracking.writer import RunWriter
 
@@ -84,6 +87,7 @@ class Controller:
         self._schedule_log: Path | None = None
         self._next_stop_poll = 0.0
         self._probes: dict[tuple[str, int], list[ProbeReport]] = {}
+        self._notifier_lock = threading.Lock()
         self.metrics = ControllerMetrics(default_sink())
         """Live Prometheus metrics (through Ray's metrics agent): one call per event, no I/O."""
         self.effects = EffectApplier(self.jobs, self.metrics, self, lambda: self._schedule_log)
@@ -122,6 +126,10 @@ class Controller:
             self.state.jobs[h.job_id] = h.entry
             self.metrics.restore(h.job_id, h.state, h.tracker.view())
             self._schedule_log = scheduler_log(root)
+            if h.job.notify.enabled and h.store.path(OUTBOX).exists():
+                notifier = self.notifier(h)  # what the previous controller queued and never sent goes out now
+                if notifier is not None:
+                    notifier.resume()
         live = [h for h in self.jobs.values() if not h.done.is_set()]
         for h in live:
             h.writer.set_tags({names.CONTROLLER: identity()})  # this process runs them now
@@ -268,6 +276,37 @@ class Controller:
         for h in handles:
             if gangs.stop_requested(h):
                 self._thread(self.request_stop, h.job_id)
+
+    def notify(self, job_id: str, event: dict[str, Any]) -> None:
+        """Queue a notification on the job's channels; sent on their own threads, never on this one."""
+        notifier = self.notifier(self.jobs[job_id])
+        if notifier is not None:
+            notifier.send(event)
+
+    def notifier(self, h: JobHandle) -> Any:
+        """The job's `JobNotifier` (made once; None when it has no channel or they cannot be made)."""
+        with self._notifier_lock:
+            if h.notifier is None and h.job.notify.enabled:
+                n = h.job.notify
+                try:
+                    channels = channels_of(n.urls, n.webhook, n.secret, n.command, n.timeout_s)
+                except Exception:  # checked at submission; a store or config changed since must not stop the job
+                    traceback.print_exc()
+                    return None
+
+                def told(channel: str, delivery_id: str, result: Any) -> None:
+                    ok, error = result.ok, result.error
+                    self.step_job(h, Notified(h.job_id, channel, delivery_id, ok, error))
+
+                h.notifier = JobNotifier(
+                    h.job_id,
+                    channels,
+                    h.store.path(OUTBOX),
+                    retries=n.retries,
+                    backoff_s=n.backoff_s,
+                    on_result=told,
+                )
+            return h.notifier
 
     def publish_blueprint(self, job_id: str, step: int) -> None:
         """Build and publish a blueprint (the job's lock is held); one that cannot be built does not end the job."""

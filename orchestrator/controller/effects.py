@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.controller.events import (
     AppendLog,
@@ -19,6 +19,7 @@ from orchestrator.controller.events import (
     LogMetrics,
     LogStoreFile,
     LogText,
+    Notify,
     PollStop,
     Print,
     PublishBlueprint,
@@ -50,6 +51,8 @@ class Shell(Protocol):
     def publish_blueprint(self, job_id: str, step: int) -> None: ...
 
     def poll_stop(self, job_ids: list[str]) -> None: ...
+
+    def notify(self, job_id: str, event: dict[str, Any]) -> None: ...
 
 
 class EffectApplier:
@@ -123,6 +126,8 @@ class EffectApplier:
             self.shell.poll_stop(e.job_ids)
         elif isinstance(e, Print):
             print(e.message, flush=True)
+        elif isinstance(e, Notify):
+            self.shell.notify(e.job_id, e.event)
         elif isinstance(e, SetDone):
             self.handles[e.job_id].done.set()
         elif isinstance(e, ConvertCheckpoint):

@@ -40,6 +40,17 @@ class Endings:
         finally:
             self._close(h, "FAILED")  # what it did before it failed is worth a look too
 
+    def _flush(self, h: JobHandle) -> None:
+        """An attached job's controller ends with its client: wait up to notify.flush_s for the deliveries still
+        on their way (its STOP among them), then count what is left as failed. A detached controller lives on and
+        goes on retrying."""
+        if h.notifier is None or h.job.detach:
+            return
+        limit = h.job.notify.flush_s
+        left = h.notifier.flush(limit)
+        if left:
+            h.notifier.abandon(left, f"not delivered by the job's end (waited notify.flush_s={limit:g} s)")
+
     def end_unstarted(self, h: JobHandle) -> None:
         """Stopped while it waited: it ends without a gang."""
         try:
@@ -61,6 +72,7 @@ class Endings:
         try:
             self._reports.submit(self._draw, h).result()
         finally:
+            self._flush(h)  # its deliveries' count is a tag of the run: before the run closes
             h.writer.close(status)
 
     def _draw(self, h: JobHandle) -> None:

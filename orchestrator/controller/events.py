@@ -171,6 +171,17 @@ class Resumed:
     """What it was: `interrupted (SIGTERM)` or `lost`."""
 
 
+@dataclass(frozen=True)
+class Notified:
+    """A notification's delivery on one channel ended: sent, or failed after its retries (`notify/dispatch.py`)."""
+
+    job_id: str
+    channel: str
+    delivery_id: str
+    ok: bool
+    error: str | None = None
+
+
 Event = (
     Submitted
     | Train
@@ -193,6 +204,7 @@ Event = (
     | Release
     | Ended
     | Resumed
+    | Notified
 )
 
 
@@ -321,6 +333,14 @@ class SetDone:
     job_id: str
 
 
+@dataclass(frozen=True)
+class Notify:
+    """Send this event (`notify/events.py`) on the job's channels: enqueued, never sent on the caller's thread."""
+
+    job_id: str
+    event: dict[str, Any]
+
+
 Effect = (
     SetTags
     | LogMetrics
@@ -341,6 +361,7 @@ Effect = (
     | ConvertCheckpoint
     | Print
     | SetDone
+    | Notify
 )
 
 

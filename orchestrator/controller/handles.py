@@ -36,6 +36,8 @@ class JobHandle:
     done: threading.Event = field(default_factory=threading.Event)
     group: Any = None
     """Its running worker gang, if any."""
+    notifier: Any = None
+    """Its notifications' senders (`notify.dispatch.JobNotifier`), made at its first event."""
 
     @property
     def job_id(self) -> str:

@@ -26,4 +26,5 @@ def job_facts(job: JobConfig) -> JobFacts:
         max_tokens=job.train.max_tokens,
         tokens_per_step=job.tokens_per_step,
         zero_stage=job.deepspeed.zero_stage,
+        notify_on=job.notify.events(),
     )

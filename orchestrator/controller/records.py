@@ -30,13 +30,15 @@ class JobFacts:
     max_tokens: int
     tokens_per_step: int
     zero_stage: int
+    notify_on: tuple[str, ...] = ()
+    """The events its notifications send (`notify.on`; none when no channel is set)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobFacts:
-        return cls(**data)
+        return cls(**{**data, "notify_on": tuple(data.get("notify_on", ()))})
 
 
 @dataclass(kw_only=True)
@@ -75,6 +77,11 @@ class HandleRecord:
     """Set when it failed on bad input met at run time: InputError's field, problem and fix."""
     interrupted_by: str | None = None
     """The signal its client got (e.g. "SIGTERM") when it was interrupted."""
+    notify_sent: int = 0
+    notify_failed: int = 0
+    """Notification deliveries sent, and failed after their retries (per channel), since it was submitted."""
+    notify_error: str | None = None
+    """The last failed delivery's channel and error (URLs masked)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,7 +104,11 @@ class HandleRecord:
             "input_error": self.input_error,
             # Only when set: a record of a job never interrupted keeps the earlier controller's keys.
             **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
+            **(self._notify_dict() if self.notify_sent or self.notify_failed else {}),
         }
+
+    def _notify_dict(self) -> dict[str, Any]:
+        return {"notify_sent": self.notify_sent, "notify_failed": self.notify_failed, "notify_error": self.notify_error}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HandleRecord:
@@ -122,6 +133,9 @@ class HandleRecord:
             error=data.get("error"),
             input_error=data.get("input_error"),
             interrupted_by=data.get("interrupted_by"),
+            notify_sent=int(data.get("notify_sent", 0)),
+            notify_failed=int(data.get("notify_failed", 0)),
+            notify_error=data.get("notify_error"),
         )
 
 

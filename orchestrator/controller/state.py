@@ -37,6 +37,8 @@ from orchestrator.controller.events import (
     LogMetrics,
     LogStoreFile,
     LogText,
+    Notified,
+    Notify,
     PollStop,
     Print,
     Probe,
@@ -68,6 +70,7 @@ from orchestrator.core.ledger import TelemetrySample
 from orchestrator.core.lifecycle import ENDED, RUNNING, WAITING, JobLifecycle
 from orchestrator.core.numbers import json_safe
 from orchestrator.core.scheduling import JobState, PolicyConfig, SlotAction, SlotDecision, tick
+from orchestrator.notify import events as notify
 
 POOLS = ("CPU", "GPU")
 
@@ -157,6 +160,16 @@ class ControllerState:
         d = e.tracker.decisions[-1]
         out.add(AppendLog(e.job_id, "decisions.jsonl", [d]), LiveMetric("decision", (e.job_id, d["action"], reason)))
 
+    @staticmethod
+    def _notify(e: JobEntry, event: dict[str, Any], out: Effects) -> None:
+        """Send it when the job's `notify.on` names it (nothing is sent on this thread: the shell enqueues it)."""
+        if event["event"] in e.facts.notify_on:
+            out.add(Notify(e.job_id, event))
+
+    @staticmethod
+    def _ref(e: JobEntry) -> dict[str, Any]:
+        return notify.job_ref(e.job_id, e.facts.name, e.run_id)
+
     def _on_Train(self, ev: Train, now: float, out: Effects) -> None:
         e, r = self.jobs[ev.job_id], ev.report
         metrics = e.tracker.on_train(r)
@@ -169,6 +182,7 @@ class ControllerState:
             out.add(SaveTracker(e.job_id))
             self._decided(e, out, StopReason.DIVERGED.value)
             out.add(SetTags(e.job_id, decision_tags(d.action.value, StopReason.DIVERGED)))
+            self._notify(e, notify.diverged_event(self._ref(e), d.to_dict(), t_s=now), out)
         out.answer = self.answer(e.job_id)
 
     def _on_Eval(self, ev: Eval, now: float, out: Effects) -> None:
@@ -191,6 +205,10 @@ class ControllerState:
         if d is not None:
             self._decided(e, out, d.reason.value if d.reason else None)
             out.add(SetTags(e.job_id, {**decision_tags(d.action.value, d.reason), names.CHECK: str(d.check)}))
+            if d.stopped and d.reason is StopReason.DIVERGED:
+                self._notify(e, notify.diverged_event(self._ref(e), d.to_dict(), t_s=now), out)
+            elif d.stopped and not outcome.halt:  # shadow mode: the rule would stop it, a person decides
+                self._notify(e, notify.shadow_event(self._ref(e), d.to_dict(), gamma, t_s=now), out)
         out.answer = {**self.answer(e.job_id, halt=outcome.halt), "decision": d.to_dict() if d else None}
 
     def _on_Telemetry(self, ev: Telemetry, now: float, out: Effects) -> None:
@@ -214,6 +232,7 @@ class ControllerState:
         e, record = self.jobs[ev.job_id], ev.record
         if ev.fresh:
             out.add(AppendLog(e.job_id, "blueprints.jsonl", [record]))
+            self._notify(e, notify.blueprint_event(self._ref(e), ev.model_id, record, t_s=now), out)
         kept = [b for b in e.blueprints if b["version"] != record["version"]]
         e.blueprints = sorted([*kept, record], key=lambda b: b["version"])
         versions = [b["version"] for b in e.blueprints]
@@ -377,6 +396,7 @@ class ControllerState:
             assert d.job_id is not None
             e = self.jobs[d.job_id]
             rec = e.record
+            was_paused = e.state is JobLifecycle.PAUSED
             if d.action is SlotAction.START:
                 rec.slots = d.to_slots
                 self._set_state(e, JobLifecycle.STARTING, out)
@@ -399,6 +419,9 @@ class ControllerState:
             # Applied and persisted before it is recorded: a controller restarted in between must not decide it again.
             out.add(SaveHandle(e.job_id))
             self._record(d, e, pool, now, out)
+            change = notify.reallocation_kind(d.action.value, d.from_slots, d.to_slots, d.reason, was_paused)
+            if change is not None:
+                self._notify(e, notify.reallocation_event(self._ref(e), change, d.to_dict(), t_s=now), out)
         free = pool - sum(e.record.slots for e in self.jobs.values() if e.facts.slot_kind == kind)
         for e in live:
             if e.state in WAITING and not e.tracker.halted:
@@ -585,6 +608,7 @@ class ControllerState:
         self._artifacts(e, out)
         out.add(SaveTracker(e.job_id), SaveSummary(e.job_id))
         self._set_state(e, _ENDED_BY.get(reason, JobLifecycle.STOPPED), out)
+        self._notify(e, notify.stop_event(self._ref(e), summary, incarnation=e.record.incarnation, t_s=now), out)
 
     def _on_Fail(self, ev: Fail, now: float, out: Effects) -> None:
         e = self.jobs[ev.job_id]
@@ -595,7 +619,24 @@ class ControllerState:
         out.add(SaveTracker(e.job_id), SaveSummary(e.job_id))
         final = Effects()
         self._set_state(e, JobLifecycle.FAILED, final)
+        self._notify(e, notify.failed_event(self._ref(e), ev.error, incarnation=e.record.incarnation, t_s=now), final)
         out.final = final.items
+
+    def _on_Notified(self, ev: Notified, now: float, out: Effects) -> None:
+        """A delivery ended: counted on its record and its run's tag (`cpr status` shows failures)."""
+        e = self.jobs.get(ev.job_id)
+        if e is None:
+            return
+        rec = e.record
+        if ev.ok:
+            rec.notify_sent += 1
+        else:
+            rec.notify_failed += 1
+            rec.notify_error = f"{ev.channel}: {ev.error or 'failed'}"[:300]
+        tag = f"{rec.notify_sent} sent, {rec.notify_failed} failed"
+        if rec.notify_failed:
+            tag += f" (last: {rec.notify_error})"
+        out.add(SaveHandle(e.job_id), SetTags(e.job_id, {names.NOTIFY: tag}))
 
     def _on_Ended(self, ev: Ended, now: float, out: Effects) -> None:
         self.jobs[ev.job_id].done = True

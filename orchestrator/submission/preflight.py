@@ -104,6 +104,10 @@ def preflight(job: JobConfig) -> None:
     configs = job.data.domain_configs()
     for name in job.held_out_domains():
         open_domain(name, configs[name])
+    if job.notify.enabled:  # its Apprise URLs, webhook and command, before anything starts
+        from orchestrator.notify.checks import check_notify
+
+        check_notify(job.notify)
     c = job.cluster
     if c.address is None:
         check_capacity(replace(job, cluster=replace(c, gpus_per_worker=0)), local_cpus(job))

@@ -32,6 +32,8 @@ class JobRow:
     """Its controller's identity (tag cpr.controller): whether it still runs tells a live job from a lost one."""
     state_dir: str | None = None
     """Its store folder (tag cpr.state_dir)."""
+    notify: str | None = None
+    """Its notifications' deliveries (tag cpr.notify), e.g. "3 sent, 1 failed (last: webhook: …)"."""
     last_report_t: float | None = None
     """When it last reported (epoch seconds): its newest check's time; `cpr status` sets it for a lost job from its
     store folder's files when they are at hand."""
@@ -83,6 +85,7 @@ def list_jobs(tracking_uri: str, experiment: str = "cpr") -> list[JobRow]:
                 slots=int(tags[names.SLOTS]) if tags.get(names.SLOTS, "").isdigit() else None,
                 controller=tags.get(names.CONTROLLER),
                 state_dir=tags.get(names.STATE_DIR),
+                notify=tags.get(names.NOTIFY) or None,
                 last_report_t=last_t,
             )
         )

@@ -231,6 +231,9 @@ class TrainWorker:
             """The controller's answer as the number the ranks all-reduce: 0 go on, 1 stop, 2 restart."""
             return 2.0 if answer.get("restart") else 1.0 if answer["halt"] else 0.0
 
+        check_wait = {"n": 0, "total_s": 0.0, "max_s": 0.0}
+        """Rank 0's waits for the controller's answer at its checks (a STOP reaches the ranks in that answer)."""
+
         def check(step: int, tokens: int, final: bool) -> tuple[float, bool]:
             """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite)."""
             val_loss, psi, domain_losses = meter.measure(step)
@@ -249,7 +252,12 @@ class TrainWorker:
                     psi_name=meter.spec.name,
                     domain_losses=domain_losses,
                 )
+                t0 = time.perf_counter()
                 halt = flag(ray.get(self.controller.eval.remote(self.job_id, report.to_dict())))
+                waited = time.perf_counter() - t0
+                check_wait["n"] += 1
+                check_wait["total_s"] += waited
+                check_wait["max_s"] = max(check_wait["max_s"], waited)
             return all_reduce([halt])[0], finite
 
         def save(step: int, tokens: int) -> Path:
@@ -386,5 +394,6 @@ class TrainWorker:
             "world_size": self.world_size,
             "tokens_per_s": (tokens - start_tokens) / train_s if train_s > 0 else None,
             "telemetry_errors": list(sampler.errors) if sampler is not None else [],
+            "check_wait": check_wait,
         }
         return self._result

@@ -131,6 +131,13 @@ BAD_CONFIGS: list[tuple[str, list[str], str]] = [
     ("setting-of-probe-off", ["probe=off", "probe.interval=3"], "probe.interval"),
     ("setting-of-telemetry-off", ["telemetry=off", "telemetry.interval_s=5"], "telemetry.interval_s"),
     ("local-setting-on-a-cluster", ["cluster.address=auto", "cluster.num_cpus=2"], "cluster.num_cpus"),
+    # notifications: the channels are checked before anything starts (docs/notify.md)
+    ("notify-unknown-event", ["notify.webhook=http://127.0.0.1:9/x", "notify.on=[stop,bogus]"], "notify.on[1]"),
+    ("notify-malformed-apprise-url", ["notify.urls=[notaurl]"], "notify.urls[0]"),
+    ("notify-webhook-not-http", ["notify.webhook=ftp://example.org/x"], "notify.webhook"),
+    ("notify-missing-command", ["notify.command=/no/such/program"], "notify.command"),
+    ("notify-zero-timeout", ["notify.webhook=http://127.0.0.1:9/x", "notify.timeout_s=0"], "notify.timeout_s"),
+    ("notify-secret-without-webhook", ["notify.secret=abc"], "notify.secret"),
     # sweeps: every job is checked before Hydra writes its sweep folder
     ("sweep-with-a-bad-value", ["-m", "train.lr=1e-3,nan"], "train.lr"),
     ("sweep-with-an-unknown-key", ["-m", "bogus=1,2"], "bogus"),
