@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from launch import adapt, blueprints, export, jobs, replay, report, select, submit, ui
+    from launch import adapt, blueprints, export, jobs, leaderboard, replay, report, select, submit, ui
 
     parser = OneLineParser(
         prog="cpr",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cpr {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    for module in (submit, adapt, select, jobs, replay, blueprints, report, export, ui):
+    for module in (submit, adapt, select, jobs, replay, blueprints, report, leaderboard, export, ui):
         module.register(verbs)
     return parser
 
