@@ -27,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from launch import adapt, blueprints, export, jobs, notify, replay, report, select, submit, ui
+    from launch import adapt, blueprints, export, jobs, leaderboard, notify, replay, report, select, submit, ui
 
     parser = OneLineParser(
         prog="cpr",
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cpr {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     verbs.required = True
-    for module in (submit, adapt, select, jobs, replay, blueprints, report, export, notify, ui):
+    for module in (submit, adapt, select, jobs, replay, blueprints, report, leaderboard, export, notify, ui):
         module.register(verbs)
     return parser
 

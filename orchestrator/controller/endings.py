@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.controller.events import Ended, Fail, Finish, Release
 from orchestrator.controller.handles import JobHandle
 from orchestrator.core.lifecycle import JobLifecycle
+from orchestrator.leaderboard import log_sweep_leaderboard
 from orchestrator.report import log_run_report, log_sweep_report
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class Endings:
     def _draw(self, h: JobHandle) -> None:
         """The run's CPR report (figures and one offline HTML page) under `report/`, drawn from what the store holds
         once the run's writes are in; and when it is the last of its sweep to end, the sweep's comparison under
-        `sweep_report/`. Never raises: the job's outcome stands."""
+        `sweep_report/` and the sweep's leaderboard under `leaderboard/`. Never raises: the job's outcome stands."""
         try:
             uri, experiment = h.store.load("job.json")["tracking_uri"], h.job.tracking.experiment
         except Exception:  # its record unreadable: nothing to draw from, and the run must still be closed
@@ -89,3 +90,4 @@ class Endings:
             sweep = self.ctl.state.claim_sweep_report(h.job_id)
         if sweep:
             log_sweep_report(h.writer, uri, h.entry.sweep, h.store.path("sweep_report"), experiment=experiment)
+            log_sweep_leaderboard(h.writer, uri, h.entry.sweep, h.store.path("leaderboard"), experiment=experiment)

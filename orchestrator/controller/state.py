@@ -275,6 +275,7 @@ class ControllerState:
         absent = sorted({s["name"] + ": " + s["detail"] for s in every if not s["present"]})
         fallbacks = sorted({s["name"] + ": " + s["detail"] for s in every if s["present"] and s["method"] != "counter"})
         tags = {names.ABSENT_SOURCES: "; ".join(absent) or "none", names.FALLBACKS: "; ".join(fallbacks) or "none"}
+        tags[names.HARDWARE] = " | ".join(sorted({f"{s['kind']}: {s['detail']}" for s in every if s["present"]}))[:4000]
         out.add(SetTags(e.job_id, tags))
 
     def _on_StopRequest(self, ev: StopRequest, now: float, out: Effects) -> None:

@@ -92,6 +92,15 @@ PSI_NAME = "cpr.psi.name"
 """What Ψ is (also the param psi.name): runs are compared, and ranked, only on the same Ψ."""
 PSI_UNITS = "cpr.psi.units"
 HYDRA_OUTPUT_DIR = "cpr.hydra_output_dir"
+EVAL_SET = "cpr.eval_set"
+"""The fingerprint of the data Ψ is measured on (a run param, set at submission): the held-out split of the
+tokenized corpus (files, split, tokenizer), Ψ's domains, how many sequences of which length a check evaluates, and
+Ψ's definition. `cpr leaderboard` ranks runs against each other only when it is the same."""
+HARDWARE = "cpr.hardware"
+"""What the job's telemetry measured on and how: one `<kind>: <detail>` per distinct source (GPU names with NVML
+counter or power, codecarbon's CPU model with RAPL or its TDP estimate), ` | `-separated."""
+LEADERBOARD = "cpr.leaderboard"
+"""Where the sweep's leaderboard page is among the artifacts of its last job to end (or why it is not)."""
 ADAPT_STRATEGY = "cpr.adapt.strategy"
 """An adapt job's selection strategy (`cpr adapt`, docs/adapt.md)."""
 ADAPT_CHOSEN = "cpr.adapt.chosen"

@@ -85,6 +85,21 @@ def fingerprint(corpus: Corpus, tokenizer_vocab: int | None, tokenizer_sha256: s
     return h.hexdigest()[:16]
 
 
+def eval_set_fingerprint(prepared: PreparedData, domains: list[str], params: dict[str, str], sequences: int) -> str:
+    """What Ψ is measured on, as 16 hex digits (param `cpr.eval_set`): the corpus's fingerprint (its files, split
+    and tokenizer fix the held-out split), each of Ψ's domains' token file (name and size), the sequences a check
+    evaluates and their length, and Ψ's definition (`psi.*` params). Two runs with the same one report Ψ on the same
+    held-out tokens, so their Ψ may be compared (`cpr leaderboard`)."""
+    key: dict[str, Any] = {
+        "corpus": prepared.fingerprint,
+        "domains": {d: [Path(prepared.domains[d]).name, Path(prepared.domains[d]).stat().st_size] for d in domains},
+        "sequences": sequences,
+        "seq_len": params.get("train.seq_len"),
+        "psi": {k: v for k, v in sorted(params.items()) if k.startswith("psi.")},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cache_base(corpus: Corpus, cfg: Any) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir).expanduser()

@@ -80,6 +80,12 @@ class RunData:
     blueprints: list[Blueprint] = field(default_factory=list)
     adapt_strategy: str | None = None
     """An adapt job's selection strategy (tag cpr.adapt.strategy): a sweep's legend names it."""
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    """The run's params and tags as logged (the leaderboard's carbon card reads them)."""
+    start_ms: int | None = None
+    end_ms: int | None = None
+    """MLflow's start and end times of the run (ms since the epoch; end None while it runs)."""
 
     @property
     def label(self) -> str:
@@ -185,12 +191,19 @@ def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
         summary=summary,
         blueprints=_blueprints(client, run) if blueprints else [],
         adapt_strategy=tags.get(names.ADAPT_STRATEGY) or None,
+        params=dict(params),
+        tags=dict(tags),
+        start_ms=run.info.start_time,
+        end_ms=run.info.end_time,
     )
 
 
-def _cpr_runs(client: Any, experiment: str, extra_filter: str | None = None) -> list[Any]:
+def _cpr_runs(client: Any, experiment: str, extra_filter: str | None = None, *, strict: bool = False) -> list[Any]:
+    """The cpr runs of an experiment (none when it does not exist; `strict`: an InputError on --experiment)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
+        if strict:
+            raise InputError("--experiment", f"no experiment {experiment!r} in the store", "see the MLflow UI's list")
         return []
     where = "tags.`cpr.job_id` != ''" + (f" and {extra_filter}" if extra_filter else "")
     try:
@@ -232,3 +245,23 @@ def load_runs(
     if not chosen:
         raise InputError("--filter", f"selects no cpr run in {uri}", "check it against `cpr status`")
     return [_read(client, run, blueprints=False) for run in chosen]
+
+
+def load_all(
+    uri: str, *, filter_string: str | None = None, experiment: str = "cpr", baseline: str | None = None
+) -> tuple[list[RunData], RunData | None]:
+    """Every cpr run of `experiment` the MLflow filter selects (oldest first; an empty list when none does), and the
+    run `baseline` names (run id, job id or run name, searched in the whole experiment: the filter need not select
+    it). InputError on --experiment, --filter or --baseline when they name nothing; blueprints are not read."""
+    client = _client(uri)
+    runs = sorted(
+        _cpr_runs(client, experiment, filter_string, strict=True), key=lambda r: (r.info.start_time or 0, r.info.run_id)
+    )
+    base = None
+    if baseline is not None:
+        every = runs if not filter_string else _cpr_runs(client, experiment)
+        found = [r for r in every if baseline in (r.info.run_id, r.data.tags.get(names.JOB_ID), r.info.run_name)]
+        if not found:
+            raise InputError("--baseline", f"no run {baseline!r} in experiment {experiment!r}", "give a run or job id")
+        base = _read(client, found[0], blueprints=False)
+    return [_read(client, run, blueprints=False) for run in runs], base

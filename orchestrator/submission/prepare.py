@@ -69,7 +69,8 @@ def prepare(
 ) -> Prepared:
     """Every check that needs the outside world but no Ray: tracking store, carbon data, data, model memory.
     `output_dir` (Hydra's run folder) is recorded in the run's params; `log` hears the data preparation."""
-    from orchestrator.data.prepare import prepare_data, prepare_domains
+    from orchestrator.core import names
+    from orchestrator.data.prepare import eval_set_fingerprint, prepare_data, prepare_domains
     from orchestrator.data.selection import apply_selection, check_selected_tokens
     from orchestrator.models import count_parameters, flops_model
     from orchestrator.tracking.secrets import mask_secrets
@@ -128,6 +129,7 @@ def prepare(
     if prepared.selection is not None:  # the run says what it trained on, not only the manifest's path
         params.update({"data.selection_id": prepared.selection, "data.selection_tokens": str(prepared.n_train_tokens)})
     params.update(job.psi.spec().params())  # what Ψ is, defaults filled in: runs are compared on the same Ψ only
+    params[names.EVAL_SET] = eval_set_fingerprint(prepared, job.psi.domains(), params, job.eval_sequences())
     checkpoint_dir = Path(job.train.checkpoint_dir).resolve() if job.train.checkpoint_dir else runs_dir / "checkpoints"
     submission = Submission(
         job_id=job_id,

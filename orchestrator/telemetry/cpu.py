@@ -43,9 +43,13 @@ class CpuMeter:
         cpu = next((h for h in self.tracker._hardware if type(h).__name__ == "CPU"), None)
         mode = getattr(cpu, "_mode", "unknown")
         tdp = getattr(cpu, "_tdp", None)
+        model = " ".join(str(getattr(cpu, "_model", "") or "").split()) or "CPU model unknown"
         if mode in ("intel_rapl", "intel_power_gadget", "apple_powermetrics"):
-            return f"codecarbon: CPU power measured ({mode})"
-        return f"codecarbon: CPU power estimated ({mode}, TDP {tdp} W × process load; no RAPL); RAM power estimated"
+            return f"codecarbon: {model}: CPU power measured ({mode})"
+        return (
+            f"codecarbon: {model}: CPU power estimated ({mode}, TDP {tdp} W × process load; no RAPL); "
+            "RAM power estimated"
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):  # a tracker that failed to start must not break the worker's exit
