@@ -36,6 +36,7 @@ from orchestrator.controller.events import (
     Effects,
     Eval,
     Event,
+    Initial,
     Notified,
     Probe,
     Resumed,
@@ -322,6 +323,9 @@ class Controller:
     # -- reports from workers (called concurrently) --------------------------------------------------------
     def sources(self, job_id: str, rank: int, statuses: list[dict[str, Any]]) -> None:
         self.step_job(self.jobs[job_id], Sources(job_id, rank, statuses))
+
+    def initial(self, job_id: str, report: dict[str, Any]) -> None:
+        self.step_job(self.jobs[job_id], Initial(job_id, report["psi"], report["val_loss"]))
 
     def telemetry(self, job_id: str, samples: list[dict[str, Any]]) -> None:
         self.step_job(self.jobs[job_id], Telemetry(job_id, samples))

@@ -172,6 +172,15 @@ class Resumed:
 
 
 @dataclass(frozen=True)
+class Initial:
+    """Ψ of the model as it starts (step 0, before any update): a fresh job's rank 0 measures it once."""
+
+    job_id: str
+    psi: float
+    val_loss: float
+
+
+@dataclass(frozen=True)
 class Notified:
     """A notification's delivery on one channel ended: sent, or failed after its retries (`notify/dispatch.py`)."""
 
@@ -204,6 +213,7 @@ Event = (
     | Release
     | Ended
     | Resumed
+    | Initial
     | Notified
 )
 

@@ -77,6 +77,8 @@ class HandleRecord:
     """Set when it failed on bad input met at run time: InputError's field, problem and fix."""
     interrupted_by: str | None = None
     """The signal its client got (e.g. "SIGTERM") when it was interrupted."""
+    psi_initial: float | None = None
+    """Ψ of the model as it started, before any step (`Initial`): the baseline of its gain."""
     notify_sent: int = 0
     notify_failed: int = 0
     """Notification deliveries sent, and failed after their retries (per channel), since it was submitted."""
@@ -104,6 +106,7 @@ class HandleRecord:
             "input_error": self.input_error,
             # Only when set: a record of a job never interrupted keeps the earlier controller's keys.
             **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
+            **({"psi_initial": self.psi_initial} if self.psi_initial is not None else {}),
             **(self._notify_dict() if self.notify_sent or self.notify_failed else {}),
         }
 
@@ -133,6 +136,7 @@ class HandleRecord:
             error=data.get("error"),
             input_error=data.get("input_error"),
             interrupted_by=data.get("interrupted_by"),
+            psi_initial=data.get("psi_initial"),
             notify_sent=int(data.get("notify_sent", 0)),
             notify_failed=int(data.get("notify_failed", 0)),
             notify_error=data.get("notify_error"),

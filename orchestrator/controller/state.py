@@ -12,6 +12,7 @@ restart decision under the pool lock. A tick reads other jobs' latest figures wi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from orchestrator.controller.events import (
     Fail,
     Finish,
     GangReturned,
+    Initial,
     GangStarted,
     HaltLater,
     LiveMetric,
@@ -210,6 +212,17 @@ class ControllerState:
             elif d.stopped and not outcome.halt:  # shadow mode: the rule would stop it, a person decides
                 self._notify(e, notify.shadow_event(self._ref(e), d.to_dict(), gamma, t_s=now), out)
         out.answer = {**self.answer(e.job_id, halt=outcome.halt), "decision": d.to_dict() if d else None}
+
+    def _on_Initial(self, ev: Initial, now: float, out: Effects) -> None:
+        """Ψ at step 0, logged once (a gang restarted before its first checkpoint measures it again)."""
+        rec = self.jobs[ev.job_id].record
+        if rec.psi_initial is not None or not math.isfinite(ev.psi):
+            return
+        rec.psi_initial = ev.psi
+        metrics = {names.PSI_INITIAL: ev.psi}
+        if math.isfinite(ev.val_loss):
+            metrics[names.VAL_LOSS_INITIAL] = ev.val_loss
+        out.add(SaveHandle(ev.job_id), LogMetrics(ev.job_id, metrics, 0))
 
     def _on_Telemetry(self, ev: Telemetry, now: float, out: Effects) -> None:
         e = self.jobs[ev.job_id]
@@ -595,6 +608,7 @@ class ControllerState:
             probe_s=e.record.probe_s,
             restarts=list(e.record.restarts),
             blueprints=list(e.blueprints),
+            psi_initial=e.record.psi_initial,
         )
         if e.adapt is not None:
             summary["adapt"] = summary_of(e.adapt)

@@ -51,8 +51,8 @@ class Entry:
     """The evaluation set's fingerprint (param `cpr.eval_set`); None for a run from before it was recorded."""
     psi: float | None = None
     """Final Ψ (the last check's)."""
-    psi_step0: float | None = None
-    """Ψ of the untrained model, where the run logged a check at step 0."""
+    psi_initial: float | None = None
+    """Ψ of the model as it started, at step 0 before any update (metric cpr/psi_initial)."""
     psi_untrained_estimate: float | None = None
     """Ψ an untrained model would score, estimated (−ln V for a loss-type Ψ: uniform prediction); None if unknown."""
     gamma: dict[str, float] = field(default_factory=dict)
@@ -124,8 +124,8 @@ def choose_by(entries: Sequence[Entry], by: str | None) -> str:
 
 
 def _default_baseline(e: Entry) -> tuple[float | None, str]:
-    if e.psi_step0 is not None and math.isfinite(e.psi_step0):
-        return e.psi_step0, "Ψ at step 0"
+    if e.psi_initial is not None and math.isfinite(e.psi_initial):
+        return e.psi_initial, "Ψ at step 0"
     if e.psi_untrained_estimate is not None:
         return e.psi_untrained_estimate, "untrained estimate −ln V"
     return None, "none"

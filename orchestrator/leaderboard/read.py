@@ -42,7 +42,7 @@ def entry(run: RunData) -> Entry:
     wall = None
     if run.start_ms and run.end_ms:
         wall = (run.end_ms - run.start_ms) / 3.6e6
-    psi0 = run.psi.values[0] if run.psi and run.psi.steps[0] == 0 else None
+    psi0 = run.psi_initial
     return Entry(
         run_id=run.run_id,
         job_id=run.job_id,
@@ -52,7 +52,7 @@ def entry(run: RunData) -> Entry:
         psi_units=run.tags.get(names.PSI_UNITS) or run.params.get("psi.units") or "nats/token",
         eval_set=run.params.get(names.EVAL_SET) or None,
         psi=run.psi.values[-1] if run.psi else None,
-        psi_step0=psi0,
+        psi_initial=psi0,
         psi_untrained_estimate=untrained_estimate(run.params),
         gamma=gamma,
         gamma_saved=gamma_saved(run),

@@ -86,6 +86,8 @@ class RunData:
     start_ms: int | None = None
     end_ms: int | None = None
     """MLflow's start and end times of the run (ms since the epoch; end None while it runs)."""
+    psi_initial: float | None = None
+    """Ψ of the model as it started, before any step (metric cpr/psi_initial; None for runs from before it)."""
 
     @property
     def label(self) -> str:
@@ -195,6 +197,7 @@ def _read(client: Any, run: Any, *, blueprints: bool) -> RunData:
         tags=dict(tags),
         start_ms=run.info.start_time,
         end_ms=run.info.end_time,
+        psi_initial=metrics.get(names.PSI_INITIAL),
     )
 
 

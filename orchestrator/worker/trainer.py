@@ -276,6 +276,13 @@ class TrainWorker:
             dist.barrier()  # every rank's part is on disk before anyone calls it a checkpoint
             return Path(self.checkpoint_dir) / tag
 
+        if not bare and resume is None and step == 0:
+            # Ψ of the model as it starts, before any step: the baseline a run's gain is counted from (`cpr
+            # leaderboard`'s CPR). Not a check: the stop rule never sees it.
+            val_loss0, psi0, _ = meter.measure(0)
+            if self.rank == 0:
+                self._send(self.controller.initial.remote(self.job_id, {"psi": psi0, "val_loss": val_loss0}))
+
         # The latest checkpoint of a finite state: a periodic one, else the one this gang started from.
         every = t.checkpoint_steps()
         finite_ckpt = str(Path(resume["dir"]) / resume["tag"]) if resume is not None else None

@@ -35,7 +35,7 @@ def test_cpr_ranks_each_group_apart_and_says_why() -> None:
 
 
 def test_baselines_step0_then_estimate_then_named_run() -> None:
-    board = rank([e("a", -3.0, psi_step0=-5.0), e("b", -3.0, psi_untrained_estimate=None)])
+    board = rank([e("a", -3.0, psi_initial=-5.0), e("b", -3.0, psi_untrained_estimate=None)])
     a, b = board.groups[0].rows
     assert (a.baseline, a.baseline_source, a.cpr) == (-5.0, "Ψ at step 0", 1.0)
     assert (b.rank, b.cpr, b.note) == (None, None, "no baseline: give --baseline RUN")  # not ranked, last
