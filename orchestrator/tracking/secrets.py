@@ -4,13 +4,18 @@ MLflow params are readable by anyone who can open the UI and are kept forever, s
 a `tracking.uri=https://user:password@host` must not land there as typed. A name is secret-looking when one of its
 words (split on `.`, `_`, `-`, `/` and camelCase) is a credential word; `keep_checkpoints`, `monkey` or `top_k`
 are not.
+
+Notification targets are secrets by position, not by name: an Apprise URL carries its tokens in the path
+(`slack://TokenA/TokenB/TokenC`) and a webhook's path is often its only credential, so `notify.urls` and
+`notify.webhook` are shown through `mask_url` (scheme and host only).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 MASK = "***"
 SECRET_WORDS = frozenset(
@@ -47,6 +52,60 @@ def is_secret_name(name: str) -> bool:
     return any(w in SECRET_WORDS for w in name_words(name))
 
 
+# Schemes whose netloc is a real host (Apprise's generic HTTP plugins included): the host stays visible. For every
+# other Apprise scheme the "host" is the first token (discord://webhook_id/webhook_token), so only the scheme stays.
+HOST_SCHEMES = frozenset({"http", "https", "json", "jsons", "xml", "xmls", "form", "forms"})
+NOTIFY_TARGETS = frozenset({"notify.urls", "notify.webhook"})
+
+
+def mask_url(url: str) -> str:
+    """A notification URL safe to show: `https://hooks.example.com:8443/***` (scheme, host and port; user-info,
+    path and query masked), `slack://***` for a scheme without a real host; `***` for what is not a URL."""
+    text = url.strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return MASK if text else text
+    if scheme.lower() not in HOST_SCHEMES:
+        return f"{scheme}://{MASK}"
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a bad port or bracket
+        return f"{scheme}://{MASK}"
+    if not host:
+        return f"{scheme}://{MASK}"
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    if "@" in parts.netloc:
+        netloc = f"{MASK}@{netloc}"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{scheme}://{netloc}/{MASK}" if hidden else f"{scheme}://{netloc}"
+
+
+def _mask_url_list(value: str) -> str:
+    """`notify.urls` as flattened (a JSON list), each URL through `mask_url`; anything else masked whole."""
+    try:
+        urls = json.loads(value)
+    except ValueError:
+        return mask_url(value)
+    if not isinstance(urls, list):
+        return MASK
+    return json.dumps([mask_url(u) if isinstance(u, str) else u for u in urls])
+
+
+def _mask_param(name: str, value: str) -> str:
+    if value in ("", "null"):  # unset says nothing
+        return value
+    if is_secret_name(name):
+        return MASK
+    if name == "notify.urls":  # flatten_config writes a list as JSON
+        return _mask_url_list(value)
+    if name in NOTIFY_TARGETS or name.startswith("notify.urls."):
+        return mask_url(value)
+    return mask_value(value)
+
+
 def _mask_url(match: re.Match[str]) -> str:
     netloc, query = match["netloc"], match["query"]
     userinfo, at, host = netloc.rpartition("@")
@@ -69,17 +128,26 @@ def mask_value(value: str) -> str:
 
 def mask_secrets(params: dict[str, str]) -> dict[str, str]:
     """A copy of `params` safe to log: secret-named values become `***` (an unset one, "null" or "", stays: it
-    says nothing set), and every other value has its URLs' credentials masked."""
-    return {k: (v if v in ("", "null") else MASK) if is_secret_name(k) else mask_value(v) for k, v in params.items()}
+    says nothing set), notification targets go through `mask_url`, and every other value has its URLs'
+    credentials masked."""
+    return {k: _mask_param(k, v) for k, v in params.items()}
 
 
-def mask_config(cfg: Any, *, secret: bool = False) -> Any:
+def mask_config(cfg: Any, *, secret: bool = False, _name: str = "") -> Any:
     """The same masking over a nested config (for a resolved config written as an artifact): every value under a
-    secret-named key, lists and mappings included, as `flatten_config` + `mask_secrets` would mask it."""
+    secret-named key, lists and mappings included, and the notification targets, as `flatten_config` +
+    `mask_secrets` would mask them."""
     if isinstance(cfg, dict):
-        return {k: mask_config(v, secret=secret or (isinstance(k, str) and is_secret_name(k))) for k, v in cfg.items()}
+        return {
+            k: mask_config(
+                v, secret=secret or (isinstance(k, str) and is_secret_name(k)), _name=f"{_name}.{k}".lstrip(".")
+            )
+            for k, v in cfg.items()
+        }
     if isinstance(cfg, list | tuple):
-        return [mask_config(v, secret=secret) for v in cfg]
+        return [mask_config(v, secret=secret, _name=_name) for v in cfg]
     if secret and cfg is not None and cfg != "":
         return MASK
-    return mask_value(cfg) if isinstance(cfg, str) else cfg
+    if isinstance(cfg, str):
+        return mask_url(cfg) if cfg and _name in NOTIFY_TARGETS else mask_value(cfg)
+    return cfg

@@ -27,6 +27,16 @@ NEEDS = [
         "rdp.RdpAccountant, GaussianDpEvent",
         lambda: __import__("dp_accounting").rdp.RdpAccountant,
     ),
+    (
+        "apprise",
+        "1.9",
+        "Apprise(location=ContentLocation.INACCESSIBLE), Apprise.instantiate, AppriseAsset(async_mode=...)",
+        lambda: (
+            "location" in inspect.signature(__import__("apprise").Apprise).parameters
+            and __import__("apprise").ContentLocation.INACCESSIBLE
+            and hasattr(__import__("apprise").AppriseAsset, "async_mode")
+        ),
+    ),
 ]
 
 

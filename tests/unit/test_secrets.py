@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,33 @@ def test_nested_config_is_masked_like_its_flattened_params() -> None:
         "train": {"keep_checkpoints": 2},
     }
     assert "pw" not in str(masked) and cfg["hf_token"] == "abc"  # a copy: the job keeps its real values
+
+
+def test_notification_targets_are_masked_by_position() -> None:
+    """Apprise URLs carry their tokens in the path and a webhook's path is often its credential: only the scheme
+    (and a real host) stays, whatever the param's name says."""
+    params = {
+        "notify.urls": json.dumps(["slack://TokenA/TokenB/TokenC", "json://127.0.0.1:8080/hook?token=t"]),
+        "notify.webhook": "https://hooks.example.com/services/T0/B0/XyZ",
+        "notify.secret": "hunter2",
+        "notify.timeout_s": "10",
+    }
+    assert mask_secrets(params) == {
+        "notify.urls": json.dumps(["slack://***", "json://127.0.0.1:8080/***"]),
+        "notify.webhook": "https://hooks.example.com/***",
+        "notify.secret": MASK,
+        "notify.timeout_s": "10",
+    }
+    assert mask_secrets({"notify.urls": "[]", "notify.webhook": "null"}) == {
+        "notify.urls": "[]",
+        "notify.webhook": "null",
+    }
+    assert mask_secrets({"notify.urls.0": "discord://id/token"}) == {"notify.urls.0": "discord://***"}
+    cfg = {"notify": {"urls": ["discord://id/token"], "webhook": "http://u:pw@h:9/x", "webhook_note": "http://h/x"}}
+    assert mask_config(cfg) == {
+        "notify": {"urls": ["discord://***"], "webhook": "http://***@h:9/***", "webhook_note": "http://h/x"}
+    }
+    assert flatten_config(mask_config(cfg))["notify.urls"] == mask_secrets(flatten_config(cfg))["notify.urls"]
 
 
 def test_no_shipped_param_is_masked() -> None:
