@@ -36,12 +36,11 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orchestrator.notify.channels import deliver
-    from orchestrator.notify.checks import channels_of, check_notify
-
     from orchestrator.config.compose import compose_job
     from orchestrator.config.validate import validate_job
     from orchestrator.notify import events
+    from orchestrator.notify.channels import deliver
+    from orchestrator.notify.checks import notify_channels
 
     job = compose_job(list(args.overrides))
     validate_job(job, args.overrides)
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "notify", "no channel is set", "set notify.urls=[…], notify.webhook=URL or notify.command=PROGRAM"
         )
-    check_notify(n)
+    channels = notify_channels(n)
     now = time.time()
     if args.action == "test":
         event = events.test_event(t_s=now, origin=socket.gethostname())
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         event = events.summary_event(rows, since_s=since, until_s=now, experiment=args.experiment)
     out = console()
     failed = 0
-    for channel in channels_of(n.urls, n.webhook, n.secret, n.command, n.timeout_s):
+    for channel in channels:
         result = deliver(channel, event, retries=n.retries, backoff_s=n.backoff_s)
         if result.ok:
             out.print(

@@ -61,7 +61,7 @@ from orchestrator.core.job_tracker import JobTracker
 from orchestrator.core.lifecycle import WAITING, JobLifecycle
 from orchestrator.core.reports import EvalReport, ProbeReport, TrainReport
 from orchestrator.errors import InputError
-from orchestrator.notify.checks import channels_of
+from orchestrator.notify.checks import notify_channels
 from orchestrator.notify.dispatch import OUTBOX, JobNotifier
 from orchestrator.tracking.secrets import mask_config
 from orchestrator.tracking.writer import RunWriter
@@ -290,7 +290,7 @@ class Controller:
             if h.notifier is None and h.job.notify.enabled:
                 n = h.job.notify
                 try:
-                    channels = channels_of(n.urls, n.webhook, n.secret, n.command, n.timeout_s)
+                    channels = notify_channels(n)
                 except Exception:  # checked at submission; a store or config changed since must not stop the job
                     traceback.print_exc()
                     return None

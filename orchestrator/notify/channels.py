@@ -156,8 +156,10 @@ class AppriseChannel:
 
     name = "apprise"
 
-    def __init__(self, urls: Sequence[str], timeout_s: float) -> None:
+    def __init__(self, urls: Sequence[str], timeout_s: float, name: str = "apprise") -> None:
         import apprise
+
+        self.name = name  # the outbox and the counts tell channels apart by it
 
         if not urls:
             raise ValueError("AppriseChannel needs at least one URL")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from orchestrator.errors import InputError
 from orchestrator.notify.channels import AppriseChannel, Channel, CommandChannel, WebhookChannel, apprise_service
 from orchestrator.tracking.secrets import mask_url
+
+if TYPE_CHECKING:
+    from orchestrator.config.schema import NotifyConfig
 
 APPRISE_FIX = (
     "see https://github.com/caronc/apprise/wiki for each service's URL; a plain HTTP endpoint is json://host/path"
@@ -83,9 +88,10 @@ def channels_of(
     `notify.command`); an empty list when none is. Each Apprise URL gets a channel of its own, so a retry
     re-sends only to the service that failed."""
     channels: list[Channel] = []
-    for i, url in enumerate(urls or ()):
+    urls = list(urls or ())
+    for i, url in enumerate(urls):
         check_apprise_url(url, f"notify.urls[{i}]")
-        channels.append(AppriseChannel([url], timeout_s))
+        channels.append(AppriseChannel([url], timeout_s, name="apprise" if len(urls) == 1 else f"apprise[{i}]"))
     if webhook:
         check_webhook_url(webhook, "notify.webhook")
         channels.append(WebhookChannel(webhook, secret, timeout_s))
@@ -93,3 +99,17 @@ def channels_of(
         check_command(command, "notify.command")
         channels.append(CommandChannel(command, timeout_s))
     return channels
+
+
+def notify_channels(n: NotifyConfig) -> list[Channel]:
+    """A job's channels from its `notify.*` config (`notify.command` split as a shell would), each checked."""
+    try:
+        argv = shlex.split(n.command) if n.command else None
+    except ValueError as e:  # an unclosed quote
+        raise InputError("notify.command", f"cannot be split into a program and its arguments: {e}") from None
+    return channels_of(n.urls, n.webhook, n.secret, argv, n.timeout_s)
+
+
+def check_notify(n: NotifyConfig) -> None:
+    """Refuse a bad notify setting (one line naming the field) before anything starts."""
+    notify_channels(n)

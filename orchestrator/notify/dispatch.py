@@ -78,6 +78,8 @@ class JobNotifier:
         self.on_result = on_result
         self._queues: dict[str, queue.Queue[tuple[str, dict[str, Any]] | None]] = {}
         self._pending: set[str] = set()
+        self._finishing: set[str] = set()
+        """Delivered or failed, being recorded and counted."""
         self._abandoned: set[str] = set()
         self._cond = threading.Condition()
         self._closing = threading.Event()
@@ -112,7 +114,7 @@ class JobNotifier:
         returned as (channel, delivery id), for the caller to count as failed (its process is about to end)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            while self._pending and (left := deadline - time.monotonic()) > 0:
+            while (self._pending or self._finishing) and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
             left_over = sorted(self._pending)
             self._abandoned.update(left_over)
@@ -142,8 +144,13 @@ class JobNotifier:
                 if did in self._abandoned:  # already counted as failed by a flush that gave up on it
                     continue
                 self._pending.discard(did)
-                self._cond.notify_all()
-            self._finished(name, did, result)
+                self._finishing.add(did)
+            try:
+                self._finished(name, did, result)
+            finally:
+                with self._cond:
+                    self._finishing.discard(did)
+                    self._cond.notify_all()
 
     def _finished(self, name: str, did: str, result: Delivery) -> None:
         status = SENT if result.ok else FAILED

@@ -18,7 +18,7 @@ from tests.cli.conftest import refused, run_cli
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.got.append({"path": self.path, "headers": dict(self.headers), "body": body})  # type: ignore[attr-defined]
         self.send_response(200)

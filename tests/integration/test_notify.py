@@ -48,7 +48,7 @@ class Receiver(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: Receiver
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         record = {"t": time.time(), "headers": dict(self.headers), "body": body, "json": json.loads(body or b"{}")}
         if self.path.startswith("/hang"):

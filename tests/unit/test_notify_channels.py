@@ -247,7 +247,7 @@ def test_checks_accept_good_settings_and_build_channels(tmp_path: Path) -> None:
     check_apprise_url("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ", "notify.urls[0]")
     assert channels_of(None, None, None, None, 5) == []
     channels = channels_of(["json://localhost/a", "discord://1/2"], "https://h/x", "s", ["sh"], 5)
-    assert [c.name for c in channels] == ["apprise", "apprise", "webhook", "command"]
+    assert [c.name for c in channels] == ["apprise[0]", "apprise[1]", "webhook", "command"]  # told apart
 
 
 @pytest.mark.parametrize("url", ["ftp://host/x", "https://", "hooks.example.com/x"])
