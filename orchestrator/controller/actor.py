@@ -209,6 +209,7 @@ class Controller:
             launch=(prepared, checkpoint_dir),
         )
         self.jobs[job_id] = handle
+        self.notifier(handle)  # its channels made now, off any job's lock: a notification is then only enqueued
         writer.log_params(params)
         writer.log_text(job_to_yaml(job_from_dict(mask_config(job))), "config.yaml")  # secrets masked, as the params
         handle.store.save(

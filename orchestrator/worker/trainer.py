@@ -231,8 +231,8 @@ class TrainWorker:
             """The controller's answer as the number the ranks all-reduce: 0 go on, 1 stop, 2 restart."""
             return 2.0 if answer.get("restart") else 1.0 if answer["halt"] else 0.0
 
-        check_wait = {"n": 0, "total_s": 0.0, "max_s": 0.0}
-        """Rank 0's waits for the controller's answer at its checks (a STOP reaches the ranks in that answer)."""
+        check_wait = {"n": 0, "total_s": 0.0, "max_s": 0.0, "last_s": 0.0}
+        """Rank 0's waits for the controller's answer at its checks; the last is its STOP's, when a STOP ended it."""
 
         def check(step: int, tokens: int, final: bool) -> tuple[float, bool]:
             """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite)."""
@@ -258,6 +258,7 @@ class TrainWorker:
                 check_wait["n"] += 1
                 check_wait["total_s"] += waited
                 check_wait["max_s"] = max(check_wait["max_s"], waited)
+                check_wait["last_s"] = waited
             return all_reduce([halt])[0], finite
 
         def save(step: int, tokens: int) -> Path:
