@@ -54,10 +54,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def _print_table(board: Board, out: Console) -> None:
     from rich.table import Table
 
-    from orchestrator.leaderboard.render import columns
+    from orchestrator.leaderboard.render import terminal_columns
 
     for group in board.groups:
-        head, rows = columns(group, board.by)
+        head, rows = terminal_columns(group, board.by)
         out.print(f"{group.psi_name}, evaluation set {group.eval_set or 'not recorded'}: {group.why}", markup=False)
         table = Table(*head)
         table.columns[1].no_wrap = True  # the job id, whole

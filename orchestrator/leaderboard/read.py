@@ -38,7 +38,9 @@ def gamma_saved(run: RunData) -> dict[str, float]:
 
 
 def entry(run: RunData) -> Entry:
-    gamma = run.gamma_final()
+    # Γ to the run's end (the ledger's totals in its summary), else its last check's: a short run's telemetry may
+    # arrive after its last check.
+    gamma = {k: float(v) for k, v in ((run.summary or {}).get("gamma") or {}).items()} or run.gamma_final()
     wall = None
     if run.start_ms and run.end_ms:
         wall = (run.end_ms - run.start_ms) / 3.6e6

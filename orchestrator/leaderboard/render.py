@@ -71,8 +71,27 @@ def cells(row: Row) -> tuple[str, ...]:
 
 
 def columns(group: Group, by: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """The header and one tuple of text cells per row of a group (the terminal table and Markdown show these)."""
+    """The header and one tuple of text cells per row of a group (the Markdown form shows these)."""
     return header(by), [cells(r) for r in group.rows]
+
+
+TERMINAL_DROPS = ("state", "Ψ₀ from", "kWh", "gCO₂/kWh", "ranks", "wall h")
+"""Left out of the terminal table so that it fits a terminal; every other form has them."""
+
+
+def terminal_columns(group: Group, by: str) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """`columns` less TERMINAL_DROPS (the baseline's source shown as a mark on Ψ₀)."""
+    head, rows = columns(group, by)
+    keep = [i for i, h in enumerate(head) if h not in TERMINAL_DROPS]
+    src = head.index("Ψ₀ from")
+    base = head.index("Ψ₀")
+    out = []
+    for r in rows:
+        cells_ = list(r)
+        if cells_[src] != "step 0" and cells_[base] != MISSING:
+            cells_[base] += f" ({cells_[src]})"
+        out.append(tuple(cells_[i] for i in keep))
+    return tuple(head[i] for i in keep), out
 
 
 def _md_cell(text: str) -> str:

@@ -48,17 +48,17 @@ def test_a_sweep_is_ranked_in_every_format(tmp_path: Path, ray_head) -> None:  #
 
     rows = list(csv.DictReader(io.StringIO(files["csv"])))
     assert {r["job_id"] for r in rows} == set(queued)
+    initial = {j: r.data.metrics["cpr/psi_initial"] for j, r in runs.items()}  # measured before the first step
     for r in rows:  # codecarbon's estimate on this CPU machine, and where it came from
-        assert r["by"] == "energy_kwh" and r["baseline_from"] == "untrained estimate −ln V"
+        assert r["by"] == "energy_kwh" and r["baseline_from"] == "Ψ at step 0"
+        assert float(r["psi_baseline"]) == pytest.approx(initial[r["job_id"]]) < float(r["psi"])
         assert r["energy_method"].startswith("codecarbon") and r["ranks"] == "2" and "cpu:" in r["hardware"]
         assert "energy estimated: codecarbon" in r["estimates"] and "absent, not counted" in r["estimates"]
-        if r["rank"]:  # ranked on energy: CPR as defined, CO₂ from the country's grid intensity
-            psi, base, gamma = float(r["psi"]), float(r["psi_baseline"]), float(r["gamma_by"])
-            assert float(r["cpr"]) == pytest.approx((psi - base) / gamma)
-            assert r["grid_source"].endswith("USA") and float(r["grid_g_per_kwh"]) > 0
-        else:  # a run whose energy estimate is 0 is listed, unranked, with the reason
-            assert r["note"] == "energy_kwh is 0"
-    assert rows[0]["rank"] == "1"
+        # ranked on energy to the run's end: CPR as defined, CO₂ from the country's grid intensity
+        psi, base, gamma = float(r["psi"]), float(r["psi_baseline"]), float(r["gamma_by"])
+        assert gamma > 0 and float(r["cpr"]) == pytest.approx((psi - base) / gamma)
+        assert r["grid_source"].endswith("USA") and float(r["grid_g_per_kwh"]) > 0
+    assert [r["rank"] for r in rows] == ["1", "2"] and float(rows[0]["cpr"]) >= float(rows[1]["cpr"])
     assert fingerprints.pop() in files["md"] and files["md"].count("\n| 1 |") == 1
     assert rows[0]["job_id"] in files["table"] and "CPR per energy_kwh" in files["table"]
     assert files["html"].startswith("<!DOCTYPE html>") and "http" not in files["html"]

@@ -22,6 +22,7 @@ from orchestrator.controller.events import (
     Finish,
     GangReturned,
     GangStarted,
+    Initial,
     LogMetrics,
     PollStop,
     RankLost,
@@ -362,3 +363,16 @@ def test_an_adapt_jobs_selection_is_logged_once_and_its_measured_memory_reaches_
     summary = s.jobs["a"].summary
     assert summary is not None and summary["adapt"]["chosen"] == {"ffn.1": 1.0}
     assert summary["adapt"]["measured"]["optimizer_state_bytes"] == 80.0
+
+
+def test_the_initial_psi_is_logged_once_at_step_0_and_kept_out_of_the_rule() -> None:
+    s = ControllerState()
+    submit(s, "a")
+    fx = s.step(Initial("a", -6.9, 6.9), T0)
+    assert of(fx, LogMetrics) == [LogMetrics("a", {names.PSI_INITIAL: -6.9, names.VAL_LOSS_INITIAL: 6.9}, 0)]
+    assert s.step(Initial("a", -5.0, 5.0), T0 + 1).items == []  # a gang restarted before its first checkpoint
+    assert s.jobs["a"].tracker.rule.state.checks == 0 and s.jobs["a"].record.psi_initial == -6.9
+    assert HandleRecord.from_dict(s.jobs["a"].record.to_dict()).psi_initial == -6.9
+    s.step(GangReturned("a", [result(0, 10, "budget")]), T0 + 2)
+    s.step(Finish("a"), T0 + 3)
+    assert s.jobs["a"].summary is not None and s.jobs["a"].summary["psi_initial"] == -6.9
