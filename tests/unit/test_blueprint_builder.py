@@ -14,7 +14,7 @@ from orchestrator.blueprints import (
     group_parameters,
     parse_blueprint,
 )
-from orchestrator.blueprints.tailfit import FitPolicy
+from orchestrator.blueprints.tailfit import FitPolicy, csn_xmin
 from orchestrator.core.gradmass import MagnitudeHistogram, fit_gamma, fit_powerlaw, gamma_from_alpha, k_star
 from orchestrator.core.resource_model import resource_model
 from orchestrator.errors import InputError
@@ -310,3 +310,24 @@ def test_an_exponential_preference_withholds_the_recommendation():
     assert unsupported(thin, FitPolicy()) == "exponential preferred (R=-3.2, p=0.001)"
     unsure = TailFit(**tail, comparisons={"exponential": Comparison(ratio=-3.2, p=0.3)})
     assert unsupported(unsure, FitPolicy()) is None  # the sign of R is not significant at p_level 0.1
+
+
+@pytest.mark.parametrize("draw", ["student_t", "lognormal", "pareto"])
+def test_the_closed_form_x_min_search_finds_the_packages_x_min(draw: str) -> None:
+    """csn_xmin replaces `powerlaw`'s own search (a bounded numerical fit per candidate): the same x_min and α."""
+    import warnings
+
+    import powerlaw
+
+    rng = np.random.default_rng(3)
+    x = {
+        "student_t": lambda: np.abs(rng.standard_t(3, 400)),
+        "lognormal": lambda: rng.lognormal(0.0, 1.0, 400),
+        "pareto": lambda: rng.pareto(1.5, 400) + 1.0,
+    }[draw]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searched = powerlaw.Fit(x, verbose=False, parameter_ranges={"alpha": (1.0, None)})
+        fixed = powerlaw.Fit(x, xmin=csn_xmin(x), verbose=False, parameter_ranges={"alpha": (1.0, None)})
+    assert fixed.xmin == pytest.approx(searched.xmin)
+    assert fixed.power_law.alpha == pytest.approx(searched.alpha, rel=1e-4)
