@@ -24,6 +24,12 @@ TOKENS = 81920  # SHORT_JOB's budget: 80 optimizer steps of 1,024 tokens
 @pytest.fixture(scope="module")
 def restarted(tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = tmp_path_factory.mktemp("fault-controller") / "cpr_runs"
+    # The first job's notifications go to a command that appends each event to a file: the outbox must keep the
+    # restarted controller from sending one twice.
+    hook = runs.parent / "hook.sh"
+    hook.write_text(f'#!/bin/sh\ncat >> "{runs.parent / "events.jsonl"}"\necho >> "{runs.parent / "events.jsonl"}"\n')
+    hook.chmod(0o755)
+    notify = [f"notify.command={hook}", "notify.on=[blueprint,stop]"]
     with local_pool("cpr-fault-controller") as controller:
         both = [*SHORT_JOB, "cluster.num_workers=1", "train.grad_accum=2", f"runs_dir={runs}"]
         # a running job with blueprints at 25 %, 50 % and the end, and a queued one behind it (1 slot each, 2 slots:
@@ -32,7 +38,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # blueprints' fits: the third cannot have started (a gang the controller dies starting is restarted, not
         # adopted, and that is not this test's case).
         probe = ["probe.enabled=true", "probe.checkpoints=[0.25,0.5,1.0]", "probe.interval=1000", "probe.batches=2"]
-        first = prepare(plan_of(compose_job([*both, *probe, "name=first"]))).submission
+        first = prepare(plan_of(compose_job([*both, *probe, *notify, "name=first"]))).submission
         second = prepare(plan_of(compose_job([*both, f"train.max_tokens={2 * TOKENS}", "name=second"]))).submission
         third = prepare(plan_of(compose_job([*both, "name=third"]))).submission
         for sub in (first, second, third):
@@ -82,3 +88,10 @@ def test_each_blueprint_version_and_scheduler_decision_is_issued_once(restarted:
     moves = [(d["action"], d["job_id"]) for d in log if d["action"] != "idle"]
     for job_id in restarted["ids"]:
         assert [a for a, j in moves if j == job_id] == ["start", "stop"], job_id
+
+
+def test_each_notification_is_sent_once_across_the_restart(restarted: dict) -> None:
+    first = restarted["ids"][0]
+    sent = [e["id"] for e in read_jsonl(restarted["runs"].parent / "events.jsonl")]
+    assert sorted(sent) == sorted({*sent}), sent  # none twice
+    assert sent == [f"{first}:blueprint:v1", f"{first}:blueprint:v2", f"{first}:blueprint:v3", f"{first}:stop:0"]
