@@ -44,13 +44,16 @@ class Endings:
     def _flush(self, h: JobHandle) -> None:
         """An attached job's controller ends with its client: wait up to notify.flush_s for the deliveries still
         on their way (its STOP among them), then count what is left as failed. A detached controller lives on and
-        goes on retrying."""
-        if h.notifier is None or h.job.detach:
+        goes on retrying. Either way its senders end once their queue is empty (a resumed job gets new ones)."""
+        notifier, h.notifier = h.notifier, None
+        if notifier is None:
             return
-        limit = h.job.notify.flush_s
-        left = h.notifier.flush(limit)
-        if left:
-            h.notifier.abandon(left, f"not delivered by the job's end (waited notify.flush_s={limit:g} s)")
+        if not h.job.detach:
+            limit = h.job.notify.flush_s
+            left = notifier.flush(limit)
+            if left:
+                notifier.abandon(left, f"not delivered by the job's end (waited notify.flush_s={limit:g} s)")
+        notifier.close(drain=True)
 
     def end_unstarted(self, h: JobHandle) -> None:
         """Stopped while it waited: it ends without a gang."""

@@ -37,7 +37,8 @@ class JobHandle:
     group: Any = None
     """Its running worker gang, if any."""
     notifier: Any = None
-    """Its notifications' senders (`notify.dispatch.JobNotifier`), made at its first event."""
+    """Its notifications' senders (`notify.dispatch.JobNotifier`): made when it is submitted or restored, retired
+    when it ends (what is queued still goes out)."""
 
     @property
     def job_id(self) -> str:

@@ -121,9 +121,11 @@ class JobNotifier:
             self._pending.clear()
         return [(did.rsplit("@", 1)[1], did) for did in left_over]
 
-    def close(self) -> None:
-        """Stop retrying; the threads end after their current attempt."""
-        self._closing.set()
+    def close(self, *, drain: bool = False) -> None:
+        """End the sender threads: at once, after their current attempt (no more retries), or with `drain` once
+        what is queued has gone out."""
+        if not drain:
+            self._closing.set()
         for q in self._queues.values():
             q.put(None)
 

@@ -255,3 +255,19 @@ def test_events_are_json_with_stable_ids_and_plain_messages() -> None:
     )
     assert summary["by_state"] == {"stopped": 1} and summary["energy_kwh"] == 0.5
     assert "- x: stopped (marginal_return), step 9" in summary["message"]
+
+
+def test_a_drained_close_sends_what_is_queued_then_ends_the_sender_threads(tmp_path: Path) -> None:
+    told: list[tuple[str, str, bool]] = []
+    gate = threading.Event()
+    channel = Recorder("webhook", gate=gate)
+    n = notifier(tmp_path / "outbox.jsonl", channel, told=told)
+    n.send(event("0"))
+    n.send(event("1"))
+    n.close(drain=True)  # the job ended: its senders go once the queue is empty, retries and all
+    gate.set()
+    assert n.flush(5.0) == [] and channel.sent == ["a:failed:0", "a:failed:1"]
+    for t in threading.enumerate():
+        if t.name == "notify-a-webhook":
+            t.join(5.0)
+            assert not t.is_alive()
