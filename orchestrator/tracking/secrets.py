@@ -103,7 +103,15 @@ def _mask_param(name: str, value: str) -> str:
         return _mask_url_list(value)
     if name in NOTIFY_TARGETS or name.startswith("notify.urls."):
         return mask_url(value)
+    if name == "notify.command":
+        return _mask_command(value)
     return mask_value(value)
+
+
+def _mask_command(value: str) -> str:
+    """`notify.command` with its arguments masked: they may carry a token (`curl -H 'Authorization: …'`)."""
+    program, _, args = value.strip().partition(" ")
+    return f"{program} {MASK}" if args.strip() else program
 
 
 def _mask_url(match: re.Match[str]) -> str:
@@ -148,6 +156,8 @@ def mask_config(cfg: Any, *, secret: bool = False, _name: str = "") -> Any:
         return [mask_config(v, secret=secret, _name=_name) for v in cfg]
     if secret and cfg is not None and cfg != "":
         return MASK
+    if isinstance(cfg, str) and cfg and _name == "notify.command":
+        return _mask_command(cfg)
     if isinstance(cfg, str):
         return mask_url(cfg) if cfg and _name in NOTIFY_TARGETS else mask_value(cfg)
     return cfg

@@ -61,8 +61,9 @@ def test_a_domain_mix_is_psi_and_each_domains_loss_is_logged(tmp_path) -> None:
 
 def test_a_function_that_fails_fails_the_job_with_its_message_not_a_hang(tmp_path) -> None:
     """Rank 0's function raises (here `float(model, tokenizer, device)`): every rank learns it through the same
-    all-reduce that broadcasts Ψ, so the job fails at the first check with the function's error."""
+    all-reduce that broadcasts Ψ, so the job fails with the function's error where Ψ is first measured: at step 0,
+    before its first update (the baseline `cpr/psi_initial`), no compute spent."""
     done = cpr("submit", *SMALL, "psi=fn", "psi.fn=builtins:float", cwd=tmp_path, timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "job failed" in done.stdout
-    assert "psi.fn builtins:float at step 10: raised TypeError" in done.stdout
+    assert "psi.fn builtins:float at step 0: raised TypeError" in done.stdout

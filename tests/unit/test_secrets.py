@@ -140,6 +140,10 @@ def test_notification_targets_are_masked_by_position() -> None:
         "notify": {"urls": ["discord://***"], "webhook": "http://***@h:9/***", "webhook_note": "http://h/x"}
     }
     assert flatten_config(mask_config(cfg))["notify.urls"] == mask_secrets(flatten_config(cfg))["notify.urls"]
+    command = "/usr/bin/curl -H 'Authorization: Bearer t0k3n' https://h/x"  # arguments may carry a token
+    assert mask_secrets({"notify.command": command}) == {"notify.command": "/usr/bin/curl ***"}
+    assert mask_config({"notify": {"command": command}}) == {"notify": {"command": "/usr/bin/curl ***"}}
+    assert mask_secrets({"notify.command": "/opt/hook.sh"}) == {"notify.command": "/opt/hook.sh"}
 
 
 def test_no_shipped_param_is_masked() -> None:
