@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.days <= 0:
             raise InputError("--days", f"must be > 0, got {args.days:g}", "e.g. --days 7")
-        from launch.jobs import _tracking_uri
+        from launch.report import _store
         from orchestrator.tracking.runs import list_jobs
 
         since = now - args.days * 86400
         rows = [
             {k: v for k, v in asdict(r).items() if k in ("job_id", "state", "reason", "step", "psi", "gamma")}
-            for r in list_jobs(_tracking_uri(args.tracking_uri), args.experiment)
+            for r in list_jobs(_store(args.tracking_uri), args.experiment)
             if r.start_time is not None and r.start_time / 1000 >= since
         ]
         event = events.summary_event(rows, since_s=since, until_s=now, experiment=args.experiment)

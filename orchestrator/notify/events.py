@@ -63,9 +63,20 @@ def _gamma_line(gamma: Mapping[str, float]) -> str:
 
 
 def _event(
-    kind: NotifyEvent, key: str, job: Mapping[str, Any], t_s: float, title: str, lines: Sequence[str], **figures: Any
+    kind: NotifyEvent,
+    key: str,
+    job: Mapping[str, Any],
+    t_s: float,
+    title: str,
+    lines: Sequence[str],
+    *,
+    headline: bool = True,
+    **figures: Any,
 ) -> dict[str, Any]:
-    """The common envelope: schema, id, event, the job (id, name, run), time, a one-line title and a chat message."""
+    """The common envelope: schema, id, event, the job (id, name, run), time, a one-line title and a chat message
+    (its first line the title, without "cpr: ", unless `headline` is False)."""
+    if headline:
+        lines = [title.removeprefix("cpr: "), *lines]
     job_id = str(job.get("job_id", "cpr"))
     return json_safe(
         {
@@ -95,17 +106,16 @@ def stop_event(job: Mapping[str, Any], summary: Mapping[str, Any], *, incarnatio
     evidence = decision.get("evidence") or {}
     forecast = summary.get("forecast") or {}
     gain_left = evidence.get("left")
-    if gain_left is None and forecast:
-        gain_left = forecast.get("gain_left")
+    if gain_left is None and forecast.get("ok"):  # a relative or absolute η: the forecast's gain to the budget
+        gain_left = forecast.get("psi_gain_to_budget")
+    ratio, eta = decision.get("ratio", summary.get("last_ratio")), decision.get("eta", summary.get("eta"))
     saved = summary.get("gamma_saved_fraction")
     step = summary.get("step")
     verb = "finished at its budget" if reason == "budget" else f"stopped ({reason})"
     title = f"cpr: {job['job_id']} {verb} at step {_g(step)}"
     lines = [
-        title.removeprefix("cpr: "),
         f"Ψ {_g(summary.get('psi'))}  Γ {_gamma_line(summary.get('gamma') or {})}",
-        f"ratio {_g(decision.get('ratio', summary.get('last_ratio')))}  η {_g(decision.get('eta', summary.get('eta')))}"
-        f"  gain left {_g(gain_left)}",
+        f"ratio {_g(ratio)}  η {_g(eta)}  gain left {_g(gain_left)}",
         f"Γ saved {'—' if saved is None else f'{saved:.1%}'} of the token budget",
     ]
     if summary.get("checkpoint"):
@@ -124,8 +134,8 @@ def stop_event(job: Mapping[str, Any], summary: Mapping[str, Any], *, incarnatio
         val_loss=summary.get("val_loss"),
         gamma=dict(summary.get("gamma") or {}),
         resource=summary.get("resource"),
-        ratio=decision.get("ratio", summary.get("last_ratio")),
-        eta=decision.get("eta", summary.get("eta")),
+        ratio=ratio,
+        eta=eta,
         gain_left=gain_left,
         gamma_saved_fraction=saved,
         checkpoint=summary.get("checkpoint"),
@@ -137,7 +147,6 @@ def diverged_event(job: Mapping[str, Any], decision: Mapping[str, Any], *, t_s: 
     step = decision.get("step")
     title = f"cpr: {job['job_id']} diverged at step {_g(step)}"
     lines = [
-        title.removeprefix("cpr: "),
         f"non-finite loss for {decision.get('checks_below', '?')} reports in a row; the job stops, its last "
         "checkpoint of a finite state is kept",
         f"report: cpr report {job['job_id']}",
@@ -175,6 +184,7 @@ def shadow_event(
         t_s,
         title,
         lines,
+        headline=False,
         step=step,
         psi=decision.get("psi"),
         gamma=dict(gamma),
@@ -204,7 +214,6 @@ def reallocation_event(job: Mapping[str, Any], kind: str, entry: Mapping[str, An
     frm, to = entry.get("from_slots"), entry.get("to_slots")
     title = f"cpr: {job['job_id']} {kind} ({frm} → {to} slots)"
     lines = [
-        title.removeprefix("cpr: "),
         f"why: {entry.get('reason')}",
         f"ratio {_g(entry.get('ratio'))}  η {_g(entry.get('eta'))}",
     ]
@@ -229,7 +238,6 @@ def blueprint_event(job: Mapping[str, Any], model_id: str, record: Mapping[str, 
     version = record.get("version")
     title = f"cpr: blueprint {model_id} v{version} published by {job['job_id']}"
     lines = [
-        title.removeprefix("cpr: "),
         f"at step {_g(record.get('step'))} ({_g(record.get('tokens'))} tokens)",
         f"get it: cpr blueprint get {model_id} --version {version}",
     ]
@@ -252,18 +260,18 @@ def failed_event(job: Mapping[str, Any], error: str, *, incarnation: int, t_s: f
     """A failed job with its error's last line."""
     title = f"cpr: {job['job_id']} failed"
     last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
-    lines = [title.removeprefix("cpr: "), last[:500], f"details: cpr status; cpr report {job['job_id']}"]
+    lines = [last[:500], f"details: cpr status; cpr report {job['job_id']}"]
     return _event(NotifyEvent.FAILED, str(incarnation), job, t_s, title, lines, error=error[-2000:])
 
 
 def test_event(*, t_s: float, origin: str) -> dict[str, Any]:
-    """A sample STOP-shaped message that says it is a test."""
+    """A sample message that says it is a test."""
     title = "cpr: test notification"
     lines = [
         "a test from `cpr notify test`: if you read this, cpr's notifications reach you",
         f"sent from {origin}",
     ]
-    return _event(NotifyEvent.TEST, f"{t_s:.6f}", {"job_id": "cpr-test"}, t_s, title, lines)
+    return _event(NotifyEvent.TEST, f"{t_s:.6f}", {"job_id": "cpr-test"}, t_s, title, lines, headline=False)
 
 
 def summary_event(
@@ -275,8 +283,8 @@ def summary_event(
         by_state[str(r.get("state"))] = by_state.get(str(r.get("state")), 0) + 1
     energy = sum(float((r.get("gamma") or {}).get("energy_kwh", 0.0)) for r in rows)
     days = (until_s - since_s) / 86400
-    title = f"cpr: {len(rows)} jobs in the last {days:.3g} days ({experiment})"
-    lines = [title.removeprefix("cpr: "), ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "no jobs"]
+    title = f"cpr: {len(rows)} job{'' if len(rows) == 1 else 's'} in the last {days:.3g} days ({experiment})"
+    lines = [", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "no jobs"]
     lines.append(f"energy {energy:.4g} kWh in all")
     for r in rows[:20]:
         reason = f" ({r['reason']})" if r.get("reason") else ""

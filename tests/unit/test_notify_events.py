@@ -236,6 +236,11 @@ def test_events_are_json_with_stable_ids_and_plain_messages() -> None:
     stop = events.stop_event(job, {"reason": None, "step": 5, "gamma": {"tokens": 10.0}}, incarnation=2, t_s=1.0)
     assert stop["id"] == "j:stop:2" and stop["reason"] == "budget" and "finished at its budget" in stop["title"]
     assert stop["schema"] == events.SCHEMA and "\n" not in stop["title"]
+    # without the budget-aware rule's bound, the gain left is the forecast's gain to the budget (when it fitted)
+    fitted = {"reason": "marginal_return", "forecast": {"ok": True, "psi_gain_to_budget": 0.03}}
+    assert events.stop_event(job, fitted, incarnation=0, t_s=1.0)["gain_left"] == 0.03
+    unfitted = {"reason": "marginal_return", "forecast": {"ok": False, "psi_gain_to_budget": None}}
+    assert events.stop_event(job, unfitted, incarnation=0, t_s=1.0)["gain_left"] is None
     bp = events.blueprint_event(job, "m", {"version": 3, "step": 40, "tokens": 4000, "path": "/b.json"}, t_s=1.0)
     assert bp["id"] == "j:blueprint:v3" and "cpr blueprint get m --version 3" in bp["message"]
     summary = events.summary_event(
