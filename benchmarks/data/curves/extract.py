@@ -217,6 +217,46 @@ def pythia_curve(size: str, params: str, lr: str) -> dict:
     )
 
 
+def modded_pair(tag: str, short: tuple[str, int, int], long: tuple[str, int, int], model: str) -> list[dict]:
+    """Two runs of one modded-nanogpt script (path, num_iterations, warmdown_iters): the short one decays to 0 while
+    the long one is still at constant LR, so the long one is the short one's uncooled companion."""
+    out = []
+    for (path, n, w), other in ((short, long), (long, None)):
+        name = f"modded_nanogpt_{tag}_{n}_val"
+        out.append(
+            dict(
+                name=name,
+                source=MODDED,
+                source_path=path,
+                parse=lambda s, path=path: modded_val(s, path, GPT2_SPEEDRUN_TPS),
+                direction="loss",
+                metric="validation loss on FineWeb val (nats/token), 'step:S/N val_loss:X' lines",
+                model=model,
+                tokens_per_step=GPT2_SPEEDRUN_TPS,
+                tokens_per_step_source="script in the log: batch_size = 8*64 sequences, sequence_length = 1024",
+                lr_schedule=(
+                    f"trapezoid (WSD): get_lr in the log: warmup_iters 0, constant while it < num_iterations - "
+                    f"warmdown_iters = {n} - {w} = {n - w}, then linear to 0 at step {n}"
+                ),
+                decay_start_step=n - w,
+                decay_start_source=f"get_lr in the log: num_iterations {n} - warmdown_iters {w}",
+                uncooled_companion=(f"modded_nanogpt_{tag}_{other[1]}_val" if other else None),
+                notes=(
+                    "val every 125 steps and at the final step. "
+                    + (
+                        f"Pair: the same script with num_iterations {other[1]} / warmdown_iters {other[2]} "
+                        f"({other[0].split('/')[-1]}) is still at constant LR until step {other[1] - other[2]}, past "
+                        f"this run's end: its uncooled companion (same code and data order; no seed is set)."
+                        if other
+                        else f"The long run of a pair (the other run decays at step {short[1] - short[2]}, ending "
+                        f"at {short[1]}); its own decay starts at step {n - w}."
+                    )
+                ),
+            )
+        )
+    return out
+
+
 CURVES: list[dict] = [
     pythia_curve("70m", "70M", "1.0e-3"),
     pythia_curve("160m", "160M", "6.0e-4"),
@@ -225,6 +265,11 @@ CURVES: list[dict] = [
     pythia_curve("12b", "12B", "1.2e-4"),
     dict(
         name="modded_nanogpt_2024-06-06_adamw_124m_val",
+        decay_start_step=7536,
+        decay_start_source=(
+            "README (from memory, 'IIRC'): warmdown over the last 2000 of 9536 steps, so 9536 - 2000; the "
+            "log does not print the schedule, so this number is uncertain"
+        ),
         source=MODDED,
         source_path="records/track_1_short/2024-06-06_AdamW/f66d43d7-e449-4029-8adf-e8537bab49ea.log",
         parse=lambda s: llmc_tel(
@@ -247,6 +292,8 @@ CURVES: list[dict] = [
     ),
     dict(
         name="modded_nanogpt_2024-10-09_soap_124m_val",
+        decay_start_step=4200,
+        decay_start_source=("get_lr in the log: constant while it < num_iterations - warmdown_iters = 6000 - 1800"),
         source=MODDED,
         source_path="records/track_1_short/2024-10-09_SOAP/5bdc3988-496c-4232-b4ef-53764cb81c92.txt",
         parse=lambda s: modded_val(
@@ -265,6 +312,11 @@ CURVES: list[dict] = [
     ),
     dict(
         name="modded_nanogpt_2025-01-26_batchsize_124m_val",
+        decay_start_step=1062,
+        decay_start_source=(
+            "get_lr in the log: w = min((1 - step/1770) / cooldown_frac, 1) with cooldown_frac 0.4, so full "
+            "LR up to step 0.6 x 1770 = 1062"
+        ),
         source=MODDED,
         source_path="records/track_1_short/2025-01-26_BatchSize/0bdd5ee9-ac28-4202-bdf1-c906b102b0ec.txt",
         parse=lambda s: modded_val(
@@ -286,6 +338,10 @@ CURVES: list[dict] = [
     ),
     dict(
         name="modded_nanogpt_medium_2025-03-06_longercooldown_val",
+        decay_start_step=2780,
+        decay_start_source=(
+            "get_lr in the log: constant while step/6950 < 1 - cooldown_frac (0.6), i.e. up to step 0.4 x 6950 = 2780"
+        ),
         source=MODDED,
         source_path="records/track_2_medium/2025-03-06_LongerCooldown/779c041a-2a37-45d2-a18b-ec0f223c2bb7.txt",
         parse=lambda s: modded_val(
@@ -308,6 +364,11 @@ CURVES: list[dict] = [
     ),
     dict(
         name="modded_nanogpt_opt_adam_5625_124m_val",
+        decay_start_step=1687,
+        decay_start_source=(
+            "set_hparams in the log: full LR while step/5625 < 1 - cooldown_frac (0.7), i.e. up to step 1687"
+            " (0.3 x 5625 = 1687.5)"
+        ),
         source=MODDED,
         source_path="records/track_3_optimization/results/a63a68d1-24aa-4a22-af9a-224e43209ea4.txt",
         parse=lambda s: modded_val(
@@ -329,6 +390,11 @@ CURVES: list[dict] = [
     ),
     dict(
         name="modded_nanogpt_opt_spectral_8500_124m_val",
+        decay_start_step=2550,
+        decay_start_source=(
+            "set_hparams in the log: full LR while step/8500 < 1 - cooldown_frac (0.7); at step 2550 = 0.3 x"
+            " 8500 the decay factor is still 1"
+        ),
         source=MODDED,
         source_path="records/track_3_optimization/results/20260517_ortho/d5098d67-7c1b-47b4-8833-80960d633d33.txt",
         parse=lambda s: modded_val(
@@ -351,6 +417,27 @@ CURVES: list[dict] = [
         notes=(
             "the log holds 4 runs (num_trials) one after another; only the FIRST run is used. "
             "Uneven cadence: val every 125 steps until 90% of training, then every 25 steps."
+        ),
+    ),
+    # Two pairs of runs of the same script, differing only in num_iterations and warmdown_iters (the logs' code,
+    # compared line by line): the long run is still at constant LR when the short one has finished its decay, so it
+    # is the short run's uncooled twin over the same data order (no seed is set: initialisations differ).
+    *modded_pair(
+        "2024-11-03_untieembed",
+        short=("records/track_1_short/2024-11-03_UntieEmbed/d6b50d71-f419-4d26-bb39-a60d55ae7a04.txt", 4578, 1308),
+        long=("records/track_1_short/2024-11-10_ScaleShortcuts/4897c987-9d09-435c-a23f-20585912936a.txt", 19073, 5450),
+        model=(
+            "GPT-2 small class, record of 11/03/24 (n_layer=12, n_head=6, n_embd=768, untied embedding and head, "
+            "Muon for the body)"
+        ),
+    ),
+    *modded_pair(
+        "2024-11-10_scaleshortcuts",
+        short=("records/track_1_short/2024-11-10_ScaleShortcuts/3e55eb2e-6261-466a-b1e9-2b31f56fb16a.txt", 11444, 3269),
+        long=("records/track_1_short/2024-11-10_ScaleShortcuts/70a0ada6-8dee-4fef-8980-135379479c21.txt", 19073, 5449),
+        model=(
+            "GPT-2 small class, speedrun script of 11/10/24 (n_layer=12, n_head=6, n_embd=768, CastedLinear, "
+            "x0 and value-residual shortcuts with learned lambdas, Muon for the body)"
         ),
     ),
     dict(
@@ -465,6 +552,9 @@ def manifest_entry(c: dict, rows: list[Row]) -> dict:
         "tokens_per_step": c["tokens_per_step"],
         "tokens_per_step_source": c["tokens_per_step_source"],
         "lr_schedule": c["lr_schedule"],
+        "decay_start_step": c.get("decay_start_step"),
+        "decay_start_source": c.get("decay_start_source"),
+        "uncooled_companion": c.get("uncooled_companion"),
         "points": len(rows),
         "first_step": rows[0][0],
         "last_step": rows[-1][0],
