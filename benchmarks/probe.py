@@ -47,7 +47,7 @@ class _Rank:
         init_distributed("gloo")
         prepared = PreparedData.from_dict(self.prepared)
         vocab = job.model.vocab_size or prepared.vocab_size
-        engine = build_engine(job, build_model(job.model, vocab, t.seq_len, job.seed), 1000)
+        engine = build_engine(job, build_model(job.model, vocab, t.seq_len, job.seed))
         batches = TrainBatches(prepared, t.seq_len, t.micro_batch, t.grad_accum, self.rank, self.world, job.seed)
         n_seq = job.probe.batches * t.micro_batch * self.world
         mine = val_batches(prepared, t.seq_len, t.micro_batch, n_seq)[self.rank :: self.world]

@@ -268,7 +268,8 @@ def follow(started: Started, job: JobConfig, caught: Caught) -> Outcome:
 def progress_info(v: dict[str, Any]) -> str:
     state = lifecycle(v.get("state"))
     # Waiting, (re)starting or stopping: the scheduler's word says more than the step does.
-    if state is not None and state.live and state is not JobLifecycle.RUNNING and v.get("schedule"):
+    moving = state in (JobLifecycle.RUNNING, JobLifecycle.COOLING)
+    if state is not None and state.live and not moving and v.get("schedule"):
         return f"{v['state']}: {v['schedule']}"
     kind = v["resource"]
     gamma = v["gamma"].get(kind)
@@ -281,6 +282,8 @@ def progress_info(v: dict[str, Any]) -> str:
     ]
     if v.get("decision") == "stop":
         parts.append(f"[bold]STOP[/bold] ({v.get('reason')})")
+    if v.get("cooldown_end") is not None:
+        parts.append(f"cooling the LR down to step {v['cooldown_end']}")
     return "  ".join(parts)
 
 
@@ -307,6 +310,7 @@ def print_summary(outcome: Outcome, job: JobConfig) -> None:
         f"Ψ = {fmt(s.get('psi'))} {psi.units} ({psi.name}, higher is better; "
         f"validation loss {fmt(s.get('val_loss'))} nats/token)"
     )
+    print_cooldown(s.get("cooldown"))
     table = Table("Γ kind", "used", f"projected at the token budget ({job.train.max_tokens:,} tokens)")
     for kind, value in (s.get("gamma") or {}).items():
         table.add_row(kind, fmt(value), fmt((s.get("gamma_projected_at_budget") or {}).get(kind)))
@@ -348,6 +352,19 @@ def print_summary(outcome: Outcome, job: JobConfig) -> None:
         out.print(f"[dim]gradient probe: {probe_s:.1f} s of {train_s:.1f} s training ({probe_s / train_s:.1%})[/dim]")
     print_blueprints(s.get("blueprints") or [], outcome.run_id)
     print_adapt(s.get("adapt"))
+
+
+def print_cooldown(c: dict[str, Any] | None) -> None:
+    """Where its STOP was decided and what the learning-rate cool-down after it bought."""
+    if not c or c.get("start_step") is None:
+        return
+    d, end = c["decision"], c["end"]
+    cut = f", cut short at step {end['step']} ({c['cut']})" if c.get("cut") else ""
+    console().print(
+        f"STOP decided at step {c['start_step']}: validation loss {fmt(d.get('val_loss'))}, Ψ {fmt(d.get('psi'))}; "
+        f"cool-down {c['start_step']}→{c['end_step']} ({c['shape']}){cut}: validation loss {fmt(end.get('val_loss'))}"
+        f" at the end, Ψ gained {fmt(c.get('psi_gained'))}"
+    )
 
 
 def print_adapt(adapt: dict[str, Any] | None) -> None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError, with_config
 
 from orchestrator.core import stop_rule
+from orchestrator.core.cooldown import CooldownPlan
+from orchestrator.core.lr_schedule import LrSchedule, budget_decay_steps
 from orchestrator.core.psi import GENERAL, LOSS_UNITS, SCORE_UNITS, PsiKind, PsiSpec, default_name, normalised
 from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.errors import InputError
@@ -84,10 +86,19 @@ class Optimizer(StrEnum):
 
 
 class Schedule(StrEnum):
-    """constant (after warm-up) | cosine (to min_lr_fraction·lr at max_tokens)."""
+    """wsd (warm-up, stable, decay: the LR decays over the budget's last cooldown_fraction, or over a cool-down from
+    a STOP) | constant (after warm-up) | cosine (to min_lr_fraction·lr at max_tokens)."""
 
+    wsd = "wsd"
     constant = "constant"
     cosine = "cosine"
+
+
+class OnStop(StrEnum):
+    """What a STOP (the rule's, a user's or the Γ cap's) does under train.schedule=wsd: cool the LR down, or halt."""
+
+    cooldown = "cooldown"
+    halt = "halt"
 
 
 class Backend(StrEnum):
@@ -239,10 +250,19 @@ class TrainConfig:
     """Sequences per rank per micro-step (× 2 ranks: 64 sequences, 8,192 tokens per optimizer step by default)."""
     grad_accum: Count = 1
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 5e-3
-    schedule: Schedule = Schedule.constant
-    """Constant by default: the loss curve's flattening is the model's, not the schedule's."""
+    schedule: Schedule = Schedule.wsd
+    """Warm-up, stable, decay: constant until a STOP (or the budget's last `cooldown_fraction`), so the loss curve's
+    flattening the rule reads is the model's, not the schedule's; a STOP then cools the LR down (docs/cooldown.md)."""
     warmup_steps: Annotated[int, _ints(0)] = 20
     min_lr_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    """Where a cosine schedule or a decay ends, as a fraction of lr."""
+    cooldown_shape: str = "1-sqrt"
+    """The decay's shape: linear | cosine | 1-sqrt (1 − √p, Hägele et al. 2024's best)."""
+    cooldown_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.2
+    """A STOP's cool-down is this fraction of the steps trained so far (and the budget's own decay this fraction of
+    the budget), rounded up to whole evaluation intervals."""
+    cooldown_steps: Annotated[int, _ints(1)] | None = None
+    """A fixed cool-down (and budget decay) length in optimizer steps instead of cooldown_fraction."""
     weight_decay: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
     beta1: Annotated[float, Field(ge=0.0, le=0.999999)] = 0.9
     beta2: Annotated[float, Field(ge=0.0, le=0.999999)] = 0.95
@@ -298,6 +318,10 @@ class StopConfig:
     """Cap on Γ of `resource`, in its units; None: only the token budget (train.max_tokens) caps the job."""
     estimator: str = "lstsq"
     """A `core.slopes.SlopeEstimator` value."""
+    on_stop: OnStop = OnStop.cooldown
+    """Under train.schedule=wsd, a STOP by the rule (marginal_return), a user or the Γ cap (budget) first trains a
+    learning-rate cool-down, then ends (`cooldown`), or ends at once (`halt`). A divergence, the scheduler's
+    `dominated` and an interrupt always halt."""
     max_nonfinite: Annotated[int, Field(le=MAX_COUNT)] = 3
     """The tolerance for non-finite training: this many successive NaN/Inf validation losses (Ψ), or training-loss
     reports, stop the job as `diverged` (it keeps its last checkpoint of a finite state)."""
@@ -721,6 +745,30 @@ class JobConfig:
     def total_steps(self) -> int:
         """Optimizer steps of the token budget."""
         return self.train.max_tokens // self.tokens_per_step
+
+    def lr_schedule(self) -> LrSchedule:
+        """The multiplier on train.lr per optimizer step, as the ranks' LambdaLR calls it."""
+        t, total = self.train, self.total_steps
+        return LrSchedule(
+            kind=t.schedule.value,
+            warmup_steps=t.warmup_steps,
+            total_steps=total,
+            floor=t.min_lr_fraction,
+            shape=t.cooldown_shape,
+            decay_steps=budget_decay_steps(total, t.cooldown_fraction, t.cooldown_steps),
+        )
+
+    def cooldown_plan(self) -> CooldownPlan:
+        """Its STOP's cool-down settings, for the controller's tracker."""
+        t = self.train
+        return CooldownPlan(
+            enabled=t.schedule is Schedule.wsd and self.stop.on_stop is OnStop.cooldown,
+            shape=t.cooldown_shape,
+            fraction=t.cooldown_fraction,
+            fixed_steps=t.cooldown_steps,
+            eval_interval=t.eval_interval,
+            total_steps=self.total_steps,
+        )
 
     def eval_sequences(self) -> int:
         """Held-out sequences of one evaluation over all ranks (per domain of Ψ's mix too): an equal share each."""

@@ -21,6 +21,7 @@ from orchestrator.config.schema import (
     Statistic,
     check_fields,
 )
+from orchestrator.core.lr_schedule import SHAPES, budget_decay_steps
 from orchestrator.core.psi import GENERAL, PsiKind, PsiSpec
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRuleConfig
@@ -87,6 +88,31 @@ def validate_train(job: JobConfig) -> None:
             f"must cover at least one evaluation interval ({least} tokens), got {t.max_tokens}",
             "raise train.max_tokens or lower train.eval_interval",
         )
+    validate_schedule(job)
+
+
+def validate_schedule(job: JobConfig) -> None:
+    """The decay's shape is known, and under WSD the warm-up and the decay fit in the budget together."""
+    t = job.train
+    if t.cooldown_shape not in SHAPES:
+        raise InputError("train.cooldown_shape", f"unknown shape {t.cooldown_shape!r}", f"one of {', '.join(SHAPES)}")
+    if t.schedule is not Schedule.wsd:
+        return
+    total = job.total_steps
+    if t.cooldown_steps is not None and t.cooldown_steps >= total - t.warmup_steps:
+        raise InputError(
+            "train.cooldown_steps",
+            f"a cool-down of {t.cooldown_steps} steps is longer than the {total - t.warmup_steps} steps the budget "
+            f"leaves after warm-up ({total} steps of train.max_tokens)",
+            "shorten it, or use train.cooldown_fraction",
+        )
+    decay = budget_decay_steps(total, t.cooldown_fraction, t.cooldown_steps)
+    if t.warmup_steps + decay > total:
+        raise InputError(
+            "train.warmup_steps",
+            f"{t.warmup_steps} warm-up steps and the {decay}-step decay do not fit in the budget's {total} steps",
+            "shorten the warm-up or raise train.max_tokens",
+        )
 
 
 def validate_stop(job: JobConfig) -> StopRuleConfig:
@@ -152,8 +178,13 @@ def ignored_keys(job: JobConfig) -> Iterator[tuple[str, str, str, bool]]:
                 why = f"is ignored by its source={cfg.source}"
                 yield f"data.domains.{domain}.{name}", why, _readers(name, {}), True
     if job.train.schedule == Schedule.constant:
-        why, fix = "is ignored by train.schedule=constant", "drop it, or set train.schedule=cosine, whose floor it is"
+        why, fix = "is ignored by train.schedule=constant", "drop it, or set train.schedule=wsd or cosine"
         yield "train.min_lr_fraction", why, fix, False
+    if job.train.schedule != Schedule.wsd:
+        why = f"is ignored by train.schedule={job.train.schedule}"
+        for name in ("cooldown_shape", "cooldown_fraction", "cooldown_steps"):
+            yield f"train.{name}", why, "drop it, or set train.schedule=wsd, whose decay it shapes", False
+        yield "stop.on_stop", why + " (only a WSD job cools down)", "drop it, or set train.schedule=wsd", False
     groups = (("probe", job.probe), ("telemetry", job.telemetry), ("tracking", job.tracking))
     for group, cfg in groups:
         if not cfg.enabled:

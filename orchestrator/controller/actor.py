@@ -178,6 +178,7 @@ class Controller:
             carbon_intensity_kg_per_kwh=carbon_intensity_kg_per_kwh,
             start_t=None,  # set when its ranks start: its time in the queue is not its wall-clock Γ
             psi=cfg.psi.spec(),
+            cooldown=cfg.cooldown_plan(),
         )
         tags = {
             names.JOB_ID: job_id,

@@ -116,7 +116,11 @@ class ControllerState:
         e = self.jobs[job_id]
         halt = halt or e.tracker.halted
         restart = e.record.restart_to is not None and not halt
-        return {"halt": halt or restart, "restart": restart}
+        answer: dict[str, Any] = {"halt": halt or restart, "restart": restart}
+        cooldown = e.tracker.cooldown_answer()
+        if cooldown is not None and not halt:  # its STOP cools the LR down first: [start step, steps]
+            answer["cooldown"] = cooldown
+        return answer
 
     def gang_world(self, job_id: str, *, adopt: bool) -> int:
         """The size of its next gang; adopting: the size it runs at (or was starting at, if it died before saying)."""
@@ -180,10 +184,13 @@ class ControllerState:
             out.add(
                 LogMetrics(e.job_id, metrics, r.step, "train"), LiveMetric("train", (e.job_id, r.tokens_per_s, metrics))
             )
+        fresh, before = e.tracker.stop is None, self._cooling(e)
         if (d := e.tracker.train_diverged()) is not None:
             out.add(SaveTracker(e.job_id))
-            self._decided(e, out, StopReason.DIVERGED.value)
-            out.add(SetTags(e.job_id, decision_tags(d.action.value, StopReason.DIVERGED)))
+            self._cooldown_news(e, before, out)  # diverged while cooling: the cool-down is cut
+            if fresh:
+                self._decided(e, out, StopReason.DIVERGED.value)
+                out.add(SetTags(e.job_id, decision_tags(d.action.value, StopReason.DIVERGED)))
             self._notify(e, notify.diverged_event(self._ref(e), d.to_dict(), t_s=now), out)
         out.answer = self.answer(e.job_id)
 
@@ -193,6 +200,7 @@ class ControllerState:
         if t.last_eval is not None and r.step <= t.last_eval.step:
             out.answer = {**self.answer(e.job_id), "decision": None}  # checked before: a retry, or a step redone
             return
+        before = self._cooling(e)
         outcome = t.on_eval(r)
         if e.facts.group is not None:
             e.record.psi_at_budget = t.psi_bound_at(e.facts.max_tokens // e.facts.tokens_per_step)
@@ -209,9 +217,49 @@ class ControllerState:
             out.add(SetTags(e.job_id, {**decision_tags(d.action.value, d.reason), names.CHECK: str(d.check)}))
             if d.stopped and d.reason is StopReason.DIVERGED:
                 self._notify(e, notify.diverged_event(self._ref(e), d.to_dict(), t_s=now), out)
-            elif d.stopped and not outcome.halt:  # shadow mode: the rule would stop it, a person decides
+            elif d.stopped and not outcome.halt and not t.cooling:  # shadow mode: the rule would stop it
                 self._notify(e, notify.shadow_event(self._ref(e), d.to_dict(), gamma, t_s=now), out)
+        self._cooldown_news(e, before, out)
         out.answer = {**self.answer(e.job_id, halt=outcome.halt), "decision": d.to_dict() if d else None}
+
+    @staticmethod
+    def _cooling(e: JobEntry) -> tuple[bool, bool]:
+        """(its cool-down has started, it is cooling): compared before and after an event by `_cooldown_news`."""
+        c = e.tracker.cooldown
+        return c is not None and c.start_step is not None, e.tracker.cooling
+
+    def _cooldown_news(self, e: JobEntry, before: tuple[bool, bool], out: Effects) -> None:
+        """Its STOP's cool-down began (state `cooling`, a tag, a line), or ended (its gain, logged at its last step)."""
+        c = e.tracker.cooldown
+        (started, active), (was_started, was_active) = self._cooling(e), before
+        if c is None:
+            return
+        if active and e.state is not JobLifecycle.COOLING and e.state in RUNNING:
+            self._set_state(e, JobLifecycle.COOLING, out)
+        if c.start_step is None:
+            return
+        shape = f"steps {c.start_step}→{c.end_step} ({c.shape})"
+        if started and not was_started:
+            out.add(
+                SetTags(e.job_id, {names.COOLDOWN: shape}),
+                Print(
+                    f"{e.job_id}: STOP ({c.reason}) at step {c.start_step}; cooling the LR down to step {c.end_step}"
+                ),
+            )
+        if was_active and not active:
+            gained = c.psi_gained()
+            figures = {
+                names.PSI_DECISION: c.decision["psi"],
+                names.VAL_LOSS_DECISION: c.decision["val_loss"],
+                names.PSI_GAINED: gained,
+            }
+            metrics = {k: float(v) for k, v in figures.items() if v is not None and math.isfinite(v)}
+            cut = f", cut at step {c.end['step']} ({c.cut})" if c.cut else ""
+            gain = f": Ψ {gained:+.4g}" if gained is not None else ""
+            out.add(
+                LogMetrics(e.job_id, metrics, int(c.end["step"])),
+                SetTags(e.job_id, {names.COOLDOWN: shape + cut + gain}),
+            )
 
     def _on_Initial(self, ev: Initial, now: float, out: Effects) -> None:
         """Ψ at step 0, logged once (a gang restarted before its first checkpoint measures it again)."""
@@ -301,16 +349,17 @@ class ControllerState:
             return
         t = e.tracker
         step = t.last_train.step if t.last_train else 0
-        fresh = not t.halted
+        fresh, before = t.stop is None, self._cooling(e)
         d = t.user_stop(step=step, t_s=now, reason=ev.reason)
         out.add(SaveTracker(e.job_id))
+        self._cooldown_news(e, before, out)  # it cools from its next check, or a stop while it cools cuts it short
         if fresh:
             self._decided(e, out, d.reason.value if d.reason else None)
             out.add(SetTags(e.job_id, decision_tags(d.action.value, d.reason)))
             if ev.detail is not None and ev.reason is StopReason.INTERRUPTED:
                 e.record.interrupted_by = ev.detail
                 out.add(SaveHandle(e.job_id), SetTags(e.job_id, {names.INTERRUPTED_BY: ev.detail}))
-        out.answer = {"ok": True, "decision": d.to_dict()}
+        out.answer = {"ok": True, "decision": d.to_dict(), "cooling": t.cooling}
 
     # -- the queue and the pool (pool lock) -----------------------------------------------------------------------
     @staticmethod
@@ -345,6 +394,7 @@ class ControllerState:
             last_resize_t=now if rec.restart_to is not None else rec.last_resize_t,
             resize_cooldown_s=f.resize_cooldown_s,
             halted=t.halted,
+            cooling=t.cooling,
             stop_reason=t.stop.reason.value if t.stop is not None and t.stop.reason else "",
             group=f.group,
             psi=t.last_eval.psi if t.last_eval else None,
@@ -502,7 +552,7 @@ class ControllerState:
             rec.restarts[-1]["seconds"] = now - rec.restarts[-1].pop("since")
         rec.world = ev.world
         rec.checkpoint = None  # the gang's own periodic checkpoints come after `resume`
-        self._set_state(e, JobLifecycle.RUNNING, out)
+        self._set_state(e, JobLifecycle.COOLING if e.tracker.cooling else JobLifecycle.RUNNING, out)
 
     def _on_RankLost(self, ev: RankLost, now: float, out: Effects) -> None:
         """Point the job at its latest checkpoint for a new gang of the same size, or fail it once its gang was lost

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core import names
+from orchestrator.core.cooldown import OFF, Cooldown, CooldownPlan
 from orchestrator.core.decisions import Action, Decision, StopReason
 from orchestrator.core.flops import FlopsModel
 from orchestrator.core.forecast import OPTIMISTIC_WINDOW, fit_forecast, optimistic_psi_at
@@ -76,10 +77,14 @@ class JobTracker:
         carbon_intensity_kg_per_kwh: float | None = None,
         start_t: float | None,
         psi: PsiSpec | None = None,
+        cooldown: CooldownPlan | None = None,
     ) -> None:
         """`start_t`: when its ranks started; None for a job still waiting in the queue (see `started`).
-        `psi`: what Ψ is (None: −validation loss)."""
+        `psi`: what Ψ is (None: −validation loss). `cooldown`: its STOP's cool-down settings (None: it halts)."""
         self.job_id = job_id
+        self.plan = cooldown or OFF
+        self.cooldown: Cooldown | None = None
+        """Its STOP's cool-down, once one was decided."""
         self.psi = psi or PsiSpec()
         self.enforce = enforce
         self.max_tokens = int(max_tokens)
@@ -165,8 +170,21 @@ class JobTracker:
         metrics: dict[str, float] = {names.VAL_LOSS: report.val_loss, names.PSI: report.psi}
         metrics.update({names.domain_loss(d): v for d, v in report.domain_losses.items()})
         metrics.update({_GAMMA_KEYS[k]: v for k, v in totals.items()})
+        c = self.cooldown
+        if c is not None and c.active:  # a cool-down's check: logged, never the rule's (its ratio is the stable LR's)
+            figures = self._figures(report, totals)
+            if c.pending:  # a STOP decided between checks cools from this one
+                c.begin(report.step, self.plan.steps_at(report.step), figures)
+            elif not math.isfinite(report.val_loss):
+                c.cut, c.end = StopReason.DIVERGED.value, figures
+            else:
+                c.reached(figures)
+            metrics[names.COOLING] = 0.0 if not c.active else 1.0
+            return CheckOutcome(decision=None, metrics=metrics, halt=not c.active)
         if self.rule.stopped is not None:  # shadow mode after the rule's STOP: keep the curve, no more decisions
             return CheckOutcome(decision=None, metrics=metrics, halt=False)
+        if not self.plan.stable(report.step) and math.isfinite(report.val_loss):
+            return CheckOutcome(decision=None, metrics=metrics, halt=False)  # the budget's own decay: not the rule's
         if kind not in totals:
             raise KeyError(f"no telemetry source measures {kind.value} (measured: {', '.join(sorted(totals))})")
         horizon = projected_to_budget(totals[kind], totals.get(ResourceKind.TOKENS, 0.0), self.max_tokens)
@@ -181,30 +199,41 @@ class JobTracker:
         if decision.evidence is not None:
             metrics[names.GAIN] = decision.evidence.gain
             metrics[names.LEFT] = decision.evidence.left
-        self._record(decision, report.t_s)
         halt = decision.stopped and (self.enforce or decision.reason is not StopReason.MARGINAL_RETURN)
+        if halt and self.plan.cools(decision.reason, report.step):
+            assert decision.reason is not None
+            self.cooldown = Cooldown(reason=decision.reason.value, shape=self.plan.shape)
+            self.cooldown.begin(report.step, self.plan.steps_at(report.step), self._figures(report, totals))
+            metrics[names.COOLING] = 1.0
+        self._record(decision, report.t_s)
         if decision.stopped and halt:
             self.stop = decision
-        return CheckOutcome(decision=decision, metrics=metrics, halt=halt)
+        return CheckOutcome(decision=decision, metrics=metrics, halt=halt and not self.cooling)
 
     def train_diverged(self) -> Decision | None:
         """A STOP `diverged` once `max_nonfinite` training reports in a row had a non-finite loss (None otherwise, or
         when already stopped). The rule's own test sees only Ψ; a ZeRO optimizer that skips non-finite steps keeps
         the weights, and so Ψ, finite while every step is lost, which only the training loss shows."""
-        if self.stop is not None or self.nonfinite_train < self.rule.config.max_nonfinite:
+        if self.halted or self.nonfinite_train < self.rule.config.max_nonfinite:
             return None
         assert self.last_train is not None
         return self.user_stop(step=self.last_train.step, t_s=self.last_train.t_s, reason=StopReason.DIVERGED)
 
     def user_stop(self, *, step: int | None, t_s: float, reason: StopReason = StopReason.USER) -> Decision:
         """A STOP from outside the rule: a person's or script's (`user`) or the scheduler's (`dominated`); the
-        workers checkpoint and end."""
+        workers checkpoint and end. Under `stop.on_stop=cooldown` a `user` STOP cools from the next check; a STOP
+        during a cool-down cuts it short (its ranks end at their next report)."""
         if self.stop is not None:
+            if self.cooling:
+                assert self.cooldown is not None
+                self.cooldown.cut = reason.value
             return self.stop
         if self.rule.stopped is None:
             decision = self.rule.user_stop(step=step, reason=reason)
         else:  # after a shadow-mode STOP the rule is done; the curve has gone on
             decision = self.rule.stop_decision(reason, step=step, psi=self._last_psi())
+        if self.plan.cools(reason, step or 0):
+            self.cooldown = Cooldown(reason=reason.value, shape=self.plan.shape)
         self._record(decision, t_s)
         self.stop = decision
         return decision
@@ -213,6 +242,8 @@ class JobTracker:
         """`cpr submit +resume` at `t_s`: the time it was gone is no wall hour of its, and an `interrupted` STOP is
         withdrawn (the rule's own state, window and decisions go on as persisted); any other STOP stands."""
         self.ledger.went_offline(t_s)
+        if self.cooldown is not None and self.cooldown.cut == StopReason.INTERRUPTED.value:
+            self.cooldown.cut = None  # it cools on from its checkpoint
         if self.stop is None or self.stop.reason is not StopReason.INTERRUPTED:
             return
         self.stop = None
@@ -231,7 +262,30 @@ class JobTracker:
     # -- outputs --------------------------------------------------------------------------------------------
     @property
     def halted(self) -> bool:
-        return self.stop is not None
+        """Its STOP is decided and its ranks end now (not while they cool down)."""
+        return self.stop is not None and not self.cooling
+
+    @property
+    def cooling(self) -> bool:
+        """Its STOP is decided and its ranks train a cool-down (or will from the next check) before they end."""
+        return self.cooldown is not None and self.cooldown.active
+
+    def cooldown_answer(self) -> list[int] | None:
+        """[start step, steps] of a started cool-down, for the ranks' schedule (None: none, or not started yet)."""
+        c = self.cooldown
+        if c is None or c.start_step is None or c.cut is not None:
+            return None
+        return [c.start_step, c.steps]
+
+    def _figures(self, report: EvalReport, totals: dict[ResourceKind, float]) -> dict[str, Any]:
+        """Ψ, loss and Γ at a check: a cool-down's decision point and end."""
+        return {
+            "step": report.step,
+            "tokens": report.tokens,
+            "psi": report.psi,
+            "val_loss": report.val_loss,
+            "gamma": {_NAMES[k]: v for k, v in totals.items()},
+        }
 
     def rule_decision(self) -> dict[str, Any] | None:
         """The rule's own STOP (also in shadow mode), as logged."""
@@ -258,6 +312,7 @@ class JobTracker:
             "decision": last["action"] if last else None,
             "reason": last["reason"] if last else None,
             "halted": self.halted,
+            "cooldown_end": self.cooldown.end_step if self.cooling and self.cooldown is not None else None,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -304,6 +359,7 @@ class JobTracker:
             "gamma_projected_at_budget": projected,
             "gamma_saved_fraction": None if fraction_used is None else max(0.0, 1.0 - fraction_used),
             "forecast": forecast,
+            "cooldown": self.cooldown.to_dict() if self.cooldown is not None else None,
             "energy_kwh_by_node": self.energy_kwh_by_node(),
             "ledger_counts": {
                 "added": self.ledger.n_added,
@@ -343,6 +399,14 @@ class JobTracker:
 
     def _record(self, decision: Decision, t_s: float) -> None:
         record = {"job_id": self.job_id, "t_s": t_s, **decision.to_dict()}
+        if decision.stopped and self.cooldown is not None and self.stop is None:  # the STOP that starts it
+            c = self.cooldown
+            record["cooldown"] = {
+                "start_step": c.start_step,
+                "steps": c.steps,
+                "end_step": c.end_step,
+                "shape": c.shape,
+            }
         max_loss = self.rule.config.max_loss
         if decision.stopped and decision.evidence is not None and max_loss is not None:
             loss = -decision.psi if self.psi.is_val_loss else None  # a share of the loss only where Ψ is one
@@ -385,6 +449,8 @@ class JobTracker:
             "last_train": self.last_train.to_dict() if self.last_train else None,
             "last_eval": self.last_eval.to_dict() if self.last_eval else None,
             "nonfinite_train": self.nonfinite_train,
+            "plan": self.plan.to_dict(),
+            "cooldown": self.cooldown.to_dict() if self.cooldown is not None else None,
         }
 
     @classmethod
@@ -411,5 +477,7 @@ class JobTracker:
         tracker.last_train = TrainReport.from_dict(data["last_train"]) if data["last_train"] else None
         tracker.last_eval = EvalReport.from_dict(data["last_eval"]) if data["last_eval"] else None
         tracker.nonfinite_train = int(data.get("nonfinite_train", 0))
+        tracker.plan = CooldownPlan.from_dict(data["plan"]) if data.get("plan") else OFF
+        tracker.cooldown = Cooldown.from_dict(data["cooldown"]) if data.get("cooldown") else None
         tracker._power_mark = None
         return tracker

@@ -2,6 +2,7 @@
 the tracking store tags (`cpr.state`) and the CLI shows.
 
     queued ─► starting ─► running ─┬─► stopping ─► stopped | finished
+      ▲                            ├─► cooling ─► stopping          (a STOP into a learning-rate cool-down)
       ▲                            ├─► restarting ─► running        (a resize, or a lost rank)
       └──── paused ◄── pausing ◄───┤
                                    ├─► failed
@@ -22,6 +23,9 @@ class JobLifecycle(StrEnum):
     STARTING = "starting"
     """Its slots given; its ranks are starting."""
     RUNNING = "running"
+    COOLING = "cooling"
+    """Its STOP is decided; its ranks train the learning-rate cool-down, then end. It holds its slots to the end and the
+    scheduler does not move it."""
     RESTARTING = "restarting"
     """Checkpointed, coming back (at another size after a resize, at the same size after a lost rank)."""
     PAUSING = "pausing"
@@ -61,7 +65,7 @@ class JobLifecycle(StrEnum):
 
 ENDED = frozenset({JobLifecycle.FINISHED, JobLifecycle.STOPPED, JobLifecycle.FAILED, JobLifecycle.INTERRUPTED})
 WAITING = frozenset({JobLifecycle.QUEUED, JobLifecycle.PAUSED})
-RUNNING = frozenset({JobLifecycle.STARTING, JobLifecycle.RUNNING, JobLifecycle.RESTARTING})
+RUNNING = frozenset({JobLifecycle.STARTING, JobLifecycle.RUNNING, JobLifecycle.COOLING, JobLifecycle.RESTARTING})
 LIVE = frozenset(JobLifecycle) - ENDED
 
 

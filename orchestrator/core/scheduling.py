@@ -11,6 +11,9 @@ stays below the Ψ another job of its group already reached is *dominated* — w
 group nothing — and is stopped (as ASHA stops a trial below its rung's cutoff, but on where the job's own Ψ(Γ)
 curve can still go by its budget rather than on a quantile of others' current Ψ).
 
+A job *cooling* (its STOP decided, its ranks training the learning-rate cool-down before they end) keeps its slots
+to its end and is never paused, shrunk, grown or found dominated: its slots free when it ends.
+
 Order within a tick: STOP what its rule (or a user) halted, then dominated jobs; start waiting jobs by priority,
 then submission time, making room for one by pausing lower-priority jobs or shrinking the least meritorious ones;
 give what is left to the running jobs that pay the most above η; leave the rest idle and say why.
@@ -66,6 +69,8 @@ class JobState:
     """Its stop rule (or a user) decided STOP."""
     stop_reason: str = ""
     """Why it halted (the stop decision's reason: marginal_return, budget, diverged, user)."""
+    cooling: bool = False
+    """Its STOP is decided and it trains its cool-down: it holds its slots until it ends, and nothing moves it."""
     ratio: float | None = None
     """Latest window ratio ΔΨ/ΔΓ of its stop rule; None before the window fills."""
     eta: float | None = None
@@ -252,7 +257,8 @@ def tick(
         leaders = _leaders(jobs, ended_best or {})
         for job in jobs:
             forecast = finite_or_none(job.psi_at_budget)
-            if job.halted or job.status is not JobLifecycle.RUNNING or job.group is None or forecast is None:
+            moves = not (job.halted or job.cooling) and job.status is JobLifecycle.RUNNING
+            if not moves or job.group is None or forecast is None:
                 continue
             rivals = [(psi, who) for psi, who in leaders.get(job.group, []) if who != job.job_id]
             if rivals and forecast + config.dominance_margin < rivals[0][0]:
@@ -271,7 +277,7 @@ def tick(
 
     def movable() -> list[JobState]:
         """Running jobs no decision has touched yet this tick."""
-        return [j for j in running() if j.job_id not in decided]
+        return [j for j in running() if j.job_id not in decided and not j.cooling]
 
     # Room that pausing and shrinking could make only shrinks down the (priority-ordered) queue, so once a job of
     # some size could not get room, no later job of that size or more can: skip the search (it keeps a tick linear).

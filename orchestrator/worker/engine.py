@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -30,26 +29,9 @@ def deepspeed_config(job: JobConfig, *, load_universal: bool = False) -> dict[st
     return cfg
 
 
-def lr_lambda(job: JobConfig, total_steps: int):
-    """Multiplier on train.lr at each optimizer step: linear warm-up, then constant or cosine to min_lr_fraction."""
-    t = job.train
-    warmup = t.warmup_steps
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if t.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return t.min_lr_fraction + (1.0 - t.min_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def build_engine(
     job: JobConfig,
     model: Any,
-    total_steps: int,
     *,
     load_universal: bool = False,
     trainable: Collection[str] | Callable[[str], bool] | None = None,
@@ -75,7 +57,7 @@ def build_engine(
         groups = [g for g in groups if g["params"]]  # ZeRO cannot flatten an empty group
     opt_cls = torch.optim.AdamW if job.deepspeed.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(groups, lr=t.lr, betas=(t.beta1, t.beta2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(job, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, job.lr_schedule())
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -130,3 +112,17 @@ def evaluate(engine: Any, batches: list[tuple[Any, Any]]) -> tuple[float, int]:
 
 def current_lr(engine: Any) -> float:
     return float(engine.get_lr()[0])
+
+
+def lr_schedule(engine: Any) -> Any:
+    """The job's `LrSchedule` inside the engine's LambdaLR (a checkpoint's load updates this same object)."""
+    return engine.lr_scheduler.lr_lambdas[0]
+
+
+def cool(engine: Any, start: int, steps: int) -> None:
+    """Start the cool-down: the schedule decays over the `steps` steps after `start`, from the next step on (the LR of
+    the step about to be taken is set again, as LambdaLR would have set it had the cool-down been known)."""
+    sched = engine.lr_scheduler
+    lr_schedule(engine).cool(start, steps)
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+        group["lr"] = base * fn(sched.last_epoch)

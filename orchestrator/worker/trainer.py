@@ -128,7 +128,7 @@ class TrainWorker:
         from orchestrator.models import build_model
         from orchestrator.telemetry.clock import steady_time  # report stamps on the telemetry's step-free clock
         from orchestrator.worker.distributed import init_distributed
-        from orchestrator.worker.engine import build_engine, current_lr, token_loss
+        from orchestrator.worker.engine import build_engine, cool, current_lr, lr_schedule, token_loss
         from orchestrator.worker.memory import training_memory
         from orchestrator.worker.psi import PsiMeter
 
@@ -158,7 +158,6 @@ class TrainWorker:
         engine = build_engine(
             job,
             model,
-            total_steps,
             load_universal=bool(resume and resume["universal"]),
             trainable=None if adapted is None else adapted.trainable,
         )
@@ -234,13 +233,15 @@ class TrainWorker:
         check_wait = {"n": 0, "total_s": 0.0, "max_s": 0.0, "last_s": 0.0}
         """Rank 0's waits for the controller's answer at its checks; the last is its STOP's, when a STOP ended it."""
 
-        def check(step: int, tokens: int, final: bool) -> tuple[float, bool]:
-            """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite)."""
+        def check(step: int, tokens: int, final: bool) -> tuple[float, bool, bool]:
+            """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite,
+            whether a cool-down starts here). A STOP into a cool-down comes as `cooldown`: [start step, steps]; every
+            rank's schedule decays from then on (a restarted gang's checkpoint may carry it already)."""
             val_loss, psi, domain_losses = meter.measure(step)
             finite = math.isfinite(val_loss)
-            halt = 0.0
+            halt, start, steps = 0.0, 0.0, 0.0
             if bare:
-                return 0.0, finite
+                return 0.0, finite, False
             if self.rank == 0:
                 report = EvalReport(
                     step=step,
@@ -253,13 +254,20 @@ class TrainWorker:
                     domain_losses=domain_losses,
                 )
                 t0 = time.perf_counter()
-                halt = flag(ray.get(self.controller.eval.remote(self.job_id, report.to_dict())))
+                answer = ray.get(self.controller.eval.remote(self.job_id, report.to_dict()))
                 waited = time.perf_counter() - t0
+                halt = flag(answer)
+                start, steps = answer.get("cooldown") or (0, 0)
                 check_wait["n"] += 1
                 check_wait["total_s"] += waited
                 check_wait["max_s"] = max(check_wait["max_s"], waited)
                 check_wait["last_s"] = waited
-            return all_reduce([halt])[0], finite
+            said, start, steps = all_reduce([halt, float(start), float(steps)])
+            schedule = lr_schedule(engine)
+            begins = steps > 0 and schedule.cooldown_start != int(start)
+            if begins:
+                cool(engine, int(start), int(steps))
+            return said, finite, begins and int(start) == step
 
         def save(step: int, tokens: int) -> Path:
             tag = f"step{step}"
@@ -311,6 +319,7 @@ class TrainWorker:
                 engine.backward(loss)
                 if not measured and micro == t.grad_accum - 1:
                     before_step = training_memory(engine)  # the gradients this step uses
+                lr_used = current_lr(engine)  # the LR this optimizer step trains with (engine.step moves it on)
                 engine.step()
                 interval_loss = interval_loss + loss.detach() / t.grad_accum  # no host sync per step
             step += 1
@@ -342,7 +351,7 @@ class TrainWorker:
                         step=step,
                         tokens=tokens,
                         loss=loss_sum / (self.world_size * interval_steps),
-                        lr=current_lr(engine),
+                        lr=lr_used,
                         tokens_per_s=(tokens - tokens_mark) / max(now - t_mark, 1e-9),
                         t_s=steady_time(),
                     )
@@ -352,9 +361,10 @@ class TrainWorker:
                 interval_loss, interval_steps = 0.0, 0
                 if said > 0:
                     halt, reason = True, "restart" if said > 1 else "user"
+            cooling_begins = False
             # A restart still takes this step's check: the rule's window must not lose a point to a resize.
             if (not halt or reason == "restart") and (step % t.eval_interval == 0 or step == total_steps):
-                said, checked_finite = check(step, tokens, final=step == total_steps)
+                said, checked_finite, cooling_begins = check(step, tokens, final=step == total_steps)
                 finite = finite and checked_finite
                 if said > 0:
                     halt, reason = True, "restart" if said > 1 else "controller"
@@ -369,8 +379,10 @@ class TrainWorker:
                             shutil.rmtree(old, ignore_errors=True)
                     del periodic[: -job.train.keep_checkpoints]
             if probe is not None:
-                # A STOP's blueprint ("stop"); a restart is not an end and publishes nothing.
+                # A STOP's blueprint ("stop", after its cool-down, and "decision" where a cool-down began); a restart
+                # is not an end and publishes nothing.
                 label = probe_steps.get(step) or ("stop" if halt and reason != "restart" else None)
+                label = label or ("decision" if cooling_begins else None)
                 if label is not None or step % job.probe.interval == 0:
                     probe_s += run_probe(step, tokens, label)
             if halt:

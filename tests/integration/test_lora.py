@@ -75,7 +75,7 @@ class _Rank:
         selection = select("lora", request)
         lora = selection.lora
         assert lora is not None
-        engine = build_engine(job, apply_lora(model, lora), 100, trainable=lora_trainable)
+        engine = build_engine(job, apply_lora(model, lora), trainable=lora_trainable)
         before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
         losses, memory = [], {}
         for step in range(2):

@@ -54,7 +54,7 @@ class _Rank:
 
         torch.set_num_threads(1)
         init_distributed("gloo")
-        engine = build_engine(self.job, build_model(self.job.model, VOCAB, SEQ, 0), 100)
+        engine = build_engine(self.job, build_model(self.job.model, VOCAB, SEQ, 0))
         gp = GradientProbe(engine, SPEC)
         probe_batches = [_batch(1000 + 10 * self.rank + i) for i in range(2)]
         losses, report, weights = [], None, None
