@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"({name}) {' '.join([*args.overrides, *own]) or 'defaults'} in {work / name} ...", flush=True)
         done = submit(work / name, *args.overrides, *own)
+        (work / name / "cpr.log").write_text(done["stdout"])  # what `cpr submit` printed, its closing summary too
         summaries[name] = done["summary"]
         print(f"      {done['summary']['step']} steps in {done['wall_s']:.0f} s", flush=True)
     rows = legs_from_summaries(summaries)

@@ -107,8 +107,8 @@ def status(args: argparse.Namespace) -> int:
 
 def stop(args: argparse.Namespace) -> int:
     from orchestrator.controller.liveness import observe
-    from orchestrator.core.lifecycle import ENDED, LOST
-    from orchestrator.tracking.runs import find_run, list_jobs, request_stop
+    from orchestrator.core.lifecycle import ENDED, LOST, JobLifecycle
+    from orchestrator.tracking.runs import cools_on_stop, find_run, list_jobs, request_stop
 
     uri = _tracking_uri(args.tracking_uri)
     run_id = find_run(uri, args.job, args.experiment)
@@ -121,7 +121,14 @@ def stop(args: argparse.Namespace) -> int:
         )
     request_stop(uri, run_id)
     out = console()
-    out.print(f"stop requested for {row.job_id if row else args.job} (run {run_id}); it checkpoints and ends shortly")
+    what = "it checkpoints and ends shortly"
+    if row is not None and row.state == JobLifecycle.COOLING:
+        what = "its learning-rate cool-down is cut short: it checkpoints and ends at its next report"
+    elif cools_on_stop(uri, run_id):
+        what = (
+            "it cools the learning rate down from its next check, then checkpoints and ends (`cpr stop` again: at once)"
+        )
+    out.print(f"stop requested for {row.job_id if row else args.job} (run {run_id}); {what}")
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         row = next((r for r in list_jobs(uri, args.experiment) if r.run_id == run_id), None)

@@ -277,8 +277,8 @@ class Controller:
 
     def _poll_stop(self, handles: list[JobHandle]) -> None:
         for h in handles:
-            if gangs.stop_requested(h):
-                self._thread(self.request_stop, h.job_id)
+            if (request := gangs.stop_requested(h)) is not None:
+                self._thread(self.request_stop, h.job_id, request=request)
 
     def notify(self, job_id: str, event: dict[str, Any]) -> None:
         """Queue a notification on the job's channels; sent on their own threads, never on this one."""
@@ -378,17 +378,20 @@ class Controller:
 
     # -- user requests ------------------------------------------------------------------------------------
     def request_stop(
-        self, job_id: str, reason: str = StopReason.USER.value, detail: str | None = None
+        self, job_id: str, reason: str = StopReason.USER.value, detail: str | None = None, request: str | None = None
     ) -> dict[str, Any]:
         """A user STOP (`user`, or `interrupted` with the client's signal as `detail`): recorded now; the ranks see
-        it at their next report, checkpoint and end."""
-        return self._halt(job_id, StopReason(reason), detail)
+        it at their next report, checkpoint and end (a WSD job cools down first). `request`: the run's stop-request
+        tag that asked (a poll sees one request many times; it acts once)."""
+        return self._halt(job_id, StopReason(reason), detail, request)
 
-    def _halt(self, job_id: str, reason: StopReason, detail: str | None = None) -> dict[str, Any]:
+    def _halt(
+        self, job_id: str, reason: StopReason, detail: str | None = None, request: str | None = None
+    ) -> dict[str, Any]:
         h = self.jobs.get(job_id)
         if h is None:
             return {"ok": False, "error": f"no job {job_id}"}
-        fx = self.step_job(h, StopRequest(job_id, reason, detail))
+        fx = self.step_job(h, StopRequest(job_id, reason, detail, request))
         assert fx.answer is not None
         return fx.answer
 

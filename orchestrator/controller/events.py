@@ -94,6 +94,8 @@ class StopRequest:
     reason: StopReason = StopReason.USER
     detail: str | None = None
     """What asked, when the reason alone does not say: the signal of an `interrupted` stop (e.g. "SIGTERM")."""
+    request: str | None = None
+    """The run's `cpr stop` request tag (its time) a poll found: one request acts once, a new one again."""
 
 
 @dataclass(frozen=True)

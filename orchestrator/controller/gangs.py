@@ -25,7 +25,7 @@ from orchestrator.controller.events import (
 )
 from orchestrator.controller.handles import JobHandle
 from orchestrator.errors import InputError
-from orchestrator.tracking.runs import is_stop_requested
+from orchestrator.tracking.runs import stop_request
 from orchestrator.worker.group import WorkerGroup
 
 if TYPE_CHECKING:
@@ -40,12 +40,13 @@ class GangLost(RuntimeError):
     """A rank of the job's gang died (its process killed or crashed, its node lost) too often."""
 
 
-def stop_requested(h: JobHandle) -> bool:
-    """`cpr stop` asked for this job (its run's tag); False while MLflow cannot be reached (asked again later)."""
+def stop_requested(h: JobHandle) -> str | None:
+    """The latest `cpr stop` request for this job (its run's tag: the request's time); None when there is none, or
+    while MLflow cannot be reached (asked again later)."""
     try:
-        return is_stop_requested(h.writer.client, h.writer.run_id)
+        return stop_request(h.writer.client, h.writer.run_id)
     except Exception:
-        return False
+        return None
 
 
 def run_job(ctl: Controller, h: JobHandle, adopt: bool = False) -> None:
@@ -152,8 +153,8 @@ def _await(ctl: Controller, h: JobHandle, refs: list[Any]) -> tuple[list[dict[st
             results.append(result)
         if pending and time.monotonic() >= next_poll and not h.tracker.halted:
             next_poll = time.monotonic() + STOP_POLL_S
-            if stop_requested(h):
-                ctl.request_stop(h.job_id)
+            if (request := stop_requested(h)) is not None:
+                ctl.request_stop(h.job_id, request=request)
     return results, None
 
 

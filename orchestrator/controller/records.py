@@ -70,6 +70,8 @@ class HandleRecord:
     """Rank 0's training and probe seconds summed over its gangs."""
     checkpoint: dict[str, Any] | None = None
     """Its latest complete periodic checkpoint since its gang started: {"step", "tokens", "path", "world_size"}."""
+    stop_request: str | None = None
+    """The last `cpr stop` request (its run tag's time) acted on: a poll that finds it again does nothing."""
     failures: int = 0
     """Gangs lost to a dead rank (each restarted from a checkpoint while ≤ cluster.max_restarts)."""
     error: str | None = None
@@ -107,6 +109,7 @@ class HandleRecord:
             # Only when set: a record of a job never interrupted keeps the earlier controller's keys.
             **({"interrupted_by": self.interrupted_by} if self.interrupted_by else {}),
             **({"psi_initial": self.psi_initial} if self.psi_initial is not None else {}),
+            **({"stop_request": self.stop_request} if self.stop_request is not None else {}),
             **(self._notify_dict() if self.notify_sent or self.notify_failed else {}),
         }
 
@@ -137,6 +140,7 @@ class HandleRecord:
             input_error=data.get("input_error"),
             interrupted_by=data.get("interrupted_by"),
             psi_initial=data.get("psi_initial"),
+            stop_request=data.get("stop_request"),
             notify_sent=int(data.get("notify_sent", 0)),
             notify_failed=int(data.get("notify_failed", 0)),
             notify_error=data.get("notify_error"),

@@ -347,6 +347,12 @@ class ControllerState:
         if e.done:
             out.answer = {"ok": False, "error": f"job {ev.job_id} already ended ({e.state})"}
             return
+        if ev.request is not None:
+            if ev.request == e.record.stop_request:  # a poll found the request it acted on before
+                out.answer = {"ok": True, "decision": None, "cooling": e.tracker.cooling}
+                return
+            e.record.stop_request = ev.request
+            out.add(SaveHandle(e.job_id))
         t = e.tracker
         step = t.last_train.step if t.last_train else 0
         fresh, before = t.stop is None, self._cooling(e)

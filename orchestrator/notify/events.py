@@ -118,6 +118,14 @@ def stop_event(job: Mapping[str, Any], summary: Mapping[str, Any], *, incarnatio
         f"ratio {_g(ratio)}  η {_g(eta)}  gain left {_g(gain_left)}",
         f"Γ saved {'—' if saved is None else f'{saved:.1%}'} of the token budget",
     ]
+    cooldown = summary.get("cooldown") or {}
+    if cooldown.get("start_step") is not None:
+        d = cooldown["decision"]
+        lines.insert(
+            1,
+            f"decided at step {cooldown['start_step']} (val loss {_g(d.get('val_loss'))}); the learning-rate "
+            f"cool-down after it gained Ψ {_g(cooldown.get('psi_gained'))}",
+        )
     if summary.get("checkpoint"):
         lines.append(f"checkpoint: {summary['checkpoint']}")
     lines.append(f"report: cpr report {job['job_id']}")
@@ -139,6 +147,7 @@ def stop_event(job: Mapping[str, Any], summary: Mapping[str, Any], *, incarnatio
         gain_left=gain_left,
         gamma_saved_fraction=saved,
         checkpoint=summary.get("checkpoint"),
+        cooldown=dict(cooldown) or None,
     )
 
 

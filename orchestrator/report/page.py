@@ -72,6 +72,10 @@ def stop_sentence(run: RunData) -> str:
         return f"no stop recorded (state {run.status})"
     at = f" at step {run.stop.step}" if run.stop.step is not None else ""
     text = f"stopped{at} ({run.stop.reason or 'unknown reason'})"
+    c = (run.summary or {}).get("cooldown") or {}
+    if c.get("start_step") is not None:
+        text = f"STOP decided{at} ({run.stop.reason or 'unknown reason'}), then a learning-rate cool-down to step "
+        text += f"{c['end']['step']} ({c['shape']}" + (f", cut short: {c['cut']})" if c.get("cut") else ")")
     if run.rule_stop is not None and run.rule_stop.step is not None:
         mode = "shadow mode" if not run.rule_stop.enforced else "the rule"
         text += f"; the rule's own STOP ({mode}) at step {run.rule_stop.step} ({run.rule_stop.reason})"
@@ -118,6 +122,14 @@ def run_page(
     if run.stop is not None and run.stop.step is not None:
         facts.append(("Ψ at the stop", run.psi.at(run.stop.step)))
     summary = run.summary or {}
+    c = summary.get("cooldown") or {}
+    if c.get("start_step") is not None:
+        facts += [
+            ("validation loss at the decision", c["decision"].get("val_loss")),
+            ("validation loss after the cool-down", c["end"].get("val_loss")),
+            ("Ψ gained by the cool-down", c.get("psi_gained")),
+            ("cool-down steps", f"{c['start_step']} → {c['end']['step']} ({c['shape']})"),
+        ]
     if summary.get("gamma_saved_fraction") is not None:
         facts.append(("Γ saved (fraction of the token budget left)", summary["gamma_saved_fraction"]))
     if summary.get("why"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.core import names
@@ -102,10 +102,19 @@ def find_run(tracking_uri: str, job_or_run_id: str, experiment: str = "cpr") -> 
 
 
 def request_stop(tracking_uri: str, run_id: str, *, by: str = "user") -> None:
+    """`cpr stop`: the request's time (to the microsecond: a second request is another value) on the run's tag."""
     client = _client(tracking_uri)
-    client.set_tag(run_id, names.STOP_REQUESTED, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_tag(run_id, names.STOP_REQUESTED, datetime.now(UTC).isoformat(timespec="microseconds"))
     client.set_tag(run_id, f"{names.STOP_REQUESTED}_by", by)
 
 
-def is_stop_requested(client: Any, run_id: str) -> bool:
-    return names.STOP_REQUESTED in client.get_run(run_id).data.tags
+def cools_on_stop(tracking_uri: str, run_id: str) -> bool:
+    """Whether a STOP of this job ends in a learning-rate cool-down (its params: train.schedule=wsd and
+    stop.on_stop=cooldown; a run from before cool-downs has neither and halts)."""
+    params = _client(tracking_uri).get_run(run_id).data.params
+    return params.get("train.schedule") == "wsd" and params.get("stop.on_stop") == "cooldown"
+
+
+def stop_request(client: Any, run_id: str) -> str | None:
+    """The latest `cpr stop` request on the run (its time), or None."""
+    return client.get_run(run_id).data.tags.get(names.STOP_REQUESTED)

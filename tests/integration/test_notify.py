@@ -115,6 +115,7 @@ def test_the_rules_stop_reaches_the_webhook_signed_with_its_figures(receiver: Re
     assert e["ratio"] is not None and e["eta"] is not None and e["ratio"] < e["eta"]
     assert Path(e["checkpoint"]).is_dir() and e["checkpoint"] == rule_run["summary"]["checkpoint"]
     assert f"cpr report {rule_run['job_id']}" in e["message"]
+    assert e["cooldown"]["end_step"] == e["step"] and "cool-down after it gained" in e["message"]  # sent after it
     # blueprints before it (debug: 3 % and 5 % of the budget, and the STOP's), each signed
     blueprints = receiver.events("blueprint")
     assert len(blueprints) >= 2 and all(verify(b["body"], SECRET, b["headers"][SIGNATURE_HEADER]) for b in blueprints)

@@ -134,13 +134,16 @@ def test_blueprints_were_published_at_the_checkpoints_and_the_stop(debug_run: di
     tags = client.get_run(run_id).data.tags
     assert tags["cpr.blueprint.model_id"] == job_id
     versions = [int(v) for v in tags["cpr.blueprint.versions"].split(",")]
-    # debug: checkpoints at 3 % and 5 % of the budget (steps 31, 52), then the rule's STOP
-    assert versions == [1, 2, 3] and tags["cpr.blueprint.latest"] == "3"
+    # debug: checkpoints at 3 % and 5 % of the budget (steps 31, 52), then the rule's STOP (the decision), then the
+    # end of its learning-rate cool-down
+    assert versions == [1, 2, 3, 4] and tags["cpr.blueprint.latest"] == "4"
     store = LocalBlueprintStore(debug_run["work"] / "cpr_runs" / "blueprints")
     assert store.versions(job_id) == versions
     summary = json.loads((debug_run["work"] / "cpr_runs" / "jobs" / job_id / "summary.json").read_text())
     labels = [(b["checkpoint"], b["step"]) for b in summary["blueprints"]]
-    assert labels == [("0.03", 31), ("0.05", 52), ("stop", summary["step"])] and summary["step"] > 52
+    decided, cooled = summary["decision"]["step"], summary["cooldown"]["end_step"]
+    assert labels == [("0.03", 31), ("0.05", 52), ("decision", decided), ("stop", cooled)]
+    assert cooled == summary["step"] > decided > 52
     for v in versions:
         local = store.path(job_id, v)
         remote = Path(client.download_artifacts(run_id, f"blueprints/v{v}/blueprint.json", str(debug_run["work"])))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import InputError
-from orchestrator.tracking.runs import find_run, is_stop_requested, list_jobs, request_stop
+from orchestrator.tracking.runs import find_run, list_jobs, request_stop, stop_request
 from orchestrator.tracking.uri import check_tracking_uri, default_tracking_uri
 from orchestrator.tracking.writer import RunWriter, flatten_config, metric_name
 
@@ -66,9 +66,12 @@ def test_jobs_are_listed_found_and_stop_requested(store) -> None:
     assert find_run(uri, "job-1") == w.run_id == find_run(uri, w.run_id)
     with pytest.raises(InputError):
         find_run(uri, "nope")
-    assert not is_stop_requested(w.client, w.run_id)
+    assert stop_request(w.client, w.run_id) is None
     request_stop(uri, w.run_id)
-    assert is_stop_requested(w.client, w.run_id) and list_jobs(uri)[0].stop_requested
+    first = stop_request(w.client, w.run_id)
+    assert first is not None and list_jobs(uri)[0].stop_requested
+    request_stop(uri, w.run_id)  # a second `cpr stop` is another request (it cuts a cool-down short)
+    assert stop_request(w.client, w.run_id) not in (None, first)
 
 
 def test_unreachable_stores_are_refused_quickly(tmp_path) -> None:

@@ -4,6 +4,7 @@ leaves a cooling job alone."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -178,12 +179,18 @@ def test_on_stop_halt_and_a_divergence_end_at_once() -> None:
 
 
 # -- the state machine and the scheduler -----------------------------------------------------------------------------
-def test_a_cooling_job_keeps_its_slots_and_state_until_its_cool_down_ends() -> None:
+def running_job() -> ControllerState:
+    """A state machine with job "a" running on one slot, under PLAN."""
     s = ControllerState()
     submit(s, "a")
     s.jobs["a"].tracker.plan = PLAN
     s.step(Tick({"CPU": 2.0}), T0 + 1)
     s.step(GangStarted("a", 1), T0 + 2)
+    return s
+
+
+def test_a_cooling_job_keeps_its_slots_and_state_until_its_cool_down_ends() -> None:
+    s = running_job()
     for i in range(1, 40):
         fx = check(s, "a", i, saturating_loss(i))
         if fx.answer and fx.answer.get("cooldown"):
@@ -207,11 +214,7 @@ def test_a_cooling_job_keeps_its_slots_and_state_until_its_cool_down_ends() -> N
 
 
 def test_cpr_stop_on_a_cooling_job_ends_it_at_its_next_report() -> None:
-    s = ControllerState()
-    submit(s, "a")
-    s.jobs["a"].tracker.plan = PLAN
-    s.step(Tick({"CPU": 2.0}), T0 + 1)
-    s.step(GangStarted("a", 1), T0 + 2)
+    s = running_job()
     check(s, "a", 1, 5.0)
     fx = s.step(StopRequest("a", StopReason.USER), T0 + 20)
     assert fx.answer["cooling"] and s.jobs["a"].state is JobLifecycle.COOLING
@@ -229,3 +232,51 @@ def test_the_policy_never_pauses_or_shrinks_a_cooling_job() -> None:
     cooling = JobState(job_id="c", status=JobLifecycle.RUNNING, slots=2, cooling=True, ratio=0.1, eta=1.0, **base)
     decisions = tick(2, [cooling, urgent], now=1000.0)
     assert all(d.job_id != "c" for d in decisions) and not any(d.action is SlotAction.START for d in decisions)
+
+
+def test_the_report_names_the_decision_point_and_what_the_cool_down_gained() -> None:
+    from orchestrator.report.data import RunData, Series, StopPoint
+    from orchestrator.report.page import run_page, stop_sentence
+
+    c = cooling_tracker()
+    until_stop(c)
+    start = c.cooldown.start_step
+    for step in range(start + 10, c.cooldown.end_step + 10, 10):
+        evaluate(c, step, c.cooldown.end["val_loss"] - 0.05)
+    summary = c.summary()
+    run = RunData(
+        run_id="r",
+        job_id="j",
+        run_name="j",
+        status="stopped",
+        resource="energy_kwh",
+        patience=2,
+        decision="stop",
+        reason="marginal_return",
+        psi=Series(steps=(start, summary["step"]), values=(-3.0, -2.9)),
+        gamma={},
+        ratio=Series(),
+        eta=Series(),
+        checks_below=Series(),
+        stop=StopPoint(step=start, reason="marginal_return", enforced=True),
+        summary=summary,
+    )
+    assert stop_sentence(run) == (
+        f"STOP decided at step {start} (marginal_return), then a learning-rate cool-down to step {summary['step']} "
+        "(1-sqrt)"
+    )
+    page = run_page(run, [])
+    assert "validation loss at the decision" in page and "Ψ gained by the cool-down" in page
+
+
+def test_a_polled_stop_request_acts_once_and_a_new_one_again() -> None:
+    s = running_job()
+    check(s, "a", 1, 5.0)
+    s.step(StopRequest("a", StopReason.USER, request="t1"), T0 + 20)
+    s.step(Eval("a", EvalReport(step=20, tokens=2000, val_loss=4.9, t_s=T0 + 20)), T0 + 20)
+    again = s.step(StopRequest("a", StopReason.USER, request="t1"), T0 + 22)  # the next poll finds the same tag
+    assert again.items == [] and s.jobs["a"].tracker.cooling
+    restored = ControllerState.from_dict(json.loads(json.dumps(s.to_dict())))  # a restarted controller knows it too
+    assert restored.step(StopRequest("a", StopReason.USER, request="t1"), T0 + 23).items == []
+    s.step(StopRequest("a", StopReason.USER, request="t2"), T0 + 24)  # a second `cpr stop`
+    assert not s.jobs["a"].tracker.cooling and s.answer("a")["halt"]
