@@ -21,7 +21,7 @@ from orchestrator.config.schema import (
     Statistic,
     check_fields,
 )
-from orchestrator.core.lr_schedule import SHAPES, budget_decay_steps
+from orchestrator.core.lr_schedule import SHAPES
 from orchestrator.core.psi import GENERAL, PsiKind, PsiSpec
 from orchestrator.core.resources import ResourceKind
 from orchestrator.core.stop_rule import StopRuleConfig
@@ -92,26 +92,26 @@ def validate_train(job: JobConfig) -> None:
 
 
 def validate_schedule(job: JobConfig) -> None:
-    """The decay's shape is known, and under WSD the warm-up and the decay fit in the budget together."""
+    """The decay's shape is known, and under WSD a fixed cool-down and the warm-up each fit in the budget."""
     t = job.train
     if t.cooldown_shape not in SHAPES:
         raise InputError("train.cooldown_shape", f"unknown shape {t.cooldown_shape!r}", f"one of {', '.join(SHAPES)}")
     if t.schedule is not Schedule.wsd:
         return
     total = job.total_steps
+    if t.warmup_steps > total:
+        raise InputError(
+            "train.warmup_steps",
+            f"{t.warmup_steps} warm-up steps are longer than the budget's {total} steps (train.max_tokens): the LR "
+            "would never reach train.lr",
+            f"shorten the warm-up (e.g. train.warmup_steps={max(1, total // 10)}) or raise train.max_tokens",
+        )
     if t.cooldown_steps is not None and t.cooldown_steps >= total - t.warmup_steps:
         raise InputError(
             "train.cooldown_steps",
             f"a cool-down of {t.cooldown_steps} steps is longer than the {total - t.warmup_steps} steps the budget "
             f"leaves after warm-up ({total} steps of train.max_tokens)",
             "shorten it, or use train.cooldown_fraction",
-        )
-    decay = budget_decay_steps(total, t.cooldown_fraction, t.cooldown_steps)
-    if t.warmup_steps + decay > total:
-        raise InputError(
-            "train.warmup_steps",
-            f"{t.warmup_steps} warm-up steps and the {decay}-step decay do not fit in the budget's {total} steps",
-            "shorten the warm-up or raise train.max_tokens",
         )
 
 

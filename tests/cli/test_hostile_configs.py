@@ -137,7 +137,7 @@ BAD_CONFIGS: list[tuple[str, list[str], str]] = [
     ("cooldown-fraction-above-half", ["train.cooldown_fraction=0.6"], "train.cooldown_fraction"),
     ("cooldown-fraction-zero", ["train.cooldown_fraction=0"], "train.cooldown_fraction"),
     ("cooldown-longer-than-budget", ["train.cooldown_steps=800"], "train.cooldown_steps"),
-    ("warmup-longer-than-budget", ["train.warmup_steps=700"], "train.warmup_steps"),
+    ("warmup-longer-than-budget", ["train.warmup_steps=800"], "train.warmup_steps"),
     ("unknown-cooldown-shape", ["train.cooldown_shape=sqrt"], "train.cooldown_shape"),
     ("setting-of-probe-off", ["probe=off", "probe.interval=3"], "probe.interval"),
     ("setting-of-telemetry-off", ["telemetry=off", "telemetry.interval_s=5"], "telemetry.interval_s"),

@@ -56,7 +56,7 @@ class _Rank:
         named = [(n, p.numel()) for n, p in model.named_parameters()]
         groups = group_parameters(named)
         names = None if trainable_ids is None else trainable_names([n for n, _ in named], groups, trainable_ids)
-        engine = build_engine(self.job, model, 100, trainable=names)
+        engine = build_engine(self.job, model, trainable=names)
         before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
         for step in range(2):
             x, y = _batch(100 * self.rank + step)

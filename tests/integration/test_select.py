@@ -83,8 +83,8 @@ def test_a_job_trains_on_the_kept_windows(selected: dict[str, Any]) -> None:
 
     m = load_manifest(selected["manifest"])
     done = cpr(
-        "submit", *CORPUS, f"data.selection={selected['manifest']}", "train.max_tokens=16384", "stop=shadow",
-        "probe=off", cwd=selected["work"],
+        "submit", *CORPUS, f"data.selection={selected['manifest']}", "train.max_tokens=16384",
+        "train.warmup_steps=4", "stop=shadow", "probe=off", cwd=selected["work"],
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_id = re.search(r"^MLflow run id: (\S+)", done.stdout, re.M).group(1)  # type: ignore[union-attr]
@@ -99,7 +99,7 @@ def test_adapt_chooses_its_submodules_from_the_map_of_the_kept_blocks(selected: 
     m = load_manifest(selected["manifest"])
     adapt = cpr(
         "adapt", selected["job_id"], *CORPUS, f"data.selection={selected['manifest']}", "train.max_tokens=16384",
-        "stop=shadow", "adapt.max_fraction=0.4", cwd=selected["work"],
+        "train.warmup_steps=4", "stop=shadow", "adapt.max_fraction=0.4", cwd=selected["work"],
     )  # fmt: skip
     assert adapt.returncode == 0, adapt.stdout[-3000:] + adapt.stderr[-3000:]
     job_id = re.search(r"^job id: (\S+)", adapt.stdout, re.M).group(1)  # type: ignore[union-attr]
