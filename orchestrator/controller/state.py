@@ -356,7 +356,8 @@ class ControllerState:
         t = e.tracker
         step = t.last_train.step if t.last_train else 0
         fresh, before = t.stop is None, self._cooling(e)
-        d = t.user_stop(step=step, t_s=now, reason=ev.reason)
+        # A job waiting in the queue (never started, or paused) has no ranks to cool down: it ends as it is.
+        d = t.user_stop(step=step, t_s=now, reason=ev.reason, cool=e.state not in WAITING)
         out.add(SaveTracker(e.job_id))
         self._cooldown_news(e, before, out)  # it cools from its next check, or a stop while it cools cuts it short
         if fresh:

@@ -219,10 +219,13 @@ class JobTracker:
         assert self.last_train is not None
         return self.user_stop(step=self.last_train.step, t_s=self.last_train.t_s, reason=StopReason.DIVERGED)
 
-    def user_stop(self, *, step: int | None, t_s: float, reason: StopReason = StopReason.USER) -> Decision:
+    def user_stop(
+        self, *, step: int | None, t_s: float, reason: StopReason = StopReason.USER, cool: bool = True
+    ) -> Decision:
         """A STOP from outside the rule: a person's or script's (`user`) or the scheduler's (`dominated`); the
-        workers checkpoint and end. Under `stop.on_stop=cooldown` a `user` STOP cools from the next check; a STOP
-        during a cool-down cuts it short (its ranks end at their next report)."""
+        workers checkpoint and end. Under `stop.on_stop=cooldown` a `user` STOP cools from the next check (`cool`:
+        False for a job with no ranks running to cool, one queued or paused); a STOP during a cool-down cuts it short
+        (its ranks end at their next report)."""
         if self.stop is not None:
             if self.cooling:
                 assert self.cooldown is not None
@@ -232,7 +235,7 @@ class JobTracker:
             decision = self.rule.user_stop(step=step, reason=reason)
         else:  # after a shadow-mode STOP the rule is done; the curve has gone on
             decision = self.rule.stop_decision(reason, step=step, psi=self._last_psi())
-        if self.plan.cools(reason, step or 0):
+        if cool and self.plan.cools(reason, step or 0):
             self.cooldown = Cooldown(reason=reason.value, shape=self.plan.shape)
         self._record(decision, t_s)
         self.stop = decision

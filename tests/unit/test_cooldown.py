@@ -280,3 +280,11 @@ def test_a_polled_stop_request_acts_once_and_a_new_one_again() -> None:
     assert restored.step(StopRequest("a", StopReason.USER, request="t1"), T0 + 23).items == []
     s.step(StopRequest("a", StopReason.USER, request="t2"), T0 + 24)  # a second `cpr stop`
     assert not s.jobs["a"].tracker.cooling and s.answer("a")["halt"]
+
+
+def test_a_job_stopped_while_it_waits_ends_without_a_cool_down() -> None:
+    s = ControllerState()
+    submit(s, "q")
+    s.jobs["q"].tracker.plan = PLAN
+    fx = s.step(StopRequest("q", StopReason.USER), T0 + 1)
+    assert not fx.answer["cooling"] and s.jobs["q"].tracker.halted and s.jobs["q"].tracker.cooldown is None
