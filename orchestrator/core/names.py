@@ -33,12 +33,13 @@ VAL_LOSS_INITIAL = "val/loss_initial"
 GAMMA_PREFIX = "cpr/gamma/"
 """Γ by kind: `cpr/gamma/energy_kwh`, `cpr/gamma/tokens`, …"""
 SCHEDULER_SLOTS = "scheduler/slots"
-COOLING = "cpr/cooling"
+COOLING = "progress/cooling"
 """1 at a cool-down's checks (its STOP is decided, the LR decays), 0 at its last: the rule never reads these."""
-PSI_DECISION = "cooldown/psi_at_decision"
-VAL_LOSS_DECISION = "cooldown/val_loss_at_decision"
-PSI_GAINED = "cooldown/psi_gained"
-"""Logged at a cool-down's end: Ψ and the loss where the STOP was decided, and Ψ gained by the cool-down since."""
+PSI_DECISION = "cpr/psi_at_decision"
+VAL_LOSS_DECISION = "val/loss_at_decision"
+PSI_GAINED = "cpr/psi_gained_by_cooldown"
+"""Logged at a cool-down's end: Ψ and the loss where the STOP was decided, and Ψ gained by the cool-down since (in
+the sections MLflow's UI already has, after `cpr/psi`, so its charts keep their place)."""
 
 
 def gamma(kind: str) -> str:

@@ -74,8 +74,11 @@ def stop_sentence(run: RunData) -> str:
     text = f"stopped{at} ({run.stop.reason or 'unknown reason'})"
     c = (run.summary or {}).get("cooldown") or {}
     if c.get("start_step") is not None:
-        text = f"STOP decided{at} ({run.stop.reason or 'unknown reason'}), then a learning-rate cool-down to step "
-        text += f"{c['end']['step']} ({c['shape']}" + (f", cut short: {c['cut']})" if c.get("cut") else ")")
+        cut = f", cut short: {c['cut']}" if c.get("cut") else ""
+        text = (
+            f"stopped at step {c['end']['step']} ({run.stop.reason or 'unknown reason'}) after a learning-rate "
+            f"cool-down ({c['shape']}{cut}) from its STOP decided{at}"
+        )
     if run.rule_stop is not None and run.rule_stop.step is not None:
         mode = "shadow mode" if not run.rule_stop.enforced else "the rule"
         text += f"; the rule's own STOP ({mode}) at step {run.rule_stop.step} ({run.rule_stop.reason})"

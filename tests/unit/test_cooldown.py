@@ -262,8 +262,8 @@ def test_the_report_names_the_decision_point_and_what_the_cool_down_gained() -> 
         summary=summary,
     )
     assert stop_sentence(run) == (
-        f"STOP decided at step {start} (marginal_return), then a learning-rate cool-down to step {summary['step']} "
-        "(1-sqrt)"
+        f"stopped at step {summary['step']} (marginal_return) after a learning-rate cool-down (1-sqrt) from its STOP "
+        f"decided at step {start}"
     )
     page = run_page(run, [])
     assert "validation loss at the decision" in page and "Ψ gained by the cool-down" in page
