@@ -35,11 +35,12 @@ GAMMA_PREFIX = "cpr/gamma/"
 SCHEDULER_SLOTS = "scheduler/slots"
 COOLING = "progress/cooling"
 """1 at a cool-down's checks (its STOP is decided, the LR decays), 0 at its last: the rule never reads these."""
-PSI_DECISION = "cpr/psi_at_decision"
+PSI_DECISION = "cpr/cooldown/psi_at_decision"
 VAL_LOSS_DECISION = "val/loss_at_decision"
-PSI_GAINED = "cpr/psi_gained_by_cooldown"
-"""Logged at a cool-down's end: Ψ and the loss where the STOP was decided, and Ψ gained by the cool-down since (in
-the sections MLflow's UI already has, after `cpr/psi`, so its charts keep their place)."""
+PSI_GAINED = "cpr/cooldown/psi_gained"
+"""Logged at a cool-down's end: Ψ and the loss where the STOP was decided, and Ψ gained by the cool-down since. In
+a section of their own (`cpr/cooldown`) or one that exists (`val`): MLflow's UI draws only a section's first charts
+until scrolled, and `cpr`'s first are Ψ, the ratio and η."""
 
 
 def gamma(kind: str) -> str:

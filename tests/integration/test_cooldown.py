@@ -108,7 +108,7 @@ def test_its_checks_were_logged_once_and_kept_from_the_rule(cooled: dict) -> Non
     assert cooling[c["end_step"]] == 0.0 and all(v == 1.0 for s, v in cooling.items() if s < c["end_step"])
     ratios = [m.step for m in client.get_metric_history(run_id, "cpr/ratio")]
     assert max(ratios) <= c["start_step"]  # the rule never saw a cool-down check
-    gained = client.get_metric_history(run_id, "cpr/psi_gained_by_cooldown")
+    gained = client.get_metric_history(run_id, "cpr/cooldown/psi_gained")
     assert [(m.step, m.value) for m in gained] == [(c["end_step"], pytest.approx(c["psi_gained"]))]
     decisions = read_jsonl(cooled["runs"] / "jobs" / job / "decisions.jsonl")
     stops = [d for d in decisions if d["action"] == "stop"]
