@@ -108,6 +108,10 @@ class Cooldown:
             self.done = True
         return self.done
 
+    def span(self) -> dict[str, Any]:
+        """Where it runs: start, steps, end and shape (what its STOP's decision record carries)."""
+        return {"start_step": self.start_step, "steps": self.steps, "end_step": self.end_step, "shape": self.shape}
+
     def psi_gained(self) -> float | None:
         """Ψ at its end minus Ψ at the decision (the gain the cool-down bought)."""
         a, b = self.decision.get("psi"), self.end.get("psi")
@@ -117,10 +121,7 @@ class Cooldown:
         """As persisted, and as the summary shows it (with its end step and Ψ gained)."""
         return {
             "reason": self.reason,
-            "shape": self.shape,
-            "start_step": self.start_step,
-            "steps": self.steps,
-            "end_step": self.end_step,
+            **self.span(),
             "decision": self.decision,
             "end": self.end,
             "done": self.done,

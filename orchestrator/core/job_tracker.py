@@ -403,13 +403,7 @@ class JobTracker:
     def _record(self, decision: Decision, t_s: float) -> None:
         record = {"job_id": self.job_id, "t_s": t_s, **decision.to_dict()}
         if decision.stopped and self.cooldown is not None and self.stop is None:  # the STOP that starts it
-            c = self.cooldown
-            record["cooldown"] = {
-                "start_step": c.start_step,
-                "steps": c.steps,
-                "end_step": c.end_step,
-                "shape": c.shape,
-            }
+            record["cooldown"] = self.cooldown.span()
         max_loss = self.rule.config.max_loss
         if decision.stopped and decision.evidence is not None and max_loss is not None:
             loss = -decision.psi if self.psi.is_val_loss else None  # a share of the loss only where Ψ is one

@@ -71,8 +71,9 @@ class LrSchedule:
         if self.kind == "constant":
             return 1.0
         if self.kind == "cosine":
-            progress = min(1.0, (k - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-            return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return decay_factor(
+                "cosine", (k - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps), self.floor
+            )
         start = self.decay_start
         if k < start:
             return 1.0
