@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, Valid
 from orchestrator.core import stop_rule
 from orchestrator.core.cooldown import CooldownPlan
 from orchestrator.core.lr_schedule import LrSchedule, budget_decay_steps
+from orchestrator.core.probe_sizing import ProbeSizing
 from orchestrator.core.psi import GENERAL, LOSS_UNITS, SCORE_UNITS, PsiKind, PsiSpec, default_name, normalised
 from orchestrator.core.scheduling import PRIORITY_MAX, PRIORITY_MIN
 from orchestrator.errors import InputError
@@ -379,9 +380,18 @@ class ProbeConfig:
 
     enabled: bool = True
     interval: Count = 250
-    """Optimizer steps between periodic probes (logged as grad/norm/<id>); blueprint checkpoints probe as well."""
+    """A periodic probe (logged as grad/norm/<id>) runs when no probe has run for this many optimizer steps;
+    blueprint checkpoints probe as well, and count."""
     batches: Count = 4
-    """Validation batches each rank probes per domain (each is one sample of every submodule's norm)."""
+    """Most validation batches each rank probes per domain (each is one sample of every submodule's norm)."""
+    min_batches: Count = 1
+    """Fewest batches each rank probes per domain, whatever the time budget says."""
+    max_share: Fraction | None = 0.02
+    """Most of the training time the probes may take: each probe takes as many batches (min_batches..batches) as
+    this share of the training loop's time so far leaves it; None: always `batches` (docs/overhead.md)."""
+    ci_target: Fraction | None = 0.1
+    """A probe stops early once every submodule's ci_level t-interval of its mean norm is within this fraction of
+    the mean; None: never early."""
     checkpoints: Annotated[list[Fraction], Field(min_length=1)] = field(default_factory=lambda: [0.25, 0.5, 0.8, 1.0])
     """Fractions of train.max_tokens at which a blueprint is published; one is also published at a STOP. The
     default run usually stops near 40 %: 0.25 gives it a blueprint before its STOP."""
@@ -412,6 +422,17 @@ class ProbeConfig:
     """δ of the (ε, δ) a dp blueprint states; ε follows from noise_multiplier and the queries released so far."""
     model_id: str | None = None
     """The blueprints' model id; None: the job id."""
+
+    def sizing(self) -> ProbeSizing:
+        """How many batches each probe takes (core/probe_sizing.py)."""
+        return ProbeSizing(
+            min_batches=self.min_batches,
+            max_batches=self.batches,
+            # Under DP n is fixed by the config and public (docs/blueprints.md): always `batches`.
+            ci_target=None if self.privacy == PrivacyMode.dp else self.ci_target,
+            ci_level=self.ci_level,
+            max_share=None if self.privacy == PrivacyMode.dp else self.max_share,
+        )
 
 
 @with_config(STRICT)
@@ -588,12 +609,14 @@ class TelemetryConfig:
     """Per-rank energy/power/memory sampling: NVML for GPUs, codecarbon for CPU/RAM and carbon."""
 
     enabled: bool = True
-    interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
+    interval_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 2.0
+    """Seconds between a rank's readings; each evaluation check also takes one, and sends the readings kept."""
     nvml: bool = True
     codecarbon: bool = True
     country_iso_code: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] = "USA"
     """An ISO 3166-1 alpha-3 code, e.g. USA, FRA, DEU."""
     codecarbon_measure_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 1.0
+    """Least seconds between two codecarbon measurements (each walks /proc); a reading sooner reuses the last."""
 
 
 @with_config(STRICT)

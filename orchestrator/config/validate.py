@@ -275,6 +275,12 @@ def validate_job(job: JobConfig, overrides: Iterable[str] = ()) -> StopRuleConfi
         job.probe.histogram.spec()
         if job.probe.model_id is not None:
             check_model_id(job.probe.model_id)
+        if job.probe.min_batches > job.probe.batches:
+            raise InputError(
+                "probe.min_batches",
+                f"{job.probe.min_batches} is more than probe.batches={job.probe.batches}",
+                "probe.batches is the most a probe takes: raise it, or lower probe.min_batches",
+            )
         validate_privacy(job)
     validate_adapt(job)
     job.notify.events()

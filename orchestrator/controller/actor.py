@@ -63,6 +63,7 @@ from orchestrator.core.reports import EvalReport, ProbeReport, TrainReport
 from orchestrator.errors import InputError
 from orchestrator.notify.checks import notify_channels
 from orchestrator.notify.dispatch import OUTBOX, JobNotifier
+from orchestrator.priority import lower_priority
 from orchestrator.tracking.secrets import mask_config
 from orchestrator.tracking.writer import RunWriter
 
@@ -80,6 +81,7 @@ class Controller:
     none kept, as in tests outside Ray)."""
 
     def __init__(self, registry: str | None = None) -> None:
+        lower_priority()
         self.state = ControllerState()
         self.jobs: dict[str, JobHandle] = {}
         self.pool_lock = threading.Lock()  # the queue and the pool: submissions, ticks, job endings
@@ -87,7 +89,10 @@ class Controller:
         self._scheduler: threading.Thread | None = None
         self._schedule_log: Path | None = None
         self._next_stop_poll = 0.0
-        self._probes: dict[tuple[str, int], list[ProbeReport]] = {}
+        self._due: set[tuple[str, int]] = set()
+        """(job, step) of probes whose blueprint is due (`publish_blueprint`, under the job's lock)."""
+        self._publishing: dict[str, threading.Lock] = {}
+        """One lock per job: its blueprints are built one at a time, in the order of their probes."""
         self._notifier_lock = threading.Lock()
         self.metrics = ControllerMetrics(default_sink())
         """Live Prometheus metrics (through Ray's metrics agent): one call per event, no I/O."""
@@ -312,15 +317,22 @@ class Controller:
             return h.notifier
 
     def publish_blueprint(self, job_id: str, step: int) -> None:
-        """Build and publish a blueprint (the job's lock is held); one that cannot be built does not end the job."""
-        h = self.jobs[job_id]
-        reports = self._probes.pop((job_id, step))
+        """A blueprint is due for this probe (the job's lock is held): `probe` builds it once it has let go."""
+        self._due.add((job_id, step))
+
+    def _publish(self, h: JobHandle, reports: list[ProbeReport]) -> None:
+        """Build and publish a blueprint without the job's lock (the fits and bootstraps take a while, and the ranks'
+        reports and checks must not wait behind them), one at a time per job so versions follow the probes; then
+        step the outcome under the lock. One that cannot be built does not end the job."""
         general = next(r for r in reports if r.domain == "general")
-        try:
-            event: Event = publish_blueprint(h, reports)
-        except Exception as exc:
-            event = BlueprintFailed(job_id, step, f"step {step} ({general.label}): {type(exc).__name__}: {exc}")
-        self.effects.apply(self.state.step(event, time.time()))
+        with self._publishing.setdefault(h.job_id, threading.Lock()):
+            try:
+                event: Event = publish_blueprint(h, reports)
+            except Exception as exc:
+                msg = f"step {general.step} ({general.label}): {type(exc).__name__}: {exc}"
+                event = BlueprintFailed(h.job_id, general.step, msg)
+            with h.lock:
+                self.effects.apply(self.state.step(event, time.time()))
 
     # -- reports from workers (called concurrently) --------------------------------------------------------
     def sources(self, job_id: str, rank: int, statuses: list[dict[str, Any]]) -> None:
@@ -361,12 +373,14 @@ class Controller:
                 if logged or nonfinite
                 else probe_metrics(general, h.job.probe.top_k, privacy=str(h.job.probe.privacy))
             )
-            self._probes[(job_id, general.step)] = parsed
             try:
                 event = Probe(job_id, general.step, metrics, general.label, nonfinite, logged)
                 self.effects.apply(self.state.step(event, time.time()))
             finally:
-                self._probes.pop((job_id, general.step), None)
+                due = (job_id, general.step) in self._due
+                self._due.discard((job_id, general.step))
+        if due:  # in this call still: a rank's last report returns only once its blueprint is out
+            self._publish(h, parsed)
 
     def checkpointed(self, job_id: str, record: dict[str, Any]) -> None:
         """Rank 0: every rank's part of a periodic checkpoint is on disk; a lost gang restarts from it."""

@@ -31,7 +31,8 @@ from orchestrator.worker.group import WorkerGroup
 if TYPE_CHECKING:
     from orchestrator.controller.actor import Controller
 
-STOP_POLL_S = 2.0
+STOP_POLL_S = 5.0
+"""How often a running job's `cpr stop` tag is read from MLflow (a query per job: docs/overhead.md)."""
 PEER_DEATH_S = 20.0
 """How long a rank's error waits for Ray to report a peer's death that may have caused it (a gloo or NCCL error)."""
 

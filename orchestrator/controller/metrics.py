@@ -17,6 +17,7 @@ Only per-job series (no per-rank ones: their cardinality would grow with the wor
 
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 from collections.abc import Mapping
@@ -132,7 +133,10 @@ def _refresh_interval_s() -> float:
 
 
 def default_sink() -> Sink | None:
-    """Ray's metrics inside a Ray worker (the controller actor); None elsewhere (plain tests, replay)."""
+    """Ray's metrics inside a Ray worker (the controller actor); None elsewhere (plain tests, replay), or where the
+    environment says CPR_LIVE_METRICS=0 (benchmarks/overhead measures the export's cost that way)."""
+    if os.environ.get("CPR_LIVE_METRICS", "1") == "0":
+        return None
     try:
         import ray
 

@@ -12,7 +12,7 @@ from orchestrator.submission.prepare import Prepared
 from orchestrator.submission.ray_cluster import init_ray
 from orchestrator.submission.resume import ResumePlan
 
-POLL_S = 0.5
+POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,9 @@ def follow(started: Started, on_progress: Callable[[dict[str, Any]], None] | Non
     every POLL_S seconds."""
     import ray
 
+    from orchestrator.priority import lower_priority
+
+    lower_priority()  # this process only polls and draws: the ranks, on this machine or not, come first
     controller, job_id = started.controller, started.job_id
     while True:
         result = ray.get(controller.wait.remote(job_id, POLL_S))

@@ -1,7 +1,10 @@
-"""A per-rank sampler thread: reads every present source each interval and hands the batch to a sink.
+"""A per-rank sampler thread: reads every present source each interval and hands the readings to a sink in batches.
 
 It never blocks a training step: it runs in its own thread and its sink (in production a Ray `.remote()` call)
-returns at once. A source that is absent (no GPU, no NVML) is listed as absent with the reason and emits no
+returns at once. Readings are kept and sent together every `send_every_s`, or at once when the rank asks (`flush`,
+a non-blocking call the rank makes at each evaluation check, so the controller's Γ at a check is as fresh as a
+reading can be): one call to the controller per check instead of one per interval (docs/overhead.md).
+A source that is absent (no GPU, no NVML) is listed as absent with the reason and emits no
 samples — never zeros. A failed reading is counted and kept in `errors`; the thread goes on, and survives any other
 `Exception` the same way. Should it die all the same, `ensure_alive()` (called at every report) restarts it with the
 same sources and sequence numbers, so the cumulative counters span the gap. Samples are stamped by a step-free clock
@@ -10,9 +13,11 @@ same sources and sequence numbers, so the cumulative counters span the gap. Samp
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +26,8 @@ from orchestrator.telemetry.clock import steady_time
 from orchestrator.telemetry.nvml import ENERGY_COUNTER_WRAP_MJ, CounterUnsupported, GpuBackend, open_gpu_backend
 
 MAX_ERRORS_KEPT = 20
+SEND_EVERY_S = 10.0
+"""The longest readings wait before they are sent when no check asks for them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,12 +70,19 @@ class TelemetrySampler:
         codecarbon_measure_s: float,
         gpu_backend: GpuBackend | None = None,
         clock: Callable[[], float] = steady_time,
+        send_every_s: float = SEND_EVERY_S,
     ) -> None:
         """`clock` stamps the samples: this process's step-free wall time unless a test injects one."""
         self.prefix = source_prefix
         self.sink = sink
         self.interval_s = interval_s
+        self.send_every_s = send_every_s
+        self.codecarbon_measure_s = codecarbon_measure_s
+        self._measured_at = -math.inf
         self.clock = clock
+        self._unsent: list[TelemetrySample] = []
+        self._sent_at = time.monotonic()
+        self._wake = threading.Event()
         self.errors: list[str] = []
         self.n_errors = 0
         self.readings_sent = 0
@@ -108,7 +122,7 @@ class TelemetrySampler:
             try:
                 from orchestrator.telemetry.cpu import CpuMeter
 
-                self.cpu = CpuMeter(country_iso_code=country_iso_code, measure_s=codecarbon_measure_s)
+                self.cpu = CpuMeter(country_iso_code=country_iso_code)
                 detail, present = self.cpu.method(), True
                 method = "estimate" if "estimated" in detail else "counter"
             except Exception as exc:
@@ -167,6 +181,9 @@ class TelemetrySampler:
                         self._error(src, exc)
             if self.cpu is not None:
                 try:
+                    if time.monotonic() - self._measured_at >= self.codecarbon_measure_s:
+                        self.cpu.measure()  # at most every codecarbon_measure_s (its cost: a /proc walk)
+                        self._measured_at = time.monotonic()
                     cpu_j, ram_j = self.cpu.energy_j()
                     out.append(self._sample(f"{self.prefix}/cpu", Metric.ENERGY_J, t, cpu_j))
                     out.append(self._sample(f"{self.prefix}/ram", Metric.ENERGY_J, t, ram_j))
@@ -174,20 +191,37 @@ class TelemetrySampler:
                     self._error(f"{self.prefix}/cpu", exc)
             return out
 
-    def _send(self, batch: list[TelemetrySample]) -> None:
-        if not batch:
-            return
+    def _send(self, batch: list[TelemetrySample], *, now: bool = True) -> None:
+        """Keep `batch` with the readings not sent yet; send them all when `now` (a sink that fails loses them,
+        counted in `errors`, as a lost reading would be: the next reading of each cumulative counter spans it)."""
+        with self._lock:
+            self._unsent.extend(batch)
+            if not now or not self._unsent:
+                return
+            pending, self._unsent = self._unsent, []
+            self._sent_at = time.monotonic()
         try:
-            self.sink(batch)
-            self.readings_sent += len(batch)
+            self.sink(pending)
+            self.readings_sent += len(pending)
         except Exception as exc:
             self._error("sink", exc)
 
+    def flush(self) -> None:
+        """Ask the thread for a reading now, sent with every reading kept (returns at once)."""
+        self._wake.set()
+
     def _loop(self) -> None:
         try:
-            while not self._stop.wait(self.interval_s):
+            while True:
+                asked = self._wake.wait(self.interval_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
                 try:
-                    self._send(self.read())
+                    due = asked or time.monotonic() - self._sent_at >= self.send_every_s
+                    if asked:
+                        self._measured_at = -math.inf  # a check's reading is current
+                    self._send(self.read(), now=due)
                 except Exception as exc:  # not one source's reading (read() keeps those): still not a reason to die
                     self._error("sampler", exc)
         except BaseException as exc:  # SystemExit and the like: the thread ends, saying why; ensure_alive() restarts it
@@ -216,14 +250,10 @@ class TelemetrySampler:
             return
         self._stopped = True
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
-        if self.cpu is not None:
-            # codecarbon updates its totals on its own schedule; measure now so the final reading is current.
-            try:
-                self.cpu.tracker._measure_power_and_energy()
-            except Exception as exc:
-                self._error("codecarbon final measure", exc)
+        self._measured_at = -math.inf  # the final reading measures, whenever the last one did
         self._send(self.read())
         if self.cpu is not None:
             self.cpu.stop()

@@ -33,7 +33,8 @@ from orchestrator.tracking.journal import Journal, Marks
 MAX_PARAM_LEN = 6000
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
-FLUSH_EVERY_S = 0.5
+FLUSH_EVERY_S = 2.0
+"""How often the thread writes what is queued: one `log_batch` transaction for everything since the last."""
 BACKOFF_S = (0.5, 10.0)
 """First and longest wait between two attempts at a write that failed for a transient reason."""
 EXIT_DRAIN_S = 5.0

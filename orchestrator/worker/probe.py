@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.blueprints.grouping import ParamGroup, group_of, group_parameters
 from orchestrator.core.gradmass import HistogramSpec
+from orchestrator.core.probe_sizing import ProbeSizing, enough_batches
 from orchestrator.core.reports import ProbeReport
 from orchestrator.errors import InputError
 
@@ -96,10 +97,36 @@ class GradientProbe:
             if was_training:
                 self.module.train()
 
+    @staticmethod
+    def _so_far(sumsq: Any, elapsed_s: float, world: int) -> tuple[list[list[float]], float, int]:
+        """Every rank's per-batch norms so far and the slowest rank's time (the same on every rank), with the bytes
+        this rank sent for them."""
+        import torch
+        import torch.distributed as dist
+
+        if world == 1:
+            return sumsq.sqrt().tolist(), elapsed_s, 0
+        rows = [torch.zeros_like(sumsq) for _ in range(world)]
+        dist.all_gather(rows, sumsq)
+        elapsed = torch.tensor([elapsed_s], dtype=torch.float64)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        return torch.cat(rows).sqrt().tolist(), float(elapsed.item()), sumsq.numel() * 8 + 8
+
     def measure(
-        self, batches: Sequence[tuple[Any, Any]], *, step: int, tokens: int, domain: str, label: str | None
+        self,
+        batches: Sequence[tuple[Any, Any]],
+        *,
+        step: int,
+        tokens: int,
+        domain: str,
+        label: str | None,
+        sizing: ProbeSizing | None = None,
+        budget_s: float | None = None,
     ) -> ProbeReport | None:
-        """Probe `batches` (this rank's share) and combine over ranks; rank 0 gets the report, others None."""
+        """Probe `batches` (this rank's share) and combine over ranks; rank 0 gets the report, others None.
+
+        With `sizing`, the probe may stop before the last batch (`core/probe_sizing.py`): after each batch past the
+        floor the ranks gather that batch's norms and the slowest rank's time, and all decide alike."""
         import time
 
         import torch
@@ -130,6 +157,9 @@ class GradientProbe:
 
             return hook
 
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        sent = 0
+        done = 0
         handles = [p.register_hook(hook_for(gi)) for p, gi in self._params]
         try:
             with self._no_reduction():
@@ -138,19 +168,23 @@ class GradientProbe:
                     logits = self.module(input_ids=x.to(self.device)).logits
                     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.to(logits.device).reshape(-1))
                     loss.backward()
+                    done = b + 1
+                    if sizing is not None and sizing.min_batches <= done < len(batches):
+                        norms, elapsed, cost = self._so_far(sumsq[:done], time.perf_counter() - t0, world)
+                        sent += cost
+                        if enough_batches(norms, done=done, elapsed_s=elapsed, budget_s=budget_s, sizing=sizing):
+                            break
         finally:
             for h in handles:
                 h.remove()
-
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        sent = 0
+        sumsq = sumsq[:done]
         if world > 1:
             gathered = [torch.zeros_like(sumsq) for _ in range(world)]
             dist.all_gather(gathered, sumsq)
             dist.all_reduce(counts)
             dist.all_reduce(sums)
             dist.all_reduce(nonfinite)
-            sent = sumsq.numel() * 8 + counts.numel() * 8 + sums.numel() * 8 + 8
+            sent += sumsq.numel() * 8 + counts.numel() * 8 + sums.numel() * 8 + 8
             sumsq = torch.cat(gathered)
         overflow = int(counts[:, -1].sum())
         if overflow:  # every rank sees the same reduced counts, so all of them stop here together

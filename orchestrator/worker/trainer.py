@@ -191,12 +191,14 @@ class TrainWorker:
             sampler.start()
             ray.get(self.controller.sources.remote(self.job_id, self.rank, [asdict(s) for s in sampler.sources()]))
 
-        probe, probe_sets, probe_steps, probe_s = None, {}, {}, 0.0
+        probe, probe_sets, probe_steps, probe_s, sizing = None, {}, {}, 0.0, None
         if job.probe.enabled and not bare:
+            from orchestrator.core.probe_sizing import periodic_due, probe_budget_s
             from orchestrator.worker.probe import GradientProbe
 
             pc = job.probe
             probe = GradientProbe(engine, pc.histogram.spec())
+            sizing = pc.sizing()
             n_seq = pc.batches * t.micro_batch * self.world_size
             for domain in ["general", *job.probe_domains()]:
                 split = "val" if domain == "general" else domain
@@ -204,15 +206,29 @@ class TrainWorker:
                 probe_sets[domain] = windows[self.rank :: self.world_size][: pc.batches]
             # Blueprint checkpoints: the first step at or past each fraction of the budget.
             probe_steps = {max(1, math.ceil(f * total_steps - 1e-9)): f"{f:g}" for f in sorted(pc.checkpoints)}
+        last_probe = step  # a periodic probe is due `probe.interval` steps after the last probe of any kind
 
         def run_probe(step: int, tokens: int, label: str | None) -> float:
-            """Probe the general set (and at a blueprint checkpoint every domain); rank 0 reports them at once."""
+            """Probe the general set (and at a blueprint checkpoint every domain), each within its share of the time
+            budget (`core/probe_sizing.py`); rank 0 reports them at once."""
             t0 = time.perf_counter()
+            domains = [d for d in probe_sets if d == "general" or label is not None]
+            loop_s = t0 - t_loop
             reports = []
-            for domain, batches in probe_sets.items():
-                if domain != "general" and label is None:
-                    continue
-                r = probe.measure(batches, step=step, tokens=tokens, domain=domain, label=label)
+            for i, domain in enumerate(domains):
+                assert sizing is not None
+                budget = probe_budget_s(
+                    sizing, loop_s=loop_s, probe_s=probe_s + time.perf_counter() - t0, domains_left=len(domains) - i
+                )
+                r = probe.measure(
+                    probe_sets[domain],
+                    step=step,
+                    tokens=tokens,
+                    domain=domain,
+                    label=label,
+                    sizing=sizing,
+                    budget_s=budget,
+                )
                 if r is not None:
                     reports.append(r.to_dict())
             if reports:
@@ -232,12 +248,20 @@ class TrainWorker:
 
         check_wait = {"n": 0, "total_s": 0.0, "max_s": 0.0, "last_s": 0.0}
         """Rank 0's waits for the controller's answer at its checks; the last is its STOP's, when a STOP ended it."""
+        spent = dict.fromkeys(("eval", "check", "report", "checkpoint", "probe", "probe_blueprint"), 0.0)
+        """Seconds of this rank's loop in each part besides the training steps (benchmarks/overhead's breakdown):
+        the evaluation itself, the check's round trip and all-reduce, reports, periodic checkpoints, probes."""
 
         def check(step: int, tokens: int, final: bool) -> tuple[float, bool, bool]:
             """The evaluation check: (the controller's answer as a flag, whether the validation loss was finite,
             whether a cool-down starts here). A STOP into a cool-down comes as `cooldown`: [start step, steps]; every
             rank's schedule decays from then on (a restarted gang's checkpoint may carry it already)."""
+            if sampler is not None:
+                sampler.flush()  # the readings reach the controller while this rank evaluates, before its report
+            t_eval = time.perf_counter()
             val_loss, psi, domain_losses = meter.measure(step)
+            t_check = time.perf_counter()
+            spent["eval"] += t_check - t_eval
             finite = math.isfinite(val_loss)
             halt, start, steps = 0.0, 0.0, 0.0
             if bare:
@@ -267,6 +291,7 @@ class TrainWorker:
             begins = steps > 0 and schedule.cooldown_start != int(start)
             if begins:
                 cool(engine, int(start), int(steps))
+            spent["check"] += time.perf_counter() - t_check
             return said, finite, begins and int(start) == step
 
         def save(step: int, tokens: int) -> Path:
@@ -304,7 +329,7 @@ class TrainWorker:
         last_answer: Any = None
         poison_from = int(os.environ.get(INJECT_NONFINITE) or 0)
         engine.train()
-        t_loop = time.perf_counter()
+        t_loop, cpu_loop = time.perf_counter(), time.process_time()
         # An adapt job's first step measures its memory (training_memory reads ZeRO 0-2's tensors, not ZeRO 3's).
         measured = adapted is None or bare or job.deepspeed.zero_stage >= 3
         before_step: dict[str, int] = {}
@@ -336,6 +361,7 @@ class TrainWorker:
                     self._send(self.controller.adapted.remote(self.job_id, {"measured": m}))
             halt = False
             if not bare and (step % t.report_interval == 0 or step == total_steps):
+                t_report = time.perf_counter()
                 user_halt = 0.0
                 if self.rank == 0 and last_answer is not None:
                     ready, _ = ray.wait([last_answer], timeout=0)
@@ -361,6 +387,7 @@ class TrainWorker:
                 interval_loss, interval_steps = 0.0, 0
                 if said > 0:
                     halt, reason = True, "restart" if said > 1 else "user"
+                spent["report"] += time.perf_counter() - t_report
             cooling_begins = False
             # A restart still takes this step's check: the rule's window must not lose a point to a resize.
             if (not halt or reason == "restart") and (step % t.eval_interval == 0 or step == total_steps):
@@ -370,6 +397,7 @@ class TrainWorker:
                     halt, reason = True, "restart" if said > 1 else "controller"
                 elif every and step % every == 0 and finite and not bare:
                     # A periodic checkpoint, of a state the check just found finite: what a lost rank restarts from.
+                    t_save = time.perf_counter()
                     periodic.append(save(step, tokens))
                     finite_ckpt = str(periodic[-1])
                     if self.rank == 0:
@@ -378,16 +406,20 @@ class TrainWorker:
                         for old in periodic[: -job.train.keep_checkpoints]:
                             shutil.rmtree(old, ignore_errors=True)
                     del periodic[: -job.train.keep_checkpoints]
+                    spent["checkpoint"] += time.perf_counter() - t_save
             if probe is not None:
                 # A STOP's blueprint ("stop", after its cool-down, and "decision" where a cool-down began); a restart
                 # is not an end and publishes nothing.
                 label = probe_steps.get(step) or ("stop" if halt and reason != "restart" else None)
                 label = label or ("decision" if cooling_begins else None)
-                if label is not None or step % job.probe.interval == 0:
-                    probe_s += run_probe(step, tokens, label)
+                if label is not None or periodic_due(step, last_probe, job.probe.interval):
+                    last_probe = step
+                    took = run_probe(step, tokens, label)
+                    probe_s += took
+                    spent["probe" if label is None else "probe_blueprint"] += took
             if halt:
                 break
-        train_s = time.perf_counter() - t_loop
+        train_s, train_cpu_s = time.perf_counter() - t_loop, time.process_time() - cpu_loop
 
         # A diverged state is not saved: the job keeps its last finite checkpoint (None if it never had one).
         if finite and finite_ckpt != str(Path(self.checkpoint_dir) / f"step{step}"):
@@ -410,10 +442,12 @@ class TrainWorker:
             "checkpoint": finite_ckpt,
             "finite": finite,
             "train_s": train_s,
+            "train_cpu_s": train_cpu_s,  # every thread of this rank's process: the loop's and its helpers'
             "probe_s": probe_s,
             "world_size": self.world_size,
             "tokens_per_s": (tokens - start_tokens) / train_s if train_s > 0 else None,
             "telemetry_errors": list(sampler.errors) if sampler is not None else [],
             "check_wait": check_wait,
+            "spent": spent,
         }
         return self._result

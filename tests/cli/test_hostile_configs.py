@@ -140,6 +140,8 @@ BAD_CONFIGS: list[tuple[str, list[str], str]] = [
     ("warmup-longer-than-budget", ["train.warmup_steps=800"], "train.warmup_steps"),
     ("unknown-cooldown-shape", ["train.cooldown_shape=sqrt"], "train.cooldown_shape"),
     ("setting-of-probe-off", ["probe=off", "probe.interval=3"], "probe.interval"),
+    ("probe-floor-above-cap", ["probe.min_batches=5"], "probe.min_batches"),
+    ("probe-share-above-one", ["probe.max_share=1.5"], "probe.max_share"),
     ("setting-of-telemetry-off", ["telemetry=off", "telemetry.interval_s=5"], "telemetry.interval_s"),
     ("local-setting-on-a-cluster", ["cluster.address=auto", "cluster.num_cpus=2"], "cluster.num_cpus"),
     # notifications: the channels are checked before anything starts (docs/notify.md)
@@ -198,6 +200,7 @@ INT_FIELDS = (
     "cluster.num_workers",
     "data.val_every",
     "probe.interval",
+    "probe.min_batches",
     "probe.n_resamples",
 )
 FLOAT_FIELDS = (
@@ -210,6 +213,8 @@ FLOAT_FIELDS = (
     "stop.budget",
     "model.dropout",
     "probe.top_k",
+    "probe.max_share",
+    "probe.ci_target",
     "probe.ci_level",
     "telemetry.interval_s",
     "cluster.memory_gb_per_worker",

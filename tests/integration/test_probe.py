@@ -17,6 +17,7 @@ import ray
 from orchestrator.blueprints.grouping import group_of, group_parameters
 from orchestrator.config.compose import compose_job, job_from_dict, job_to_dict
 from orchestrator.core.gradmass import HistogramSpec, MagnitudeHistogram
+from orchestrator.core.probe_sizing import ProbeSizing
 from orchestrator.worker.trainer import free_port, set_rank_env
 from tests.integration.cluster import two_ranks
 
@@ -57,7 +58,7 @@ class _Rank:
         engine = build_engine(self.job, build_model(self.job.model, VOCAB, SEQ, 0))
         gp = GradientProbe(engine, SPEC)
         probe_batches = [_batch(1000 + 10 * self.rank + i) for i in range(2)]
-        losses, report, weights = [], None, None
+        losses, report, weights, sized = [], None, None, None
         for step in range(4):
             x, y = _batch(100 * self.rank + step)
             loss = token_loss(engine, x, y)
@@ -75,7 +76,13 @@ class _Rank:
                 r = gp.measure(probe_batches, step=2, tokens=0, domain="general", label=None)
                 report = r.to_dict() if r is not None else None
                 gp.measure(probe_batches[:1], step=2, tokens=0, domain="other", label=None)
-        return {"losses": losses, "report": report, "weights": weights, "batches": probe_batches}
+                # A sized probe out of time: both ranks stop after the floor's one batch, together.
+                floor = ProbeSizing(min_batches=1, max_batches=2, ci_target=None, ci_level=0.95, max_share=0.02)
+                s = gp.measure(
+                    probe_batches, step=2, tokens=0, domain="general", label=None, sizing=floor, budget_s=0.0
+                )
+                sized = s.to_dict() if s is not None else None
+        return {"losses": losses, "report": report, "weights": weights, "batches": probe_batches, "sized": sized}
 
 
 def _two_ranks(job: dict[str, Any], probe: bool) -> list[dict[str, Any]]:
@@ -145,6 +152,11 @@ def test_probe_equals_reference_and_leaves_training_alone(ray_local: None, stage
         assert np.abs(h.counts - ref.counts).sum() <= max(1, 1e-4 * ref.count), gid
         np.testing.assert_allclose(h.sums.sum(), ref.sums.sum(), rtol=1e-4, err_msg=gid)
         np.testing.assert_allclose(h.sumsq, ref.sumsq, rtol=1e-4, err_msg=gid)
+    sized = probed[0]["sized"]
+    for gid in groups:  # each rank's first batch only: rank-major, rank 0's first, then rank 1's
+        got = np.square(np.asarray(sized["batch_norms"][gid]))
+        np.testing.assert_allclose(got, [ref_sumsq[gid][0], ref_sumsq[gid][2]], rtol=1e-4, err_msg=gid)
+        assert MagnitudeHistogram.from_dict(sized["histograms"][gid]).count == 2 * groups[gid].n_params
     # Collectives: 2 batches × G sums of squares, G × bins counts and sums, one non-finite count; no gradients.
     g, b = len(groups), SPEC.n_bins
     assert report["bytes_communicated"] == 8 * (2 * g + 2 * g * b + 1)

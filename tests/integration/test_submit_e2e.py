@@ -153,7 +153,8 @@ def test_blueprints_were_published_at_the_checkpoints_and_the_stop(debug_run: di
         assert {e.id for e in bp.layers} == {"embed", "attn.0", "ffn.0", "norm.0", "attn.1", "ffn.1", "norm.1",
                                               "norm.final", "head"}  # fmt: skip
         for e in bp.layers:
-            assert e.gradient_norm > 0 and e.n_batches == 4 and e.prefixes and e.k_star is not None
+            # 1 or 2 batches per rank (probe.batches=2), as the probe's share of the time allows, on both ranks alike.
+            assert e.gradient_norm > 0 and e.n_batches in (2, 4) and e.prefixes and e.k_star is not None
             assert set(e.domain_tags) == {"general", "tests", "docs"}
         assert bp.resource_model.zero_stage == 2 and bp.resource_model.dp_world_size == 2
         assert bp.provenance["config_sha256"] and bp.provenance["checkpoint"] == labels[v - 1][0]
@@ -168,6 +169,8 @@ def test_blueprints_were_published_at_the_checkpoints_and_the_stop(debug_run: di
 def test_probe_metrics_are_logged(debug_run: dict) -> None:
     client, run_id = debug_run["client"], debug_run["run_id"]
     steps = [m.step for m in client.get_metric_history(run_id, "grad/norm/attn.0")]
-    assert steps[:3] == [31, 50, 52] and steps == sorted(steps)  # every probe.interval, and each checkpoint
+    # Each checkpoint (31, 52), and a periodic probe whenever none ran for probe.interval (50) steps.
+    assert steps[:2] == [31, 52] and steps == sorted(set(steps))
+    assert all(b - a <= 50 for a, b in itertools.pairwise(steps))
     shares = client.get_metric_history(run_id, "grad/topk_share/ffn.0")
     assert len(shares) == len(steps) and all(0.1 < m.value <= 1.0 for m in shares)

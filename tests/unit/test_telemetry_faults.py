@@ -280,3 +280,24 @@ def test_a_replayed_batch_after_a_sink_retry_changes_nothing() -> None:
         if k and rng.random() < 0.5:  # the sink's call timed out after delivering: the sampler's batch comes again
             ledger.add_many(batches[k - 1] + batch)
     assert ledger.exact_totals() == fed(list(samples)).exact_totals()
+
+
+def test_readings_are_kept_until_a_check_asks_and_none_is_lost() -> None:
+    """One call to the controller per check, not per reading: readings wait for `flush` (or `send_every_s`), and
+    `stop` sends what is left, so every reading arrives once and in order."""
+    calls: list[list[TelemetrySample]] = []
+    clocks = Clocks()
+    sampler = new_sampler(ScriptedGpus(), SteadyClock(wall=clocks.wall, monotonic=clocks.monotonic), calls.append)
+    sampler.interval_s, sampler.send_every_s = 0.001, 3600.0
+    sampler.start()  # the baseline goes at once
+    assert len(calls) == 1
+    wait_for(lambda: sampler._seq >= 20)  # readings taken, none sent
+    assert len(calls) == 1
+    sampler.flush()
+    wait_for(lambda: len(calls) == 2)
+    assert len({x.sample_id.rsplit("/", 1)[1] for x in calls[1]}) >= 19  # every reading since, in one call
+    sampler.stop()
+    ids = [x.sample_id for batch in calls for x in batch]
+    seqs = [int(i.rsplit("/", 1)[1]) for i in ids if i.startswith("n0/rank0/gpu0/energy")]
+    assert len(ids) == len(set(ids)) and seqs == list(range(1, len(seqs) + 1))  # none lost, none twice, in order
+    assert sampler.readings_sent == len(ids)
