@@ -279,7 +279,11 @@ class ControllerState:
         e.telemetry_lines += len(ev.samples)
 
     def _on_Probe(self, ev: Probe, now: float, out: Effects) -> None:
-        if ev.logged:  # a retry, or a step redone after a restart
+        if ev.logged:  # a retry, or a step redone after a restart: not logged twice
+            if ev.label is not None and not ev.nonfinite:
+                # Its blueprint is built after the lock is let go: a controller killed meanwhile owes it. Publishing
+                # is idempotent (the store finds a version it already wrote), so a retry publishes it, once.
+                out.add(PublishBlueprint(ev.job_id, ev.step))
             return
         if ev.nonfinite:
             warning = f"non-finite gradients at step {ev.step}; no blueprint"

@@ -83,7 +83,8 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> dict:
             client = MlflowClient(uri)
             # recovery: until the points of the last report made during the outage are in the store
             last_owed = max((p[3] for r in owed if r["op"] == "metrics" for p in r["payload"]), default=0)
-            while max(metric_steps(client, run_id, "train/loss")) < min(last_owed, up_step):
+            # (the outage may have begun before the writer's first batch: then no point is in the store yet)
+            while max(metric_steps(client, run_id, "train/loss"), default=0) < min(last_owed, up_step):
                 time.sleep(0.5)
             flushed_s = time.monotonic() - t_up
             result, _ = wait_all(controller, [sub.job_id])

@@ -25,6 +25,8 @@ from orchestrator.controller.events import (
     Initial,
     LogMetrics,
     PollStop,
+    Probe,
+    PublishBlueprint,
     RankLost,
     Release,
     RestartReady,
@@ -321,6 +323,21 @@ def test_metrics_logged_once_per_step_and_a_scheduler_slot_metric_per_decision()
     report = TrainReport.from_dict({"step": 10, "tokens": 1000, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 1.0, "t_s": t})
     assert [e.mark for e in of(s.step(Train("a", report), t), LogMetrics)] == ["train"]
     assert of(s.step(Train("a", report, logged=True), t), LogMetrics) == []  # a retry: answered, not logged
+
+
+def test_a_retried_blueprint_probe_is_published_again_not_logged_again() -> None:
+    """A blueprint is built after the job's lock is let go; a controller killed meanwhile owes it, and the rank's
+    retried probe must publish it (idempotent in the store) without logging the probe's metrics twice."""
+    s = ControllerState()
+    submit(s, "a")
+    s.step(Tick({"CPU": 1.0}), T0)
+    s.step(GangStarted("a", 1), T0)
+    first = s.step(Probe("a", 10, {"grad/norm/x": 1.0}, "0.25", False, False), T0)
+    assert [e.step for e in of(first, PublishBlueprint)] == [10] and len(of(first, LogMetrics)) == 1
+    retry = s.step(Probe("a", 10, {}, "0.25", False, True), T0)
+    assert [e.step for e in of(retry, PublishBlueprint)] == [10] and of(retry, LogMetrics) == []
+    assert of(s.step(Probe("a", 20, {}, None, False, True), T0), PublishBlueprint) == []  # periodic: nothing owed
+    assert of(s.step(Probe("a", 30, {}, "0.5", True, True), T0), PublishBlueprint) == []  # non-finite: none
 
 
 @pytest.mark.parametrize("module", ["state", "events", "records"])
