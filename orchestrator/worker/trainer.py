@@ -211,12 +211,12 @@ class TrainWorker:
         def run_probe(step: int, tokens: int, label: str | None) -> float:
             """Probe the general set (and at a blueprint checkpoint every domain), each within its share of the time
             budget (`core/probe_sizing.py`); rank 0 reports them at once."""
+            assert sizing is not None
             t0 = time.perf_counter()
             domains = [d for d in probe_sets if d == "general" or label is not None]
             loop_s = t0 - t_loop
             reports = []
             for i, domain in enumerate(domains):
-                assert sizing is not None
                 budget = probe_budget_s(
                     sizing, loop_s=loop_s, probe_s=probe_s + time.perf_counter() - t0, domains_left=len(domains) - i
                 )
